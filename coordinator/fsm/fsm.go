@@ -1,0 +1,281 @@
+// Package fsm is the coordinators' Raft state machine: every log entry is a
+// one-byte command type followed by a JSON body, applied to a state.Store.
+// A body that does not decode means the replicas have diverged and Apply
+// panics rather than guess.
+package fsm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// MessageType is the first byte of every log entry. Values are append-only:
+// never renumber, add new ones at the end.
+type MessageType uint8
+
+// Command types.
+const (
+	BootstrapType MessageType = iota + 1
+	CreateVNetType
+	DeleteVNetType
+	CreateTokenType
+	RevokeTokenType
+	JoinPeerType
+	RemovePeerType
+	UpdatePeerType
+	TouchPeersType
+	RegisterCoordinatorType
+	ExpireTokensType
+	ReapEphemeralType
+	RotateGossipKeyType
+)
+
+// Command bodies.
+type (
+	Bootstrap struct {
+		Now       time.Time `json:"now"`
+		GossipKey []byte    `json:"gossip_key"`
+	}
+	CreateVNet struct {
+		Name    string    `json:"name"`
+		Overlay string    `json:"overlay"`
+		Now     time.Time `json:"now"`
+	}
+	DeleteVNet struct {
+		Name string `json:"name"`
+	}
+	CreateToken struct {
+		Spec state.TokenSpec `json:"spec"`
+		Now  time.Time       `json:"now"`
+	}
+	RevokeToken struct {
+		ID string `json:"id"`
+	}
+	JoinPeer struct {
+		Spec state.JoinSpec `json:"spec"`
+		Now  time.Time      `json:"now"`
+	}
+	RemovePeer struct {
+		ID string `json:"id"`
+	}
+	UpdatePeer struct {
+		Update state.PeerUpdate `json:"update"`
+	}
+	TouchPeers struct {
+		Seen map[string]time.Time `json:"seen"`
+	}
+	RegisterCoordinator struct {
+		Coordinator state.Coordinator `json:"coordinator"`
+	}
+	ExpireTokens struct {
+		Now time.Time `json:"now"`
+	}
+	ReapEphemeral struct {
+		Now   time.Time     `json:"now"`
+		Grace time.Duration `json:"grace"`
+	}
+	RotateGossipKey struct {
+		Key []byte `json:"key"`
+	}
+)
+
+// MaxCommandBytes bounds an encoded command.
+const MaxCommandBytes = 1 << 20
+
+var newBody = map[MessageType]func() any{
+	BootstrapType:           func() any { return new(Bootstrap) },
+	CreateVNetType:          func() any { return new(CreateVNet) },
+	DeleteVNetType:          func() any { return new(DeleteVNet) },
+	CreateTokenType:         func() any { return new(CreateToken) },
+	RevokeTokenType:         func() any { return new(RevokeToken) },
+	JoinPeerType:            func() any { return new(JoinPeer) },
+	RemovePeerType:          func() any { return new(RemovePeer) },
+	UpdatePeerType:          func() any { return new(UpdatePeer) },
+	TouchPeersType:          func() any { return new(TouchPeers) },
+	RegisterCoordinatorType: func() any { return new(RegisterCoordinator) },
+	ExpireTokensType:        func() any { return new(ExpireTokens) },
+	ReapEphemeralType:       func() any { return new(ReapEphemeral) },
+	RotateGossipKeyType:     func() any { return new(RotateGossipKey) },
+}
+
+// ErrDecode is returned by Decode for data that is not a command.
+var ErrDecode = errors.New("decode command")
+
+// Encode makes a log entry from a command type and body.
+func Encode(t MessageType, body any) ([]byte, error) {
+	if _, ok := newBody[t]; !ok {
+		return nil, fmt.Errorf("encode command: unknown type %d", t)
+	}
+	var buf bytes.Buffer
+	buf.WriteByte(byte(t))
+	if err := json.NewEncoder(&buf).Encode(body); err != nil {
+		return nil, fmt.Errorf("encode command %d: %w", t, err)
+	}
+	if buf.Len() > MaxCommandBytes {
+		return nil, fmt.Errorf("encode command %d: %d bytes is over the limit", t, buf.Len())
+	}
+	return buf.Bytes(), nil
+}
+
+// Decode parses a log entry into its type and a pointer to its body.
+func Decode(data []byte) (MessageType, any, error) {
+	if len(data) < 2 || len(data) > MaxCommandBytes {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrDecode, len(data))
+	}
+	t := MessageType(data[0])
+	mk, ok := newBody[t]
+	if !ok {
+		return 0, nil, fmt.Errorf("%w: unknown type %d", ErrDecode, t)
+	}
+	body := mk()
+	dec := json.NewDecoder(bytes.NewReader(data[1:]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(body); err != nil {
+		return 0, nil, fmt.Errorf("%w: type %d: %v", ErrDecode, t, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return 0, nil, fmt.Errorf("%w: type %d: trailing data", ErrDecode, t)
+	}
+	return t, body, nil
+}
+
+// Result is what applying a command returns to the writer.
+type Result struct {
+	Index uint64      `json:"index"`
+	Err   *api.Error  `json:"error,omitempty"`
+	Peer  *state.Peer `json:"peer,omitempty"`
+	Count int         `json:"count,omitempty"`
+	IDs   []string    `json:"ids,omitempty"`
+}
+
+// FSM applies commands to a store.
+type FSM struct {
+	store *state.Store
+	log   *slog.Logger
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// New returns an FSM over store.
+func New(store *state.Store, log *slog.Logger) *FSM {
+	return &FSM{store: store, log: log.With("component", "fsm")}
+}
+
+// Apply applies one log entry.
+func (f *FSM) Apply(l *raft.Log) any {
+	r := f.apply(l)
+	f.store.Notify()
+	return r
+}
+
+// ApplyBatch applies entries in order and wakes watchers once.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	for i, l := range logs {
+		out[i] = f.apply(l)
+	}
+	f.store.Notify()
+	return out
+}
+
+func (f *FSM) apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	t, body, err := Decode(l.Data)
+	if err != nil {
+		panic(fmt.Sprintf("fsm: log %d: %v", l.Index, err))
+	}
+	f.store.SetIndex(l.Index)
+	r := &Result{Index: l.Index}
+	switch t {
+	case BootstrapType:
+		err = f.applyBootstrap(body.(*Bootstrap))
+	case CreateVNetType:
+		err = f.applyCreateVNet(body.(*CreateVNet))
+	case DeleteVNetType:
+		err = f.store.DeleteVNet(body.(*DeleteVNet).Name)
+	case CreateTokenType:
+		c := body.(*CreateToken)
+		err = f.store.CreateToken(c.Spec, c.Now)
+	case RevokeTokenType:
+		err = f.store.RevokeToken(body.(*RevokeToken).ID)
+	case JoinPeerType:
+		c := body.(*JoinPeer)
+		r.Peer, err = f.store.Join(c.Spec, c.Now)
+	case RemovePeerType:
+		err = f.store.RemovePeer(body.(*RemovePeer).ID)
+	case UpdatePeerType:
+		err = f.store.UpdatePeer(body.(*UpdatePeer).Update)
+	case TouchPeersType:
+		f.store.TouchPeers(body.(*TouchPeers).Seen)
+	case RegisterCoordinatorType:
+		err = f.store.RegisterCoordinator(body.(*RegisterCoordinator).Coordinator)
+	case ExpireTokensType:
+		r.Count = f.store.ExpireTokens(body.(*ExpireTokens).Now)
+	case ReapEphemeralType:
+		c := body.(*ReapEphemeral)
+		r.IDs = f.store.ReapEphemeral(c.Now, c.Grace)
+	case RotateGossipKeyType:
+		err = f.store.RotateGossipKey(body.(*RotateGossipKey).Key)
+	default:
+		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
+	}
+	if err != nil {
+		var ae *api.Error
+		if !errors.As(err, &ae) {
+			ae = api.Errorf(api.CodeInternal, "%v", err)
+		}
+		r.Err = ae
+	}
+	return r
+}
+
+func (f *FSM) applyBootstrap(c *Bootstrap) error {
+	return f.store.Bootstrap(c.Now, c.GossipKey)
+}
+
+func (f *FSM) applyCreateVNet(c *CreateVNet) error {
+	return f.store.CreateVNet(c.Name, c.Overlay, c.Now)
+}
+
+// Snapshot captures the state for Raft.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	b, err := f.store.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return snapshot(b), nil
+}
+
+// Restore replaces the state from a snapshot.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("read snapshot: %w", err)
+	}
+	return f.store.Restore(b)
+}
+
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s snapshot) Release() {}

@@ -1,0 +1,511 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/meshd/meshd/coordinator/fsm"
+	"github.com/meshd/meshd/coordinator/netmap"
+	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/token"
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	admin := func(h http.HandlerFunc) http.HandlerFunc { return s.requireAdmin(h) }
+	mux.HandleFunc("GET /v1/health", s.handleHealth)
+	mux.HandleFunc("GET /v1/cluster/status", admin(s.handleClusterStatus))
+	mux.HandleFunc("GET /v1/vnets", admin(s.handleListVNets))
+	mux.HandleFunc("POST /v1/vnets", admin(s.handleCreateVNet))
+	mux.HandleFunc("DELETE /v1/vnets/{name}", admin(s.handleDeleteVNet))
+	mux.HandleFunc("GET /v1/tokens", admin(s.handleListTokens))
+	mux.HandleFunc("POST /v1/tokens", admin(s.handleCreateToken))
+	mux.HandleFunc("POST /v1/tokens/{id}/revoke", admin(s.handleRevokeToken))
+	mux.HandleFunc("GET /v1/peers", admin(s.handleListPeers))
+	mux.HandleFunc("DELETE /v1/peers/{vnet}/{name}", admin(s.handleRemovePeer))
+	mux.HandleFunc("GET /v1/routes", admin(s.handleListRoutes))
+	mux.HandleFunc("GET /v1/routes/lookup", admin(s.handleLookup))
+	mux.HandleFunc("GET /v1/routes/overlaps", admin(s.handleOverlaps))
+	mux.HandleFunc("POST /v1/gossip/rotate-key", admin(s.handleRotateGossipKey))
+	mux.HandleFunc("POST /v1/join", s.handleJoin)
+	mux.HandleFunc("GET /v1/netmap", s.requirePeer(s.handleNetmap))
+	mux.HandleFunc("POST /v1/heartbeat", s.requirePeer(s.handleHeartbeat))
+	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+func (s *Server) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		raw := bearer(r)
+		if raw == "" {
+			writeError(w, api.Errorf(api.CodeUnauthorized, "admin credential missing: set MESHD_ADMIN_TOKEN to the contents of DATA_DIR/admin.token"))
+			return
+		}
+		t, err := token.ParseKind(raw, token.KindAdmin)
+		if err != nil || !t.MatchesHash(s.adminHash) {
+			writeError(w, api.Errorf(api.CodeUnauthorized, "admin credential rejected: it is not this cluster's admin token"))
+			return
+		}
+		h(w, r)
+	}
+}
+
+type ctxPeer struct{}
+
+// requirePeer authenticates a peer credential and passes the peer id on.
+func (s *Server) requirePeer(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		t, err := token.ParseKind(bearer(r), token.KindPeer)
+		if err != nil {
+			writeError(w, api.Errorf(api.CodeUnauthorized, "peer credential missing or malformed"))
+			return
+		}
+		var ok bool
+		s.store.Read(func(tb *state.Tables, _ uint64) {
+			p, found := tb.Peers[t.ID]
+			ok = found && t.MatchesHash(p.CredHash)
+		})
+		if !ok {
+			writeError(w, api.Errorf(api.CodeUnauthorized, "peer credential rejected: this peer was removed or never joined"))
+			return
+		}
+		h(w, r, t.ID)
+	}
+}
+
+// decode reads a JSON body of at most api.MaxBodyBytes into v, strictly.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return api.Errorf(api.CodeBodyTooLarge, "request body is larger than %d bytes", api.MaxBodyBytes)
+		}
+		if errors.Is(err, io.EOF) {
+			return api.Errorf(api.CodeInvalidJSON, "request body is empty; a JSON object is required")
+		}
+		return api.Errorf(api.CodeInvalidJSON, "request body is not valid JSON for this call: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return api.Errorf(api.CodeBodyTooLarge, "request body is larger than %d bytes", api.MaxBodyBytes)
+		}
+		return api.Errorf(api.CodeInvalidJSON, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"name": s.cfg.Name, "state": s.raft.State().String(), "applied_index": s.store.Index()})
+}
+
+func (s *Server) handleClusterStatus(w http.ResponseWriter, r *http.Request) {
+	st := api.ClusterStatus{LastAppliedIndex: s.store.Index(), Server: s.cfg.Name, Members: []api.Member{}}
+	_, leaderID := s.raft.LeaderWithID()
+	st.Leader = string(leaderID)
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		writeError(w, api.Errorf(api.CodeUnavailable, "read raft configuration: %v", err))
+		return
+	}
+	var coords map[string]state.Coordinator
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		coords = make(map[string]state.Coordinator, len(t.Coordinators))
+		for n, c := range t.Coordinators {
+			coords[n] = *c
+		}
+	})
+	for _, srv := range cf.Configuration().Servers {
+		m := api.Member{Name: string(srv.ID), RaftAddr: string(srv.Address), Role: "follower"}
+		if srv.Suffrage != raft.Voter {
+			m.Role = "nonvoter"
+		}
+		if srv.ID == leaderID {
+			m.Role = "leader"
+		}
+		if c, ok := coords[m.Name]; ok {
+			m.APIURL = c.APIURL
+		}
+		st.Members = append(st.Members, m)
+	}
+	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Name < st.Members[j].Name })
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) handleListVNets(w http.ResponseWriter, r *http.Request) {
+	out := []api.VNet{}
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		count := map[string]int{}
+		for _, p := range t.Peers {
+			count[p.VNet]++
+		}
+		for _, v := range t.VNets {
+			out = append(out, api.VNet{Name: v.Name, Overlay: v.Overlay.String(), CreatedAt: v.CreatedAt, Peers: count[v.Name]})
+		}
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleCreateVNet(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateVNetRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.CreateVNetType, &fsm.CreateVNet{Name: req.Name, Overlay: req.Overlay, Now: s.now()}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("vnet created", "vnet", req.Name, "overlay", req.Overlay)
+	writeJSON(w, http.StatusCreated, api.VNet{Name: req.Name, Overlay: req.Overlay, CreatedAt: s.now()})
+}
+
+func (s *Server) handleDeleteVNet(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := s.raftApply(r.Context(), fsm.DeleteVNetType, &fsm.DeleteVNet{Name: name}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("vnet deleted", "vnet", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func tokenView(t *state.Token, now time.Time) api.Token {
+	v := api.Token{
+		ID: t.ID, VNet: t.VNet, Uses: t.Uses, UsesLeft: t.UsesLeft, Expires: t.Expires,
+		Tags: append([]string{}, t.Tags...), AllowRoutes: []string{}, Ephemeral: t.Ephemeral,
+		Revoked: t.Revoked, Expired: !now.Before(t.Expires), CreatedAt: t.CreatedAt,
+	}
+	for _, p := range t.AllowRoutes {
+		v.AllowRoutes = append(v.AllowRoutes, p.String())
+	}
+	return v
+}
+
+func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
+	now := s.now()
+	out := []api.Token{}
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		for _, tok := range t.Tokens {
+			out = append(out, tokenView(tok, now))
+		}
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+// ParseTTL reads a duration; it also takes whole days ("7d").
+func ParseTTL(s string) (time.Duration, error) {
+	if s == "" {
+		return 24 * time.Hour, nil
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n <= 0 {
+			return 0, api.Errorf(api.CodeInvalidArgument, "ttl %q is not a duration such as 30m, 12h or 7d", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, api.Errorf(api.CodeInvalidArgument, "ttl %q is not a positive duration such as 30m, 12h or 7d", s)
+	}
+	return d, nil
+}
+
+func (s *Server) clusterURLs() []string {
+	var urls []string
+	s.store.Read(func(t *state.Tables, _ uint64) { urls = netmap.Coordinators(t) })
+	if len(urls) == 0 {
+		urls = []string{s.apiURL}
+	}
+	return urls
+}
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateTokenRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.VNet == "" {
+		req.VNet = api.DefaultVNet
+	}
+	if req.Uses == 0 {
+		req.Uses = 1
+	}
+	ttl, err := ParseTTL(req.TTL)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	now := s.now()
+	tok, err := token.New(token.KindJoin, token.NewID(), s.pin, s.clusterURLs())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	spec := state.TokenSpec{
+		ID: tok.ID, SecretHash: tok.SecretHash(), VNet: req.VNet, Uses: req.Uses,
+		Expires: now.Add(ttl), Tags: req.Tags, AllowRoutes: req.AllowRoutes, Ephemeral: req.Ephemeral,
+	}
+	if _, err := s.raftApply(r.Context(), fsm.CreateTokenType, &fsm.CreateToken{Spec: spec, Now: now}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("join token created", "id", tok.ID, "vnet", req.VNet, "uses", req.Uses, "expires", spec.Expires)
+	writeJSON(w, http.StatusCreated, api.CreateTokenResponse{Token: tok.String(), ID: tok.ID, Expires: spec.Expires})
+}
+
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := s.raftApply(r.Context(), fsm.RevokeTokenType, &fsm.RevokeToken{ID: id}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("join token revoked", "id", id)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) online(p *state.Peer, now time.Time) bool {
+	s.touchMu.Lock()
+	watching := s.watchN[p.ID] > 0
+	s.touchMu.Unlock()
+	return watching || now.Sub(p.LastSeen) < s.cfg.OnlineWindow
+}
+
+func peerView(p *state.Peer, online bool) api.Peer {
+	v := api.Peer{
+		ID: p.ID, Name: p.Name, VNet: p.VNet, Role: p.Role, PublicKey: p.PublicKey,
+		OverlayIP: p.OverlayIP.String(), Online: online, Routes: []api.Route{},
+		Endpoints: append([]string{}, p.Endpoints...), Tags: append([]string{}, p.Tags...),
+		Ephemeral: p.Ephemeral, CreatedAt: p.CreatedAt, LastSeen: p.LastSeen,
+	}
+	for _, r := range p.Routes {
+		v.Routes = append(v.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
+	}
+	return v
+}
+
+func (s *Server) handleListPeers(w http.ResponseWriter, r *http.Request) {
+	vnet := r.URL.Query().Get("vnet")
+	now := s.now()
+	out := []api.Peer{}
+	var known bool
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		_, known = t.VNets[vnet]
+		for _, p := range t.Peers {
+			if vnet == "" || p.VNet == vnet {
+				out = append(out, peerView(p, s.online(p, now)))
+			}
+		}
+	})
+	if vnet != "" && !known {
+		writeError(w, api.Errorf(api.CodeNotFound, "vnet %q does not exist", vnet))
+		return
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].VNet != out[j].VNet {
+			return out[i].VNet < out[j].VNet
+		}
+		return out[i].Name < out[j].Name
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
+	vnet, name := r.PathValue("vnet"), r.PathValue("name")
+	id, ok := s.store.PeerIDByName(vnet, name)
+	if !ok {
+		writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.RemovePeerType, &fsm.RemovePeer{ID: id}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("peer removed", "vnet", vnet, "peer", name, "id", id)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) healthy() netmap.Healthy {
+	now := s.now()
+	return func(p *state.Peer) bool { return s.online(p, now) }
+}
+
+func (s *Server) handleListRoutes(w http.ResponseWriter, r *http.Request) {
+	var out []api.RouteInfo
+	h := s.healthy()
+	s.store.Read(func(t *state.Tables, _ uint64) { out = netmap.Routes(t, r.URL.Query().Get("vnet"), h) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleLookup(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	ip, err := netip.ParseAddr(q.Get("ip"))
+	if err != nil {
+		writeError(w, api.Errorf(api.CodeInvalidArgument, "%q is not an IP address", q.Get("ip")))
+		return
+	}
+	vnet := q.Get("vnet")
+	if vnet == "" {
+		vnet = api.DefaultVNet
+	}
+	var res api.LookupResult
+	var known bool
+	h := s.healthy()
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		_, known = t.VNets[vnet]
+		res = netmap.Lookup(t, vnet, ip, h)
+	})
+	if !known {
+		writeError(w, api.Errorf(api.CodeNotFound, "vnet %q does not exist", vnet))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) handleOverlaps(w http.ResponseWriter, r *http.Request) {
+	var out []api.Overlap
+	s.store.Read(func(t *state.Tables, _ uint64) { out = netmap.Overlaps(t) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleRotateGossipKey(w http.ResponseWriter, r *http.Request) {
+	key := make([]byte, 32)
+	if _, err := randRead(key); err != nil {
+		writeError(w, err)
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.RotateGossipKeyType, &fsm.RotateGossipKey{Key: key}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("gossip key rotated")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.ProtocolVersion != api.ProtocolVersion {
+		writeError(w, api.Errorf(api.CodeVersion, "peer speaks protocol %d; this coordinator speaks %d", req.ProtocolVersion, api.ProtocolVersion))
+		return
+	}
+	tok, err := token.ParseKind(req.Token, token.KindJoin)
+	if err != nil {
+		writeError(w, api.Errorf(api.CodeTokenUnknown, "join token is malformed: %v", err))
+		return
+	}
+	if tok.Pin != s.pin {
+		writeError(w, api.Errorf(api.CodeTokenUnknown, "join token belongs to another cluster"))
+		return
+	}
+	cred, err := token.New(token.KindPeer, token.NewID()+token.NewID(), s.pin, nil)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	spec := state.JoinSpec{
+		TokenID: tok.ID, SecretHash: tok.SecretHash(), PeerID: cred.ID, Name: req.Name,
+		PublicKey: req.PublicKey, Routes: req.Routes, Endpoints: req.Endpoints, CredHash: cred.SecretHash(),
+	}
+	// Pre-check against the local replica so plainly bad joins cost no Raft
+	// write; the FSM checks again, authoritatively.
+	if err := s.precheckJoin(spec); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := s.raftApply(r.Context(), fsm.JoinPeerType, &fsm.JoinPeer{Spec: spec, Now: s.now()})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	p := res.Peer
+	cred.ID = p.ID
+	s.log.Info("peer joined", "vnet", p.VNet, "peer", p.Name, "id", p.ID, "overlay_ip", p.OverlayIP, "role", p.Role)
+	resp := api.JoinResponse{PeerID: p.ID, Name: p.Name, VNet: p.VNet, OverlayIP: p.OverlayIP.String(), Credential: cred.String()}
+	s.store.Read(func(t *state.Tables, index uint64) {
+		if v, ok := t.VNets[p.VNet]; ok {
+			resp.Overlay = v.Overlay.String()
+		}
+		resp.GossipKeys = slices.Clone(t.GossipKeys)
+		resp.Map = netmap.Full(t, index, p.ID)
+	})
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) precheckJoin(j state.JoinSpec) error {
+	if err := state.ValidName("peer", j.Name); err != nil {
+		return err
+	}
+	if err := state.ValidKey(j.PublicKey); err != nil {
+		return err
+	}
+	var err error
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		tok, ok := t.Tokens[j.TokenID]
+		if !ok || tok.SecretHash != j.SecretHash {
+			err = api.Errorf(api.CodeTokenUnknown, "join token is not known to this cluster")
+		}
+	})
+	return err
+}
+
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, peerID string) {
+	var req api.HeartbeatRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.touch(peerID)
+	if req.Endpoints != nil {
+		var same bool
+		s.store.Read(func(t *state.Tables, _ uint64) {
+			p, ok := t.Peers[peerID]
+			same = ok && slices.Equal(p.Endpoints, req.Endpoints)
+		})
+		if !same {
+			eps := req.Endpoints
+			if _, err := s.raftApply(r.Context(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, Endpoints: &eps}}); err != nil {
+				writeError(w, err)
+				return
+			}
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

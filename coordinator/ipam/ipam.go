@@ -1,0 +1,55 @@
+// Package ipam allocates overlay addresses inside a vnet's prefix. It is pure:
+// the caller says which addresses are taken and keeps the cursor, so
+// allocation is deterministic and can run inside a Raft FSM.
+package ipam
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// ErrExhausted is returned when every usable address is taken.
+var ErrExhausted = errors.New("address pool exhausted")
+
+// First is the first usable address of p: the network address is skipped.
+func First(p netip.Prefix) netip.Addr {
+	return p.Masked().Addr().Next()
+}
+
+// usable reports whether a is a host address of p: inside it, and neither the
+// network nor the broadcast address.
+func usable(p netip.Prefix, a netip.Addr) bool {
+	if !a.IsValid() || !p.Contains(a) || a == p.Masked().Addr() {
+		return false
+	}
+	if p.Addr().Is4() && p.Bits() < 31 && !p.Contains(a.Next()) {
+		return false // broadcast
+	}
+	return true
+}
+
+// Allocate returns the first free usable address of p at or after next,
+// wrapping around once, and the cursor to pass next time.
+func Allocate(p netip.Prefix, next netip.Addr, taken func(netip.Addr) bool) (addr, cursor netip.Addr, err error) {
+	p = p.Masked()
+	if !usable(p, next) {
+		next = First(p)
+	}
+	a := next
+	for {
+		if usable(p, a) && !taken(a) {
+			c := a.Next()
+			if !usable(p, c) {
+				c = First(p)
+			}
+			return a, c, nil
+		}
+		a = a.Next()
+		if !usable(p, a) {
+			a = First(p)
+		}
+		if a == next {
+			return netip.Addr{}, next, ErrExhausted
+		}
+	}
+}

@@ -1,0 +1,246 @@
+// Package netmap computes what each peer is told — its network map, whole or
+// as a delta — and the route table views (list, lookup, overlaps) from the
+// state tables. It is pure: no locks, no I/O.
+package netmap
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// Peer converts a peer to its map form.
+func Peer(p *state.Peer) api.MapPeer {
+	m := api.MapPeer{
+		ID: p.ID, Name: p.Name, Role: p.Role, PublicKey: p.PublicKey,
+		OverlayIP: p.OverlayIP.String(), Endpoints: slices.Clone(p.Endpoints),
+		Tags: slices.Clone(p.Tags),
+	}
+	for _, r := range p.Routes {
+		m.Routes = append(m.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
+	}
+	return m
+}
+
+// Coordinators lists the coordinators' API URLs, sorted by name.
+func Coordinators(t *state.Tables) []string {
+	names := make([]string, 0, len(t.Coordinators))
+	for n := range t.Coordinators {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		out = append(out, t.Coordinators[n].APIURL)
+	}
+	return out
+}
+
+func cloneKeys(k [][]byte) [][]byte {
+	out := make([][]byte, len(k))
+	for i := range k {
+		out[i] = slices.Clone(k[i])
+	}
+	return out
+}
+
+// Full is the whole map for peer selfID at index. It is nil if the peer no
+// longer exists.
+func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
+	self, ok := t.Peers[selfID]
+	if !ok {
+		return nil
+	}
+	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: cloneKeys(t.GossipKeys), Coordinators: Coordinators(t)}
+	if v, ok := t.VNets[self.VNet]; ok {
+		u.Overlay = v.Overlay.String()
+	}
+	sp := Peer(self)
+	u.Self = &sp
+	for _, p := range t.Peers {
+		if p.VNet == self.VNet && p.ID != selfID {
+			u.Peers = append(u.Peers, Peer(p))
+		}
+	}
+	slices.SortFunc(u.Peers, func(a, b api.MapPeer) int { return compare(a.Name, b.Name) })
+	return u
+}
+
+// Delta is the update for peer selfID given the peers that changed since its
+// last index and whether the cluster-wide part changed. It is nil when
+// nothing concerns the peer, and has SelfRemoved when the peer is gone.
+func Delta(t *state.Tables, index uint64, selfID string, changed []string, global bool) *api.MapUpdate {
+	self, ok := t.Peers[selfID]
+	if !ok {
+		return &api.MapUpdate{Index: index, SelfRemoved: true}
+	}
+	u := &api.MapUpdate{Index: index}
+	any := false
+	if global {
+		u.GossipKeys = cloneKeys(t.GossipKeys)
+		u.Coordinators = Coordinators(t)
+		any = true
+	}
+	for _, id := range changed {
+		if id == selfID {
+			sp := Peer(self)
+			u.Self = &sp
+			any = true
+			continue
+		}
+		if p, ok := t.Peers[id]; ok {
+			if p.VNet == self.VNet {
+				u.Peers = append(u.Peers, Peer(p))
+				any = true
+			}
+			continue
+		}
+		u.Removed = append(u.Removed, id)
+		any = true
+	}
+	if !any {
+		return nil
+	}
+	return u
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Healthy reports whether a gateway counts as healthy from the coordinators'
+// view.
+type Healthy func(p *state.Peer) bool
+
+type routeKey struct {
+	vnet   string
+	prefix netip.Prefix
+}
+
+// gateways returns, per (vnet, prefix), its gateways sorted best first:
+// healthy before unhealthy, then higher priority, then name.
+func gateways(t *state.Tables, healthy Healthy) map[routeKey][]api.Gateway {
+	out := map[routeKey][]api.Gateway{}
+	for _, p := range t.Peers {
+		for _, r := range p.Routes {
+			k := routeKey{p.VNet, r.Prefix}
+			out[k] = append(out[k], api.Gateway{Name: p.Name, Priority: r.Priority, Healthy: healthy(p)})
+		}
+	}
+	for _, gs := range out {
+		slices.SortFunc(gs, func(a, b api.Gateway) int {
+			if a.Healthy != b.Healthy {
+				if a.Healthy {
+					return -1
+				}
+				return 1
+			}
+			if a.Priority != b.Priority {
+				return b.Priority - a.Priority
+			}
+			return compare(a.Name, b.Name)
+		})
+	}
+	return out
+}
+
+func active(gs []api.Gateway) string {
+	if len(gs) > 0 && gs[0].Healthy {
+		return gs[0].Name
+	}
+	return ""
+}
+
+// Routes lists every announced (vnet, prefix) with its gateways, sorted by
+// vnet then prefix. A vnet filter of "" lists all.
+func Routes(t *state.Tables, vnet string, healthy Healthy) []api.RouteInfo {
+	gw := gateways(t, healthy)
+	out := make([]api.RouteInfo, 0, len(gw))
+	for k, gs := range gw {
+		if vnet != "" && k.vnet != vnet {
+			continue
+		}
+		out = append(out, api.RouteInfo{VNet: k.vnet, Prefix: k.prefix.String(), ActiveGateway: active(gs), Gateways: gs})
+	}
+	slices.SortFunc(out, func(a, b api.RouteInfo) int {
+		if a.VNet != b.VNet {
+			return compare(a.VNet, b.VNet)
+		}
+		return comparePrefix(netip.MustParsePrefix(a.Prefix), netip.MustParsePrefix(b.Prefix))
+	})
+	return out
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// Lookup finds the longest announced prefix of vnet containing ip.
+func Lookup(t *state.Tables, vnet string, ip netip.Addr, healthy Healthy) api.LookupResult {
+	res := api.LookupResult{IP: ip.String(), VNet: vnet, Gateways: []api.Gateway{}}
+	var best routeKey
+	var bestGs []api.Gateway
+	for k, gs := range gateways(t, healthy) {
+		if k.vnet != vnet || !k.prefix.Contains(ip) {
+			continue
+		}
+		if bestGs == nil || k.prefix.Bits() > best.prefix.Bits() {
+			best, bestGs = k, gs
+		}
+	}
+	if bestGs != nil {
+		s := best.prefix.String()
+		res.Prefix = &s
+		res.Gateways = bestGs
+		res.ActiveGateway = active(bestGs)
+	}
+	return res
+}
+
+// Overlaps lists every pair of distinct announced prefixes that overlap,
+// within a vnet or across vnets.
+func Overlaps(t *state.Tables) []api.Overlap {
+	seen := map[routeKey]bool{}
+	var all []routeKey
+	for _, p := range t.Peers {
+		for _, r := range p.Routes {
+			k := routeKey{p.VNet, r.Prefix}
+			if !seen[k] {
+				seen[k] = true
+				all = append(all, k)
+			}
+		}
+	}
+	slices.SortFunc(all, func(a, b routeKey) int {
+		if a.vnet != b.vnet {
+			return compare(a.vnet, b.vnet)
+		}
+		return comparePrefix(a.prefix, b.prefix)
+	})
+	out := []api.Overlap{}
+	for i := range all {
+		for j := i + 1; j < len(all); j++ {
+			a, b := all[i], all[j]
+			if a.prefix.Overlaps(b.prefix) {
+				out = append(out, api.Overlap{
+					A:        api.RoutePlace{VNet: a.vnet, Prefix: a.prefix.String()},
+					B:        api.RoutePlace{VNet: b.vnet, Prefix: b.prefix.String()},
+					SameVNet: a.vnet == b.vnet,
+				})
+			}
+		}
+	}
+	return out
+}

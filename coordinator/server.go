@@ -1,0 +1,567 @@
+// Package coordinator is meshd's control plane: a Raft-replicated store of
+// vnets, peers, join tokens and keys, served over an HTTPS API to peers and
+// admins. Every coordinator serves reads and network-map watches from its own
+// replica; writes go through Raft on the leader (followers forward them).
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/meshd/meshd/coordinator/clusterkey"
+	"github.com/meshd/meshd/coordinator/fsm"
+	"github.com/meshd/meshd/coordinator/netmap"
+	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/tlspin"
+	"github.com/meshd/meshd/pkg/token"
+)
+
+// Member names a coordinator of the initial cluster.
+type Member struct {
+	Name     string // required
+	RaftAddr string // required
+}
+
+// Config is the internal configuration of a coordinator.
+type Config struct {
+	Name       string         // required: unique in the cluster
+	DataDir    string         // required unless RaftStores is set
+	ClusterKey clusterkey.Key // required
+	APIListen  string         // required: host:port of the HTTPS API
+	// APIAdvertise is the URL peers and admins use; optional, derived from
+	// APIListen when that names a specific address.
+	APIAdvertise string
+	RaftListen   string // required unless RaftTransport is set
+	// RaftAdvertise is the address other coordinators dial; optional,
+	// defaults to RaftListen.
+	RaftAdvertise string
+	// InitialCluster lists every member of a new cluster; optional, empty
+	// means a single-node cluster of this node.
+	InitialCluster []Member
+
+	HeartbeatTimeout   time.Duration // optional
+	ElectionTimeout    time.Duration // optional
+	LeaderLeaseTimeout time.Duration // optional
+	// EphemeralGrace is how long an ephemeral peer may stay offline before
+	// it is removed; optional.
+	EphemeralGrace time.Duration
+	// OnlineWindow is how recently a peer must have been heard from to
+	// count as online; optional.
+	OnlineWindow time.Duration
+
+	Logger *slog.Logger     // optional
+	Now    func() time.Time // optional
+
+	// RaftTransport and RaftStores replace the TLS transport and disk
+	// stores (in-process tests); optional.
+	RaftTransport raft.Transport
+	RaftStores    *RaftStores
+}
+
+// RaftStores are the stores Raft keeps its log, term and snapshots in.
+type RaftStores struct {
+	Log      raft.LogStore
+	Stable   raft.StableStore
+	Snapshot raft.SnapshotStore
+}
+
+func (c *Config) setDefaults() {
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = DefaultElectionTimeout
+	}
+	if c.LeaderLeaseTimeout == 0 {
+		c.LeaderLeaseTimeout = DefaultLeaderLeaseTimeout
+	}
+	if c.EphemeralGrace == 0 {
+		c.EphemeralGrace = 10 * time.Minute
+	}
+	if c.OnlineWindow == 0 {
+		c.OnlineWindow = 45 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+func (c *Config) validate() error {
+	if err := state.ValidName("coordinator", c.Name); err != nil {
+		return err
+	}
+	if c.DataDir == "" && c.RaftStores == nil {
+		return errors.New("a data dir is required")
+	}
+	if c.APIListen == "" {
+		return errors.New("an API listen address is required")
+	}
+	if c.RaftListen == "" && c.RaftTransport == nil {
+		return errors.New("a raft listen address is required")
+	}
+	if len(c.InitialCluster) > 0 {
+		found := false
+		seen := map[string]bool{}
+		for _, m := range c.InitialCluster {
+			if seen[m.Name] {
+				return fmt.Errorf("initial cluster names %q twice", m.Name)
+			}
+			seen[m.Name] = true
+			if m.Name == c.Name {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("initial cluster does not include this node %q", c.Name)
+		}
+	}
+	return nil
+}
+
+// Server is one coordinator.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	store *state.Store
+	fsm   *fsm.FSM
+	raft  *raft.Raft
+	trans raft.Transport
+
+	apiLn     net.Listener
+	apiURL    string
+	http      *http.Server
+	pin       [32]byte
+	adminHash string
+	internal  string       // bearer secret for coordinator-to-coordinator calls
+	peerHTTP  *http.Client // to other coordinators, pinned to the API CA
+
+	closers []io.Closer
+
+	touchMu sync.Mutex
+	touched map[string]time.Time // guarded by touchMu: peer id -> last heard
+	watchN  map[string]int       // guarded by touchMu: open watches per peer
+
+	closeOnce sync.Once
+}
+
+// New builds a coordinator: it opens the stores, starts Raft and binds the
+// API listener. Run serves.
+func New(cfg Config) (_ *Server, err error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("coordinator config: %w", err)
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "coordinator", "node", cfg.Name),
+		store:   state.New(),
+		touched: map[string]time.Time{},
+		watchN:  map[string]int{},
+	}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.fsm = fsm.New(s.store, cfg.Logger)
+	apiCA := cfg.ClusterKey.APICA()
+	s.pin = apiCA.Pin()
+	admin := cfg.ClusterKey.AdminSecret()
+	s.adminHash = token.HashSecret(admin)
+	in := cfg.ClusterKey.InternalSecret()
+	s.internal = fmt.Sprintf("%x", in[:])
+	peerTLS := tlspin.ClientConfig(s.pin)
+	s.peerHTTP = &http.Client{
+		Transport: &http.Transport{TLSClientConfig: peerTLS, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute},
+		Timeout:   10 * time.Second,
+	}
+
+	// Raft.
+	trans := cfg.RaftTransport
+	if trans == nil {
+		srvTLS, cliTLS, err := cfg.ClusterKey.RaftTLS(cfg.Name)
+		if err != nil {
+			return nil, err
+		}
+		adv := cfg.RaftAdvertise
+		if adv == "" {
+			adv = cfg.RaftListen
+		}
+		nt, err := newTLSTransport(cfg.RaftListen, adv, srvTLS, cliTLS, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, nt)
+		trans = nt
+	}
+	s.trans = trans
+	stores := cfg.RaftStores
+	if stores == nil {
+		logs, stable, snaps, closer, err := diskStores(cfg.DataDir, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, closer)
+		stores = &RaftStores{Log: logs, Stable: stable, Snapshot: snaps}
+	}
+	if err := s.bootstrap(stores.Log, stores.Stable, stores.Snapshot, trans); err != nil {
+		return nil, err
+	}
+	r, err := raft.NewRaft(s.raftConfig(), s.fsm, stores.Log, stores.Stable, stores.Snapshot, trans)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	s.raft = r
+
+	// API listener with a certificate from the API CA.
+	ln, err := net.Listen("tcp", cfg.APIListen)
+	if err != nil {
+		return nil, fmt.Errorf("api listen %s: %w", cfg.APIListen, err)
+	}
+	s.apiLn = ln
+	s.apiURL, err = advertiseURL(cfg.APIAdvertise, ln.Addr().String())
+	if err != nil {
+		return nil, err
+	}
+	u, _ := url.Parse(s.apiURL)
+	cert, err := apiCA.Issue(cfg.Name, []string{u.Hostname(), "localhost", "127.0.0.1", "::1"})
+	if err != nil {
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          nil,
+	}
+	return s, nil
+}
+
+func advertiseURL(adv, bound string) (string, error) {
+	if adv == "" {
+		host, port, _ := net.SplitHostPort(bound)
+		ip := net.ParseIP(host)
+		if ip == nil || ip.IsUnspecified() {
+			return "", fmt.Errorf("API listens on %s: give --advertise-api https://HOST:%s so peers know where to reach it", bound, port)
+		}
+		return "https://" + net.JoinHostPort(host, port), nil
+	}
+	u, err := url.Parse(adv)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" && u.Path != "/" {
+		return "", fmt.Errorf("advertised API URL %q must look like https://host:port", adv)
+	}
+	return "https://" + u.Host, nil
+}
+
+// APIURL is the URL this coordinator advertises.
+func (s *Server) APIURL() string { return s.apiURL }
+
+// Pin is the cluster's TLS identity pin.
+func (s *Server) Pin() [32]byte { return s.pin }
+
+// Store exposes the local replica (read-only use).
+func (s *Server) Store() *state.Store { return s.store }
+
+// Raft exposes the Raft node (tests and status).
+func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// AdminToken is the admin credential for this cluster with the given URLs.
+func (s *Server) AdminToken(urls []string) string {
+	t := &token.Token{Kind: token.KindAdmin, Pin: s.pin, ID: "admin", Secret: s.cfg.ClusterKey.AdminSecret(), URLs: urls}
+	return t.String()
+}
+
+// Run serves the API and runs the background loops until ctx is done, then
+// shuts down.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		err := s.http.ServeTLS(s.apiLn, "", "")
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve api: %w", err)
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.adminTokenLoop} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop(ctx)
+		}()
+	}
+	s.log.Info("coordinator running", "api", s.apiURL, "raft", s.trans.LocalAddr())
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	shutdownCtx, c2 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer c2()
+	s.http.Shutdown(shutdownCtx)
+	wg.Wait()
+	s.Close()
+	return err
+}
+
+// Close stops Raft and releases the stores. It is safe to call twice.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		if s.http != nil {
+			s.http.Close()
+		} else if s.apiLn != nil {
+			s.apiLn.Close()
+		}
+		if s.raft != nil {
+			if err := s.raft.Shutdown().Error(); err != nil {
+				s.log.Warn("raft shutdown", "err", err)
+			}
+		}
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			s.closers[i].Close()
+		}
+	})
+	return nil
+}
+
+func (s *Server) now() time.Time { return s.cfg.Now().UTC() }
+
+// leaderAPIURL finds the API URL of the current leader.
+func (s *Server) leaderAPIURL() (string, bool) {
+	_, id := s.raft.LeaderWithID()
+	if id == "" {
+		return "", false
+	}
+	var u string
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		if c, ok := t.Coordinators[string(id)]; ok {
+			u = c.APIURL
+		}
+	})
+	return u, u != ""
+}
+
+// leaderLoop runs leader-only chores while this node leads.
+func (s *Server) leaderLoop(ctx context.Context) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var stop context.CancelFunc
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		leading := s.raft.State() == raft.Leader
+		switch {
+		case leading && stop == nil:
+			lctx, cancel := context.WithCancel(ctx)
+			stop = cancel
+			s.log.Info("leadership acquired")
+			go s.leaderChores(lctx)
+		case !leading && stop != nil:
+			stop()
+			stop = nil
+			s.log.Info("leadership lost")
+		}
+	}
+}
+
+func (s *Server) leaderChores(ctx context.Context) {
+	// Wait until every entry of earlier terms is applied before reading state.
+	if err := s.raft.Barrier(5 * time.Second).Error(); err != nil {
+		s.log.Warn("leader barrier", "err", err)
+		return
+	}
+	var bootstrapped bool
+	s.store.Read(func(t *state.Tables, _ uint64) { bootstrapped = t.Bootstrapped })
+	if !bootstrapped {
+		key := make([]byte, 32)
+		rand.Read(key)
+		if _, err := s.raftApply(ctx, fsm.BootstrapType, &fsm.Bootstrap{Now: s.now(), GossipKey: key}); err != nil {
+			s.log.Warn("bootstrap state", "err", err)
+		} else {
+			s.log.Info("bootstrapped cluster state", "vnet", api.DefaultVNet, "overlay", api.DefaultOverlay)
+		}
+	}
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		s.expireAndReap(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// expireAndReap deletes long-expired tokens and offline ephemeral peers,
+// writing only when there is something to do.
+func (s *Server) expireAndReap(ctx context.Context) {
+	now := s.now()
+	var expire, reap bool
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		for _, tok := range t.Tokens {
+			if now.Sub(tok.Expires) > state.TokenRetention {
+				expire = true
+				break
+			}
+		}
+		for _, p := range t.Peers {
+			if p.Ephemeral && now.Sub(p.LastSeen) > s.cfg.EphemeralGrace {
+				reap = true
+				break
+			}
+		}
+	})
+	if expire {
+		if r, err := s.raftApply(ctx, fsm.ExpireTokensType, &fsm.ExpireTokens{Now: now}); err != nil {
+			s.log.Warn("expire tokens", "err", err)
+		} else {
+			s.log.Info("deleted expired tokens", "count", r.Count)
+		}
+	}
+	if reap {
+		if r, err := s.raftApply(ctx, fsm.ReapEphemeralType, &fsm.ReapEphemeral{Now: now, Grace: s.cfg.EphemeralGrace}); err != nil {
+			s.log.Warn("reap ephemeral peers", "err", err)
+		} else {
+			s.log.Info("removed offline ephemeral peers", "ids", r.IDs)
+		}
+	}
+}
+
+// registerLoop records this node's addresses in the replicated state so that
+// followers can forward writes to it and tokens can carry its URL.
+func (s *Server) registerLoop(ctx context.Context) {
+	me := state.Coordinator{Name: s.cfg.Name, RaftAddr: string(s.trans.LocalAddr()), APIURL: s.apiURL}
+	for {
+		var current bool
+		s.store.Read(func(t *state.Tables, _ uint64) {
+			c, ok := t.Coordinators[me.Name]
+			current = ok && *c == me && t.Bootstrapped
+		})
+		if current {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.store.WatchCh():
+				continue
+			}
+		}
+		if _, err := s.raftApply(ctx, fsm.RegisterCoordinatorType, &fsm.RegisterCoordinator{Coordinator: me}); err != nil {
+			s.log.Debug("register coordinator", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// touch notes that a peer was heard from.
+func (s *Server) touch(peerID string) {
+	s.touchMu.Lock()
+	s.touched[peerID] = s.now()
+	s.touchMu.Unlock()
+}
+
+// touchLoop writes last-seen times in one command every few seconds, so
+// heartbeats cost one Raft write per interval, not one per peer.
+func (s *Server) touchLoop(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := s.now()
+		s.touchMu.Lock()
+		seen := s.touched
+		s.touched = map[string]time.Time{}
+		for id := range s.watchN {
+			seen[id] = now
+		}
+		s.touchMu.Unlock()
+		if len(seen) == 0 {
+			continue
+		}
+		if _, err := s.raftApply(ctx, fsm.TouchPeersType, &fsm.TouchPeers{Seen: seen}); err != nil {
+			s.log.Debug("record last seen", "err", err)
+		}
+	}
+}
+
+// adminTokenLoop keeps DATA_DIR/admin.token current once the cluster is up.
+func (s *Server) adminTokenLoop(ctx context.Context) {
+	if s.cfg.DataDir == "" {
+		return
+	}
+	path := filepath.Join(s.cfg.DataDir, "admin.token")
+	var last string
+	for {
+		var urls []string
+		var ready bool
+		s.store.Read(func(t *state.Tables, _ uint64) {
+			_, ok := t.Coordinators[s.cfg.Name]
+			ready = ok && t.Bootstrapped
+			urls = netmap.Coordinators(t)
+		})
+		if ready {
+			tok := s.AdminToken(urls) + "\n"
+			if tok != last {
+				if err := writeFileAtomic(path, []byte(tok), 0o600); err != nil {
+					s.log.Warn("write admin token", "err", err)
+				} else {
+					last = tok
+					s.log.Info("admin token written", "path", path)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.store.WatchCh():
+		}
+	}
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

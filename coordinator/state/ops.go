@@ -1,0 +1,528 @@
+package state
+
+import (
+	"encoding/base64"
+	"net/netip"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/meshd/meshd/coordinator/ipam"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// Limits on user input.
+const (
+	MaxTokenUses = 1_000_000
+	MaxTTL       = 365 * 24 * time.Hour
+	MaxTags      = 32
+	MaxRoutes    = 256
+	MaxEndpoints = 16
+	MaxPriority  = 1_000_000
+	// JoinRetryWindow is how long after joining a peer may repeat the same
+	// join (same token, name and key) and get its identity again.
+	JoinRetryWindow = 2 * time.Minute
+	minOverlayLen   = 8
+	maxOverlayLen   = 30
+)
+
+var (
+	nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	tagRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9:_.-]{0,62}$`)
+)
+
+// ValidName checks a vnet or peer name: a DNS label.
+func ValidName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return api.Errorf(api.CodeInvalidName, "%s name %q is invalid: use 1 to 63 lower-case letters, digits and dashes, not starting or ending with a dash", kind, name)
+	}
+	return nil
+}
+
+// ParsePrefix parses a CIDR that must be a network address.
+func ParsePrefix(what, s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, api.Errorf(api.CodeInvalidCIDR, "%s %q is not a CIDR prefix such as 10.1.0.0/24", what, s)
+	}
+	if p.Masked() != p {
+		return p, api.Errorf(api.CodeInvalidCIDR, "%s %q has host bits set; did you mean %s?", what, s, p.Masked())
+	}
+	return p, nil
+}
+
+// ValidKey checks a base64 WireGuard public key.
+func ValidKey(k string) error {
+	b, err := base64.StdEncoding.DecodeString(k)
+	if err != nil || len(b) != 32 {
+		return api.Errorf(api.CodeInvalidKey, "public key %q is not a base64 WireGuard key of 32 bytes", k)
+	}
+	if [32]byte(b) == [32]byte{} {
+		return api.Errorf(api.CodeInvalidKey, "public key is all zeros")
+	}
+	return nil
+}
+
+func validTags(tags []string) error {
+	if len(tags) > MaxTags {
+		return api.Errorf(api.CodeInvalidArgument, "at most %d tags", MaxTags)
+	}
+	for _, t := range tags {
+		if !tagRE.MatchString(t) {
+			return api.Errorf(api.CodeInvalidArgument, "tag %q is invalid: use lower-case letters, digits and : _ . -", t)
+		}
+	}
+	return nil
+}
+
+// ValidEndpoints checks reported endpoints: ip:port each.
+func ValidEndpoints(eps []string) error {
+	if len(eps) > MaxEndpoints {
+		return api.Errorf(api.CodeInvalidArgument, "at most %d endpoints", MaxEndpoints)
+	}
+	for _, e := range eps {
+		ap, err := netip.ParseAddrPort(e)
+		if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() {
+			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is not an ip:port", e)
+		}
+	}
+	return nil
+}
+
+func overlaps(a, b netip.Prefix) bool { return a.Overlaps(b) }
+
+// Bootstrap creates the default vnet and the gossip keyring once; later calls
+// change nothing.
+func (s *Store) Bootstrap(now time.Time, gossipKey []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.t.Bootstrapped {
+		return nil
+	}
+	if len(gossipKey) != 32 {
+		return api.Errorf(api.CodeInvalidArgument, "gossip key must be 32 bytes")
+	}
+	ov := netip.MustParsePrefix(api.DefaultOverlay)
+	if _, ok := s.t.VNets[api.DefaultVNet]; !ok {
+		s.t.VNets[api.DefaultVNet] = &VNet{Name: api.DefaultVNet, Overlay: ov, CreatedAt: now, NextIP: ipam.First(ov)}
+	}
+	s.t.GossipKeys = [][]byte{slices.Clone(gossipKey)}
+	s.t.Bootstrapped = true
+	s.record("", "")
+	return nil
+}
+
+// CreateVNet adds a vnet whose overlay overlaps no other vnet's.
+func (s *Store) CreateVNet(name, overlay string, now time.Time) error {
+	if err := ValidName("vnet", name); err != nil {
+		return err
+	}
+	p, err := ParsePrefix("overlay", overlay)
+	if err != nil {
+		return err
+	}
+	if !p.Addr().Is4() || p.Bits() < minOverlayLen || p.Bits() > maxOverlayLen {
+		return api.Errorf(api.CodeInvalidCIDR, "overlay %s must be an IPv4 prefix from /%d to /%d", p, minOverlayLen, maxOverlayLen)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.t.VNets[name]; ok {
+		return api.Errorf(api.CodeConflict, "vnet %q already exists", name)
+	}
+	for _, v := range s.sortedVNets() {
+		if overlaps(v.Overlay, p) {
+			return api.Errorf(api.CodeOverlap, "overlay %s overlaps vnet %q (%s); overlays must be disjoint", p, v.Name, v.Overlay)
+		}
+	}
+	s.t.VNets[name] = &VNet{Name: name, Overlay: p, CreatedAt: now, NextIP: ipam.First(p)}
+	return nil
+}
+
+func (s *Store) sortedVNets() []*VNet {
+	out := make([]*VNet, 0, len(s.t.VNets))
+	for _, v := range s.t.VNets {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b *VNet) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// DeleteVNet removes an empty vnet. Its tokens stay listed but no longer
+// admit anyone.
+func (s *Store) DeleteVNet(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.t.VNets[name]; !ok {
+		return api.Errorf(api.CodeNotFound, "vnet %q does not exist", name)
+	}
+	if n := len(s.byName[name]); n > 0 {
+		return api.Errorf(api.CodeConflict, "vnet %q still has %d peers; remove them first", name, n)
+	}
+	delete(s.t.VNets, name)
+	return nil
+}
+
+// TokenSpec is a join token to create.
+type TokenSpec struct {
+	ID          string    `json:"id"`
+	SecretHash  string    `json:"secret_hash"`
+	VNet        string    `json:"vnet"`
+	Uses        int       `json:"uses"`
+	Expires     time.Time `json:"expires"`
+	Tags        []string  `json:"tags"`
+	AllowRoutes []string  `json:"allow_routes"`
+	Ephemeral   bool      `json:"ephemeral"`
+}
+
+// CreateToken stores a join token.
+func (s *Store) CreateToken(spec TokenSpec, now time.Time) error {
+	if spec.ID == "" || len(spec.SecretHash) != 64 {
+		return api.Errorf(api.CodeInvalidArgument, "token id and secret hash are required")
+	}
+	if spec.Uses < 1 || spec.Uses > MaxTokenUses {
+		return api.Errorf(api.CodeInvalidArgument, "uses must be from 1 to %d, not %d", MaxTokenUses, spec.Uses)
+	}
+	if !spec.Expires.After(now) || spec.Expires.Sub(now) > MaxTTL {
+		return api.Errorf(api.CodeInvalidArgument, "ttl must be positive and at most %s", MaxTTL)
+	}
+	if err := validTags(spec.Tags); err != nil {
+		return err
+	}
+	if len(spec.AllowRoutes) > MaxRoutes {
+		return api.Errorf(api.CodeInvalidArgument, "at most %d allowed routes", MaxRoutes)
+	}
+	allow := make([]netip.Prefix, 0, len(spec.AllowRoutes))
+	for _, r := range spec.AllowRoutes {
+		p, err := ParsePrefix("allowed route", r)
+		if err != nil {
+			return err
+		}
+		allow = append(allow, p)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.t.VNets[spec.VNet]
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "vnet %q does not exist", spec.VNet)
+	}
+	for _, p := range allow {
+		if p.Overlaps(v.Overlay) {
+			return api.Errorf(api.CodeOverlap, "allowed route %s overlaps vnet %q's overlay %s", p, v.Name, v.Overlay)
+		}
+	}
+	if _, ok := s.t.Tokens[spec.ID]; ok {
+		return api.Errorf(api.CodeConflict, "token id %q already exists", spec.ID)
+	}
+	s.t.Tokens[spec.ID] = &Token{
+		ID: spec.ID, SecretHash: spec.SecretHash, VNet: spec.VNet,
+		Uses: spec.Uses, UsesLeft: spec.Uses, Expires: spec.Expires,
+		Tags: slices.Clone(spec.Tags), AllowRoutes: allow, Ephemeral: spec.Ephemeral,
+		CreatedAt: now,
+	}
+	return nil
+}
+
+// RevokeToken makes a token unusable.
+func (s *Store) RevokeToken(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.t.Tokens[id]
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "token %q does not exist", id)
+	}
+	t.Revoked = true
+	return nil
+}
+
+// JoinSpec is a peer joining with a token.
+type JoinSpec struct {
+	TokenID    string      `json:"token_id"`
+	SecretHash string      `json:"secret_hash"`
+	PeerID     string      `json:"peer_id"`
+	Name       string      `json:"name"`
+	PublicKey  string      `json:"public_key"`
+	Routes     []api.Route `json:"routes"`
+	Endpoints  []string    `json:"endpoints"`
+	CredHash   string      `json:"cred_hash"`
+}
+
+// CheckToken says why a token cannot admit a peer now, or returns it; s.mu
+// must be held.
+func (s *Store) checkToken(id, secretHash string, now time.Time) (*Token, *VNet, error) {
+	t, ok := s.t.Tokens[id]
+	if !ok || t.SecretHash != secretHash {
+		return nil, nil, api.Errorf(api.CodeTokenUnknown, "join token is not known to this cluster")
+	}
+	if t.Revoked {
+		return nil, nil, api.Errorf(api.CodeTokenRevoked, "join token %s was revoked", id)
+	}
+	if !now.Before(t.Expires) {
+		return nil, nil, api.Errorf(api.CodeTokenExpired, "join token %s expired at %s", id, t.Expires.UTC().Format(time.RFC3339))
+	}
+	if t.UsesLeft <= 0 {
+		return nil, nil, api.Errorf(api.CodeTokenUsedUp, "join token %s has been used %d of %d times", id, t.Uses, t.Uses)
+	}
+	v, ok := s.t.VNets[t.VNet]
+	if !ok {
+		return nil, nil, api.Errorf(api.CodeVNetDeleted, "join token %s is for vnet %q, which no longer exists", id, t.VNet)
+	}
+	return t, v, nil
+}
+
+func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix) ([]Route, error) {
+	if len(rs) > MaxRoutes {
+		return nil, api.Errorf(api.CodeInvalidArgument, "at most %d routes", MaxRoutes)
+	}
+	out := make([]Route, 0, len(rs))
+	seen := map[netip.Prefix]bool{}
+	for _, r := range rs {
+		p, err := ParsePrefix("route", r.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		if r.Priority < 0 || r.Priority > MaxPriority {
+			return nil, api.Errorf(api.CodeInvalidArgument, "route %s priority must be from 0 to %d", p, MaxPriority)
+		}
+		if seen[p] {
+			return nil, api.Errorf(api.CodeInvalidArgument, "route %s is announced twice", p)
+		}
+		seen[p] = true
+		if p.Overlaps(v.Overlay) {
+			return nil, api.Errorf(api.CodeOverlap, "route %s overlaps vnet %q's overlay %s", p, v.Name, v.Overlay)
+		}
+		ok := false
+		for _, a := range allow {
+			if a.Bits() <= p.Bits() && a.Contains(p.Addr()) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return nil, api.Errorf(api.CodeRouteNotAllowed, "route %s is not allowed by the join token (allowed: %v)", p, allow)
+		}
+		out = append(out, Route{Prefix: p, Priority: r.Priority})
+	}
+	slices.SortFunc(out, func(a, b Route) int { return cmpString(a.Prefix.String(), b.Prefix.String()) })
+	return out, nil
+}
+
+// Join admits a peer: the token is checked and its uses decremented, the
+// peer gets the next free overlay address of the token's vnet.
+func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
+	if err := ValidName("peer", j.Name); err != nil {
+		return nil, err
+	}
+	if err := ValidKey(j.PublicKey); err != nil {
+		return nil, err
+	}
+	if err := ValidEndpoints(j.Endpoints); err != nil {
+		return nil, err
+	}
+	if j.PeerID == "" || len(j.CredHash) != 64 {
+		return nil, api.Errorf(api.CodeInvalidArgument, "peer id and credential hash are required")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := s.byKey[j.PublicKey]; ok {
+		// A repeat of a join whose answer was lost: same token, name and
+		// key, soon after. The peer gets its identity with a new credential.
+		p := s.t.Peers[id]
+		t, ok := s.t.Tokens[j.TokenID]
+		if ok && t.SecretHash == j.SecretHash && p.TokenID == j.TokenID && p.Name == j.Name && now.Sub(p.CreatedAt) < JoinRetryWindow {
+			p.CredHash = j.CredHash
+			return p, nil
+		}
+	}
+	t, v, err := s.checkToken(j.TokenID, j.SecretHash, now)
+	if err != nil {
+		return nil, err
+	}
+	routes, err := parseRoutes(j.Routes, v, t.AllowRoutes)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := s.byName[v.Name][j.Name]; ok {
+		return nil, api.Errorf(api.CodeConflict, "peer name %q is taken in vnet %q", j.Name, v.Name)
+	}
+	if _, ok := s.byKey[j.PublicKey]; ok {
+		return nil, api.Errorf(api.CodeConflict, "public key is already used by another peer")
+	}
+	if _, ok := s.t.Peers[j.PeerID]; ok {
+		return nil, api.Errorf(api.CodeConflict, "peer id %q already exists", j.PeerID)
+	}
+	ips := s.byIP[v.Name]
+	addr, cursor, err := ipam.Allocate(v.Overlay, v.NextIP, func(a netip.Addr) bool { _, ok := ips[a]; return ok })
+	if err != nil {
+		return nil, api.Errorf(api.CodeExhausted, "vnet %q has no free overlay address in %s", v.Name, v.Overlay)
+	}
+	role := api.RoleClient
+	if len(routes) > 0 {
+		role = api.RoleGateway
+	}
+	p := &Peer{
+		ID: j.PeerID, Name: j.Name, VNet: v.Name, Role: role, PublicKey: j.PublicKey,
+		OverlayIP: addr, Endpoints: slices.Clone(j.Endpoints), Tags: slices.Clone(t.Tags),
+		Routes: routes, AllowRoutes: slices.Clone(t.AllowRoutes), Ephemeral: t.Ephemeral,
+		CredHash: j.CredHash, TokenID: t.ID, CreatedAt: now, LastSeen: now,
+	}
+	v.NextIP = cursor
+	t.UsesLeft--
+	s.t.Peers[p.ID] = p
+	s.indexPeer(p)
+	s.record(v.Name, p.ID)
+	return p, nil
+}
+
+// RemovePeer deletes a peer; its address is free again.
+func (s *Store) RemovePeer(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.t.Peers[id]
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "peer %q does not exist", id)
+	}
+	s.unindexPeer(p)
+	delete(s.t.Peers, id)
+	s.record(p.VNet, id)
+	return nil
+}
+
+// PeerUpdate changes what a peer reports; nil fields are left alone.
+type PeerUpdate struct {
+	PeerID    string       `json:"peer_id"`
+	Endpoints *[]string    `json:"endpoints,omitempty"`
+	Routes    *[]api.Route `json:"routes,omitempty"`
+}
+
+// UpdatePeer applies a PeerUpdate. Routes must stay within what the peer's
+// token allowed.
+func (s *Store) UpdatePeer(u PeerUpdate) error {
+	if u.Endpoints != nil {
+		if err := ValidEndpoints(*u.Endpoints); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.t.Peers[u.PeerID]
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "peer %q does not exist", u.PeerID)
+	}
+	var routes []Route
+	if u.Routes != nil {
+		var err error
+		if routes, err = parseRoutes(*u.Routes, s.t.VNets[p.VNet], p.AllowRoutes); err != nil {
+			return err
+		}
+	}
+	changed := false
+	if u.Endpoints != nil && !slices.Equal(p.Endpoints, *u.Endpoints) {
+		p.Endpoints = slices.Clone(*u.Endpoints)
+		changed = true
+	}
+	if u.Routes != nil && !slices.Equal(p.Routes, routes) {
+		p.Routes = routes
+		p.Role = api.RoleClient
+		if len(routes) > 0 {
+			p.Role = api.RoleGateway
+		}
+		changed = true
+	}
+	if changed {
+		s.record(p.VNet, p.ID)
+	}
+	return nil
+}
+
+// TouchPeers records when peers were last heard from. Unknown ids are
+// skipped (the peer may have been removed meanwhile). It changes no map.
+func (s *Store) TouchPeers(seen map[string]time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, t := range seen {
+		if p, ok := s.t.Peers[id]; ok && t.After(p.LastSeen) {
+			p.LastSeen = t
+		}
+	}
+}
+
+// RegisterCoordinator records a coordinator's addresses.
+func (s *Store) RegisterCoordinator(c Coordinator) error {
+	if err := ValidName("coordinator", c.Name); err != nil {
+		return err
+	}
+	if c.RaftAddr == "" || c.APIURL == "" {
+		return api.Errorf(api.CodeInvalidArgument, "coordinator %q needs a raft address and an API URL", c.Name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.t.Coordinators[c.Name]; ok && *old == c {
+		return nil
+	}
+	s.t.Coordinators[c.Name] = &c
+	s.record("", "")
+	return nil
+}
+
+// ExpireTokens deletes tokens that expired longer than TokenRetention ago.
+// It returns how many went.
+func (s *Store) ExpireTokens(now time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id, t := range s.t.Tokens {
+		if now.Sub(t.Expires) > TokenRetention {
+			delete(s.t.Tokens, id)
+			n++
+		}
+	}
+	return n
+}
+
+// ReapEphemeral removes ephemeral peers not seen for longer than grace and
+// returns their ids, sorted.
+func (s *Store) ReapEphemeral(now time.Time, grace time.Duration) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []string
+	for id, p := range s.t.Peers {
+		if p.Ephemeral && now.Sub(p.LastSeen) > grace {
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone)
+	for _, id := range gone {
+		p := s.t.Peers[id]
+		s.unindexPeer(p)
+		delete(s.t.Peers, id)
+		s.record(p.VNet, id)
+	}
+	return gone
+}
+
+// RotateGossipKey puts key first in the keyring and keeps the previous
+// primary as a secondary so members switch without a gap.
+func (s *Store) RotateGossipKey(key []byte) error {
+	if len(key) != 32 {
+		return api.Errorf(api.CodeInvalidArgument, "gossip key must be 32 bytes")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ring := [][]byte{slices.Clone(key)}
+	if len(s.t.GossipKeys) > 0 {
+		ring = append(ring, s.t.GossipKeys[0])
+	}
+	s.t.GossipKeys = ring
+	s.record("", "")
+	return nil
+}

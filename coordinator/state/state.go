@@ -1,0 +1,307 @@
+// Package state holds the coordinators' replicated tables (vnets, peers, join
+// tokens, the gossip keyring and the coordinators themselves) in memory. It
+// knows nothing of Raft: the FSM calls its mutators in log order with the
+// time carried by each command, so every replica computes the same result.
+// Every mutator validates its whole input before it changes anything, and
+// returns an *api.Error that names the problem.
+//
+// Readers take a consistent view with Read; watchers wait on WatchCh and ask
+// ChangesSince which peers changed after the index they last saw.
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+)
+
+// TokenRetention is how long an expired token stays listed before the
+// leader's loop deletes it.
+const TokenRetention = 24 * time.Hour
+
+// maxChanges bounds the change log; a watcher further behind gets a full map.
+const maxChanges = 65536
+
+// VNet is a virtual network.
+type VNet struct {
+	Name      string       `json:"name"`
+	Overlay   netip.Prefix `json:"overlay"`
+	CreatedAt time.Time    `json:"created_at"`
+	// NextIP is where address allocation resumes.
+	NextIP netip.Addr `json:"next_ip"`
+}
+
+// Route is a subnet announced by a gateway.
+type Route struct {
+	Prefix   netip.Prefix `json:"prefix"`
+	Priority int          `json:"priority"`
+}
+
+// Peer is a member of a vnet.
+type Peer struct {
+	ID          string         `json:"id"`
+	Name        string         `json:"name"`
+	VNet        string         `json:"vnet"`
+	Role        string         `json:"role"`
+	PublicKey   string         `json:"public_key"`
+	OverlayIP   netip.Addr     `json:"overlay_ip"`
+	Endpoints   []string       `json:"endpoints"`
+	Tags        []string       `json:"tags"`
+	Routes      []Route        `json:"routes"`
+	AllowRoutes []netip.Prefix `json:"allow_routes"`
+	Ephemeral   bool           `json:"ephemeral"`
+	CredHash    string         `json:"cred_hash"`
+	TokenID     string         `json:"token_id"`
+	CreatedAt   time.Time      `json:"created_at"`
+	LastSeen    time.Time      `json:"last_seen"`
+}
+
+// Token is a join token; only the hash of its secret is kept.
+type Token struct {
+	ID          string         `json:"id"`
+	SecretHash  string         `json:"secret_hash"`
+	VNet        string         `json:"vnet"`
+	Uses        int            `json:"uses"`
+	UsesLeft    int            `json:"uses_left"`
+	Expires     time.Time      `json:"expires"`
+	Tags        []string       `json:"tags"`
+	AllowRoutes []netip.Prefix `json:"allow_routes"`
+	Ephemeral   bool           `json:"ephemeral"`
+	Revoked     bool           `json:"revoked"`
+	CreatedAt   time.Time      `json:"created_at"`
+}
+
+// Coordinator is one member of the coordinator cluster.
+type Coordinator struct {
+	Name     string `json:"name"`
+	RaftAddr string `json:"raft_addr"`
+	APIURL   string `json:"api_url"`
+}
+
+// Tables is the replicated state. Readers get it through Read and must not
+// modify it.
+type Tables struct {
+	Bootstrapped bool                    `json:"bootstrapped"`
+	VNets        map[string]*VNet        `json:"vnets"`
+	Peers        map[string]*Peer        `json:"peers"`
+	Tokens       map[string]*Token       `json:"tokens"`
+	GossipKeys   [][]byte                `json:"gossip_keys"`
+	Coordinators map[string]*Coordinator `json:"coordinators"`
+}
+
+func newTables() Tables {
+	return Tables{
+		VNets:        map[string]*VNet{},
+		Peers:        map[string]*Peer{},
+		Tokens:       map[string]*Token{},
+		Coordinators: map[string]*Coordinator{},
+	}
+}
+
+// Change records that a peer (or, with an empty VNet, the cluster-wide part
+// of every map) changed at Index.
+type Change struct {
+	Index  uint64
+	VNet   string
+	PeerID string
+}
+
+// Store is the in-memory state.
+type Store struct {
+	mu sync.RWMutex // guards every field below
+
+	index  uint64
+	t      Tables
+	byName map[string]map[string]string     // vnet -> name -> peer id
+	byIP   map[string]map[netip.Addr]string // vnet -> overlay ip -> peer id
+	byKey  map[string]string                // public key -> peer id
+
+	changes []Change // oldest first, Index ascending
+	// horizon: a watcher that saw index >= horizon can be caught up from
+	// changes; one that saw less needs a full map.
+	horizon uint64
+	notify  chan struct{}
+}
+
+// New returns an empty store.
+func New() *Store {
+	s := &Store{notify: make(chan struct{})}
+	s.reset(newTables())
+	return s
+}
+
+// reset installs t and rebuilds the indexes; s.mu must be held (or s unshared).
+func (s *Store) reset(t Tables) {
+	s.t = t
+	s.byName = map[string]map[string]string{}
+	s.byIP = map[string]map[netip.Addr]string{}
+	s.byKey = map[string]string{}
+	for _, p := range t.Peers {
+		s.indexPeer(p)
+	}
+	s.changes = nil
+	s.horizon = s.index
+}
+
+func (s *Store) indexPeer(p *Peer) {
+	if s.byName[p.VNet] == nil {
+		s.byName[p.VNet] = map[string]string{}
+		s.byIP[p.VNet] = map[netip.Addr]string{}
+	}
+	s.byName[p.VNet][p.Name] = p.ID
+	s.byIP[p.VNet][p.OverlayIP] = p.ID
+	s.byKey[p.PublicKey] = p.ID
+}
+
+func (s *Store) unindexPeer(p *Peer) {
+	delete(s.byName[p.VNet], p.Name)
+	delete(s.byIP[p.VNet], p.OverlayIP)
+	delete(s.byKey, p.PublicKey)
+}
+
+// SetIndex records the log index of the command about to be applied.
+func (s *Store) SetIndex(idx uint64) {
+	s.mu.Lock()
+	s.index = idx
+	s.mu.Unlock()
+}
+
+// Index is the index of the last applied command.
+func (s *Store) Index() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.index
+}
+
+// WatchCh returns a channel closed at the next Notify.
+func (s *Store) WatchCh() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.notify
+}
+
+// Notify wakes every watcher. The FSM calls it once per batch of commands.
+func (s *Store) Notify() {
+	s.mu.Lock()
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// Read calls fn with the tables under a read lock and the current index.
+func (s *Store) Read(fn func(t *Tables, index uint64)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(&s.t, s.index)
+}
+
+// PeerIDByName returns the id of the named peer in vnet.
+func (s *Store) PeerIDByName(vnet, name string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.byName[vnet][name]
+	return id, ok
+}
+
+// PeerIDByKey returns the id of the peer with this WireGuard public key.
+func (s *Store) PeerIDByKey(key string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.byKey[key]
+	return id, ok
+}
+
+// ChangesSince returns the ids of vnet's peers that changed after index
+// since, and whether the cluster-wide part changed. ok is false when since is
+// too old to be caught up from the log: the caller sends a full map.
+func (s *Store) ChangesSince(vnet string, since uint64) (peerIDs []string, global bool, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changesLocked(vnet, since)
+}
+
+// ReadChanges is Read and ChangesSince under one lock, so the changes and
+// the tables agree.
+func (s *Store) ReadChanges(vnet string, since uint64, fn func(t *Tables, index uint64, changed []string, global, ok bool)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ids, global, ok := s.changesLocked(vnet, since)
+	fn(&s.t, s.index, ids, global, ok)
+}
+
+func (s *Store) changesLocked(vnet string, since uint64) (peerIDs []string, global bool, ok bool) {
+	if since < s.horizon {
+		return nil, false, false
+	}
+	i := sort.Search(len(s.changes), func(i int) bool { return s.changes[i].Index > since })
+	seen := map[string]bool{}
+	for _, c := range s.changes[i:] {
+		switch {
+		case c.VNet == "":
+			global = true
+		case c.VNet == vnet && !seen[c.PeerID]:
+			seen[c.PeerID] = true
+			peerIDs = append(peerIDs, c.PeerID)
+		}
+	}
+	return peerIDs, global, true
+}
+
+// record appends a change at the current index; s.mu must be held.
+func (s *Store) record(vnet, peerID string) {
+	if len(s.changes) >= maxChanges {
+		drop := len(s.changes) / 4
+		s.horizon = s.changes[drop-1].Index
+		s.changes = append(s.changes[:0:0], s.changes[drop:]...)
+	}
+	s.changes = append(s.changes, Change{Index: s.index, VNet: vnet, PeerID: peerID})
+}
+
+// snapshot is the serialized form: the tables and the index they reflect.
+type snapshot struct {
+	Index  uint64 `json:"index"`
+	Tables Tables `json:"tables"`
+}
+
+// Snapshot encodes the whole state. The encoding is deterministic: equal
+// states give equal bytes.
+func (s *Store) Snapshot() ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return json.Marshal(snapshot{Index: s.index, Tables: s.t})
+}
+
+// Dump encodes the tables alone (not the index): two stores that hold the same
+// data dump the same bytes.
+func (s *Store) Dump() []byte {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	b, err := json.Marshal(s.t)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Restore replaces the state with a snapshot and wakes every watcher (they
+// get full maps).
+func (s *Store) Restore(data []byte) error {
+	var snap snapshot
+	snap.Tables = newTables()
+	if err := json.Unmarshal(data, &snap); err != nil {
+		return fmt.Errorf("restore state: %w", err)
+	}
+	if snap.Tables.VNets == nil || snap.Tables.Peers == nil || snap.Tables.Tokens == nil || snap.Tables.Coordinators == nil {
+		return fmt.Errorf("restore state: snapshot lacks a table")
+	}
+	s.mu.Lock()
+	s.index = snap.Index
+	s.reset(snap.Tables)
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.mu.Unlock()
+	return nil
+}

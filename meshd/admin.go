@@ -1,0 +1,379 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/token"
+)
+
+// adminClient builds a client from MESHD_ADMIN_TOKEN and --coordinator.
+func (g *globals) adminClient() (*apiclient.Client, error) {
+	raw := strings.TrimSpace(os.Getenv("MESHD_ADMIN_TOKEN"))
+	if raw == "" {
+		return nil, fmt.Errorf("MESHD_ADMIN_TOKEN is not set: export MESHD_ADMIN_TOKEN=$(cat DATA_DIR/admin.token) from a coordinator's data dir")
+	}
+	t, err := token.ParseKind(raw, token.KindAdmin)
+	if err != nil {
+		return nil, fmt.Errorf("MESHD_ADMIN_TOKEN: %w", err)
+	}
+	urls := t.URLs
+	if g.coordinator != "" {
+		u, err := url.Parse(g.coordinator)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("--coordinator %q must look like https://host:port", g.coordinator)
+		}
+		urls = append([]string{"https://" + u.Host}, urls...)
+	}
+	return apiclient.New(urls, t.Pin, raw), nil
+}
+
+func (g *globals) call(cmd *cobra.Command, method, path string, in, out any) error {
+	c, err := g.adminClient()
+	if err != nil {
+		return err
+	}
+	return c.Do(cmd.Context(), method, path, in, out)
+}
+
+func (g *globals) table(header string, rows func(w *tabwriter.Writer)) error {
+	w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, header)
+	rows(w)
+	return w.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func join(xs []string) string { return dash(strings.Join(xs, ",")) }
+
+func newClusterCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "Inspect the coordinator cluster"}
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the coordinators, which one leads, and the last applied index",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st api.ClusterStatus
+			if err := g.call(cmd, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, st)
+			}
+			fmt.Fprintf(g.out, "leader: %s   last applied index: %d (as seen by %s)\n", dash(st.Leader), st.LastAppliedIndex, st.Server)
+			return g.table("NAME\tROLE\tRAFT\tAPI", func(w *tabwriter.Writer) {
+				for _, m := range st.Members {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.Name, m.Role, m.RaftAddr, dash(m.APIURL))
+				}
+			})
+		},
+	}
+	addJSONFlag(status, g)
+	cmd.AddCommand(status)
+	return cmd
+}
+
+func newVNetCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "vnet", Short: "Manage virtual networks"}
+	var overlay string
+	create := &cobra.Command{
+		Use:   "create NAME --overlay CIDR",
+		Short: "Create a vnet with its overlay address pool",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if overlay == "" {
+				return fmt.Errorf("--overlay CIDR is required (for example 100.112.0.0/16)")
+			}
+			if err := g.call(cmd, http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: args[0], Overlay: overlay}, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "vnet %s created with overlay %s\n", args[0], overlay)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&overlay, "overlay", "", "overlay CIDR, disjoint from every other vnet's")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List vnets",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out []api.VNet
+			if err := g.call(cmd, http.MethodGet, "/v1/vnets", nil, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, out)
+			}
+			return g.table("NAME\tOVERLAY\tPEERS\tCREATED", func(w *tabwriter.Writer) {
+				for _, v := range out {
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", v.Name, v.Overlay, v.Peers, v.CreatedAt.Format(time.RFC3339))
+				}
+			})
+		},
+	}
+	addJSONFlag(list, g)
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete an empty vnet",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.call(cmd, http.MethodDelete, "/v1/vnets/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "vnet %s deleted\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, del)
+	return cmd
+}
+
+func newTokenCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
+	var req api.CreateTokenRequest
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token; prints the token string",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var resp api.CreateTokenResponse
+			if err := g.call(cmd, http.MethodPost, "/v1/tokens", req, &resp); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, resp)
+			}
+			fmt.Fprintln(g.out, resp.Token)
+			return nil
+		},
+	}
+	f := create.Flags()
+	f.StringVar(&req.VNet, "vnet", api.DefaultVNet, "vnet the token joins")
+	f.IntVar(&req.Uses, "uses", 1, "how many peers may join with it")
+	f.StringVar(&req.TTL, "ttl", "24h", "how long it is valid (30m, 12h, 7d)")
+	f.StringSliceVar(&req.Tags, "tag", nil, "tag given to peers that join with it (repeatable)")
+	f.StringSliceVar(&req.AllowRoutes, "allow-routes", nil, "CIDRs the joining peer may announce (comma separated)")
+	f.BoolVar(&req.Ephemeral, "ephemeral", false, "remove peers joined with it once they have been offline for the grace period")
+	addJSONFlag(create, g)
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List join tokens (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out []api.Token
+			if err := g.call(cmd, http.MethodGet, "/v1/tokens", nil, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, out)
+			}
+			return g.table("ID\tVNET\tUSES LEFT\tEXPIRES\tSTATE\tTAGS\tALLOW ROUTES", func(w *tabwriter.Writer) {
+				for _, t := range out {
+					st := "valid"
+					switch {
+					case t.Revoked:
+						st = "revoked"
+					case t.Expired:
+						st = "expired"
+					case t.UsesLeft == 0:
+						st = "used"
+					}
+					if t.Ephemeral {
+						st += ",ephemeral"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", t.ID, t.VNet, t.UsesLeft, t.Uses, t.Expires.Format(time.RFC3339), st, join(t.Tags), join(t.AllowRoutes))
+				}
+			})
+		},
+	}
+	addJSONFlag(list, g)
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a join token",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.call(cmd, http.MethodPost, "/v1/tokens/"+url.PathEscape(args[0])+"/revoke", nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "token %s revoked\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}
+
+func newPeerCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "peer", Short: "Manage peers"}
+	var vnet string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := "/v1/peers"
+			if vnet != "" {
+				path += "?vnet=" + url.QueryEscape(vnet)
+			}
+			var out []api.Peer
+			if err := g.call(cmd, http.MethodGet, path, nil, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, out)
+			}
+			return g.table("NAME\tVNET\tROLE\tOVERLAY IP\tONLINE\tROUTES\tENDPOINTS", func(w *tabwriter.Writer) {
+				for _, p := range out {
+					var rs []string
+					for _, r := range p.Routes {
+						rs = append(rs, fmt.Sprintf("%s(%d)", r.Prefix, r.Priority))
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", p.Name, p.VNet, p.Role, p.OverlayIP, p.Online, join(rs), join(p.Endpoints))
+				}
+			})
+		},
+	}
+	list.Flags().StringVar(&vnet, "vnet", "", "only this vnet")
+	addJSONFlag(list, g)
+	var rmVNet string
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a peer; it disappears from every other peer's configuration",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.call(cmd, http.MethodDelete, "/v1/peers/"+url.PathEscape(rmVNet)+"/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "peer %s removed from vnet %s\n", args[0], rmVNet)
+			return nil
+		},
+	}
+	remove.Flags().StringVar(&rmVNet, "vnet", api.DefaultVNet, "vnet of the peer")
+	cmd.AddCommand(list, remove)
+	return cmd
+}
+
+func printGateways(gs []api.Gateway) string {
+	var parts []string
+	for _, gw := range gs {
+		h := "healthy"
+		if !gw.Healthy {
+			h = "down"
+		}
+		parts = append(parts, fmt.Sprintf("%s(%d,%s)", gw.Name, gw.Priority, h))
+	}
+	return join(parts)
+}
+
+func newRouteCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "route", Short: "Inspect subnet routes"}
+	var vnet string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List announced routes with their gateways",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := "/v1/routes"
+			if vnet != "" {
+				path += "?vnet=" + url.QueryEscape(vnet)
+			}
+			var out []api.RouteInfo
+			if err := g.call(cmd, http.MethodGet, path, nil, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, out)
+			}
+			return g.table("VNET\tPREFIX\tACTIVE\tGATEWAYS", func(w *tabwriter.Writer) {
+				for _, r := range out {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.VNet, r.Prefix, dash(r.ActiveGateway), printGateways(r.Gateways))
+				}
+			})
+		},
+	}
+	list.Flags().StringVar(&vnet, "vnet", "", "only this vnet")
+	addJSONFlag(list, g)
+	var lvnet string
+	lookup := &cobra.Command{
+		Use:   "lookup IP",
+		Short: "Show which gateway carries IP now (longest prefix match)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var res api.LookupResult
+			q := url.Values{"ip": {args[0]}, "vnet": {lvnet}}
+			if err := g.call(cmd, http.MethodGet, "/v1/routes/lookup?"+q.Encode(), nil, &res); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, res)
+			}
+			if res.Prefix == nil {
+				fmt.Fprintf(g.out, "%s in vnet %s: no route\n", res.IP, res.VNet)
+				return nil
+			}
+			fmt.Fprintf(g.out, "%s in vnet %s: %s via %s\ngateways: %s\n", res.IP, res.VNet, *res.Prefix, dash(res.ActiveGateway), printGateways(res.Gateways))
+			return nil
+		},
+	}
+	lookup.Flags().StringVar(&lvnet, "vnet", api.DefaultVNet, "vnet to look in")
+	addJSONFlag(lookup, g)
+	overlaps := &cobra.Command{
+		Use:   "overlaps",
+		Short: "List overlapping announced CIDRs and the vnets they belong to",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out []api.Overlap
+			if err := g.call(cmd, http.MethodGet, "/v1/routes/overlaps", nil, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, out)
+			}
+			return g.table("PREFIX A\tVNET A\tPREFIX B\tVNET B\tSCOPE", func(w *tabwriter.Writer) {
+				for _, o := range out {
+					scope := "separate vnets"
+					if o.SameVNet {
+						scope = "same vnet (longest prefix wins)"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", o.A.Prefix, o.A.VNet, o.B.Prefix, o.B.VNet, scope)
+				}
+			})
+		},
+	}
+	addJSONFlag(overlaps, g)
+	cmd.AddCommand(list, lookup, overlaps)
+	return cmd
+}
+
+func newGossipCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "gossip", Short: "Manage the peers' gossip encryption"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rotate-key",
+		Short: "Make a new gossip key primary; the previous one stays accepted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.call(cmd, http.MethodPost, "/v1/gossip/rotate-key", nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintln(g.out, "gossip key rotated")
+			return nil
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// exitError carries an exit code through cobra.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+// run executes the command line and returns the process exit code.
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot(os.Stdout, os.Stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		fmt.Fprintf(os.Stderr, "meshd: %s (%s)\n", ae.Message, ae.Code)
+	} else {
+		fmt.Fprintf(os.Stderr, "meshd: %v\n", err)
+	}
+	return 1
+}
+
+// globals are the flags every admin command shares.
+type globals struct {
+	coordinator string
+	json        bool
+	out, errOut io.Writer
+}
+
+func newRoot(out, errOut io.Writer) *cobra.Command {
+	g := &globals{out: out, errOut: errOut}
+	root := &cobra.Command{
+		Use:   "meshd",
+		Short: "meshd connects sites and devices into one WireGuard mesh",
+		Long: `meshd connects sites and devices into one WireGuard mesh.
+
+Admin commands find the cluster through --coordinator URL or MESHD_COORDINATOR
+(default: the coordinators named in the admin token) and authenticate with
+MESHD_ADMIN_TOKEN, the contents of a coordinator's DATA_DIR/admin.token.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	root.PersistentFlags().StringVar(&g.coordinator, "coordinator", os.Getenv("MESHD_COORDINATOR"), "coordinator API URL (env MESHD_COORDINATOR)")
+	root.AddCommand(
+		newCoordinatorCmd(g),
+		newClusterCmd(g),
+		newVNetCmd(g),
+		newTokenCmd(g),
+		newPeerCmd(g),
+		newRouteCmd(g),
+		newGossipCmd(g),
+	)
+	return root
+}
+
+func addJSONFlag(cmd *cobra.Command, g *globals) {
+	cmd.Flags().BoolVar(&g.json, "json", false, "print JSON")
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,295 @@
+// Package api holds the wire types shared by the coordinators, the peers and
+// the admin CLI, the protocol version, and the API error type with its stable
+// codes.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// ProtocolVersion is the version of the coordinator/peer protocol. A peer
+// sends it when it joins and watches; a coordinator refuses versions it does
+// not speak.
+const ProtocolVersion = 1
+
+// HeaderProtocol carries ProtocolVersion on every request.
+const HeaderProtocol = "Meshd-Protocol"
+
+// MaxBodyBytes caps every request body the API accepts.
+const MaxBodyBytes = 64 << 10
+
+// DefaultVNet is the vnet that exists from bootstrap, with DefaultOverlay.
+const (
+	DefaultVNet    = "default"
+	DefaultOverlay = "100.96.0.0/12"
+)
+
+// Roles of a peer.
+const (
+	RoleClient  = "client"
+	RoleGateway = "gateway"
+)
+
+// Error codes: stable strings a program can switch on. The message beside
+// them is for people.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeInvalidJSON      = "invalid_json"
+	CodeBodyTooLarge     = "body_too_large"
+	CodeInvalidName      = "invalid_name"
+	CodeInvalidCIDR      = "invalid_cidr"
+	CodeInvalidKey       = "invalid_key"
+	CodeInvalidArgument  = "invalid_argument"
+	CodeOverlap          = "overlap"
+	CodeConflict         = "conflict"
+	CodeNotFound         = "not_found"
+	CodeUnauthorized     = "unauthorized"
+	CodeForbidden        = "forbidden"
+	CodeTokenUnknown     = "token_unknown"
+	CodeTokenExpired     = "token_expired"
+	CodeTokenRevoked     = "token_revoked"
+	CodeTokenUsedUp      = "token_used_up"
+	CodeVNetDeleted      = "vnet_deleted"
+	CodeRouteNotAllowed  = "route_not_allowed"
+	CodeExhausted        = "address_pool_exhausted"
+	CodeVersion          = "unsupported_protocol"
+	CodeUnavailable      = "unavailable"
+	CodeInternal         = "internal"
+	CodeMethodNotAllowed = "method_not_allowed"
+)
+
+// Error is an API error: a stable code and a sentence a user can act on.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Errorf returns an *Error with code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Status is the HTTP status that carries the error.
+func (e *Error) Status() int {
+	switch e.Code {
+	case CodeUnauthorized, CodeTokenUnknown, CodeTokenExpired, CodeTokenRevoked, CodeTokenUsedUp:
+		return http.StatusUnauthorized
+	case CodeForbidden, CodeRouteNotAllowed:
+		return http.StatusForbidden
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted:
+		return http.StatusConflict
+	case CodeBodyTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeInternal:
+		return http.StatusInternalServerError
+	default:
+		return http.StatusBadRequest
+	}
+}
+
+// IsCode reports whether err is an *Error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error *Error `json:"error"`
+}
+
+// VNet is a virtual network.
+type VNet struct {
+	Name      string    `json:"name"`
+	Overlay   string    `json:"overlay"`
+	CreatedAt time.Time `json:"created_at"`
+	Peers     int       `json:"peers"`
+}
+
+// CreateVNetRequest creates a vnet.
+type CreateVNetRequest struct {
+	Name    string `json:"name"`
+	Overlay string `json:"overlay"`
+}
+
+// Route is one subnet announcement by one gateway.
+type Route struct {
+	Prefix   string `json:"prefix"`
+	Priority int    `json:"priority"`
+}
+
+// Token is a join token as listed: never its secret.
+type Token struct {
+	ID          string    `json:"id"`
+	VNet        string    `json:"vnet"`
+	Uses        int       `json:"uses"`
+	UsesLeft    int       `json:"uses_left"`
+	Expires     time.Time `json:"expires"`
+	Tags        []string  `json:"tags"`
+	AllowRoutes []string  `json:"allow_routes"`
+	Ephemeral   bool      `json:"ephemeral"`
+	Revoked     bool      `json:"revoked"`
+	Expired     bool      `json:"expired"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// CreateTokenRequest asks for a join token. Zero Uses means 1; an empty TTL
+// means 24h.
+type CreateTokenRequest struct {
+	VNet        string   `json:"vnet"`
+	Uses        int      `json:"uses"`
+	TTL         string   `json:"ttl"`
+	Tags        []string `json:"tags"`
+	AllowRoutes []string `json:"allow_routes"`
+	Ephemeral   bool     `json:"ephemeral"`
+}
+
+// CreateTokenResponse carries the opaque token string, shown once.
+type CreateTokenResponse struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Expires time.Time `json:"expires"`
+}
+
+// Peer is a peer as the admin sees it.
+type Peer struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	VNet      string    `json:"vnet"`
+	Role      string    `json:"role"`
+	PublicKey string    `json:"public_key"`
+	OverlayIP string    `json:"overlay_ip"`
+	Online    bool      `json:"online"`
+	Routes    []Route   `json:"routes"`
+	Endpoints []string  `json:"endpoints"`
+	Tags      []string  `json:"tags"`
+	Ephemeral bool      `json:"ephemeral"`
+	CreatedAt time.Time `json:"created_at"`
+	LastSeen  time.Time `json:"last_seen"`
+}
+
+// JoinRequest is what a new peer presents: the token string, its WireGuard
+// public key (base64) and its name.
+type JoinRequest struct {
+	ProtocolVersion int      `json:"protocol_version"`
+	Token           string   `json:"token"`
+	Name            string   `json:"name"`
+	PublicKey       string   `json:"public_key"`
+	Routes          []Route  `json:"routes"`
+	Endpoints       []string `json:"endpoints"`
+}
+
+// JoinResponse is what a peer receives when it joins.
+type JoinResponse struct {
+	PeerID     string     `json:"peer_id"`
+	Name       string     `json:"name"`
+	VNet       string     `json:"vnet"`
+	OverlayIP  string     `json:"overlay_ip"`
+	Overlay    string     `json:"overlay"`
+	Credential string     `json:"credential"`
+	GossipKeys [][]byte   `json:"gossip_keys"`
+	Map        *MapUpdate `json:"map"`
+}
+
+// MapPeer is another peer as a peer's network map shows it.
+type MapPeer struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Role      string   `json:"role"`
+	PublicKey string   `json:"public_key"`
+	OverlayIP string   `json:"overlay_ip"`
+	Endpoints []string `json:"endpoints,omitempty"`
+	Routes    []Route  `json:"routes,omitempty"`
+	Tags      []string `json:"tags,omitempty"`
+}
+
+// MapUpdate is one message of a network-map watch. Full means Peers is the
+// whole set of other peers and replaces what the receiver had; otherwise
+// Peers are upserts and Removed are peer IDs to drop. Index is the state
+// index the receiver resumes from.
+type MapUpdate struct {
+	Index        uint64    `json:"index"`
+	Full         bool      `json:"full,omitempty"`
+	VNet         string    `json:"vnet,omitempty"`
+	Overlay      string    `json:"overlay,omitempty"`
+	Self         *MapPeer  `json:"self,omitempty"`
+	Peers        []MapPeer `json:"peers,omitempty"`
+	Removed      []string  `json:"removed,omitempty"`
+	GossipKeys   [][]byte  `json:"gossip_keys,omitempty"`
+	Coordinators []string  `json:"coordinators,omitempty"`
+	// SelfRemoved tells the receiver it was removed; the stream ends.
+	SelfRemoved bool `json:"self_removed,omitempty"`
+}
+
+// HeartbeatRequest is sent by a peer periodically; Endpoints, when not nil,
+// replaces its reported endpoints.
+type HeartbeatRequest struct {
+	Endpoints []string `json:"endpoints"`
+}
+
+// Member is one coordinator.
+type Member struct {
+	Name     string `json:"name"`
+	RaftAddr string `json:"raft_addr"`
+	APIURL   string `json:"api_url"`
+	Role     string `json:"role"`
+}
+
+// ClusterStatus answers `meshd cluster status`.
+type ClusterStatus struct {
+	Leader           string   `json:"leader"`
+	Members          []Member `json:"members"`
+	LastAppliedIndex uint64   `json:"last_applied_index"`
+	Server           string   `json:"server"`
+}
+
+// Gateway is one gateway carrying a route.
+type Gateway struct {
+	Name     string `json:"name"`
+	Priority int    `json:"priority"`
+	Healthy  bool   `json:"healthy"`
+}
+
+// RouteInfo is one (vnet, prefix) with its gateways.
+type RouteInfo struct {
+	VNet          string    `json:"vnet"`
+	Prefix        string    `json:"prefix"`
+	ActiveGateway string    `json:"active_gateway"`
+	Gateways      []Gateway `json:"gateways"`
+}
+
+// LookupResult answers `meshd route lookup IP`. Prefix is nil when no route
+// matches.
+type LookupResult struct {
+	IP            string    `json:"ip"`
+	VNet          string    `json:"vnet"`
+	Prefix        *string   `json:"prefix"`
+	ActiveGateway string    `json:"active_gateway"`
+	Gateways      []Gateway `json:"gateways"`
+}
+
+// Overlap is a pair of announced prefixes that overlap.
+type Overlap struct {
+	A RoutePlace `json:"a"`
+	B RoutePlace `json:"b"`
+	// SameVNet is true when both lie in one vnet (longest prefix decides);
+	// otherwise the vnets keep them apart.
+	SameVNet bool `json:"same_vnet"`
+}
+
+// RoutePlace is a prefix in a vnet.
+type RoutePlace struct {
+	VNet   string `json:"vnet"`
+	Prefix string `json:"prefix"`
+}

@@ -1,0 +1,241 @@
+// Package apiclient talks to the coordinators' HTTPS API: it verifies their
+// TLS identity against the pin carried by every meshd token, and moves on to
+// the next coordinator it knows when one does not answer.
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/tlspin"
+	"github.com/meshd/meshd/pkg/token"
+)
+
+// Client calls the coordinator API.
+type Client struct {
+	hc   *http.Client // no overall timeout: watches are long-lived
+	auth string
+
+	mu   sync.Mutex
+	urls []string // guarded by mu
+	cur  int      // guarded by mu: index of the coordinator that last answered
+}
+
+// New returns a client for urls whose coordinators must match pin. auth, if
+// not empty, is sent as the bearer credential.
+func New(urls []string, pin [32]byte, auth string) *Client {
+	tr := &http.Transport{
+		TLSClientConfig:     tlspin.ClientConfig(pin),
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 5 * time.Second,
+	}
+	return &Client{hc: &http.Client{Transport: tr}, auth: auth, urls: append([]string(nil), urls...)}
+}
+
+// FromToken returns a client that uses the coordinators and pin of tok and
+// authenticates with it.
+func FromToken(tok string) (*Client, *token.Token, error) {
+	t, err := token.Parse(tok)
+	if err != nil {
+		return nil, nil, err
+	}
+	return New(t.URLs, t.Pin, tok), t, nil
+}
+
+// SetURLs replaces the coordinators the client knows (from a network map).
+func (c *Client) SetURLs(urls []string) {
+	if len(urls) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur := ""
+	if c.cur < len(c.urls) {
+		cur = c.urls[c.cur]
+	}
+	c.urls = append([]string(nil), urls...)
+	c.cur = 0
+	for i, u := range c.urls {
+		if u == cur {
+			c.cur = i
+		}
+	}
+}
+
+// URLs returns the coordinators the client knows, the current one first.
+func (c *Client) URLs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.urls))
+	for i := range c.urls {
+		out = append(out, c.urls[(c.cur+i)%len(c.urls)])
+	}
+	return out
+}
+
+func (c *Client) setCurrent(u string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, x := range c.urls {
+		if x == u {
+			c.cur = i
+		}
+	}
+}
+
+// AttemptTimeout bounds one request to one coordinator.
+var AttemptTimeout = 10 * time.Second
+
+// ErrUnreachable wraps the last failure when no coordinator answered.
+var ErrUnreachable = errors.New("no coordinator reachable")
+
+// Do sends a request with a JSON body in (nil for none) and decodes a JSON
+// answer into out (nil to discard). API errors come back as *api.Error; when
+// a coordinator cannot be reached or is unavailable, the next is tried.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+	}
+	urls := c.URLs()
+	if len(urls) == 0 {
+		return fmt.Errorf("%w: no coordinator address known", ErrUnreachable)
+	}
+	var last error
+	for _, u := range urls {
+		err := c.once(ctx, u, method, path, body, out)
+		if err == nil {
+			c.setCurrent(u)
+			return nil
+		}
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Code != api.CodeUnavailable {
+			c.setCurrent(u)
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		last = err
+	}
+	var ae *api.Error
+	if errors.As(last, &ae) {
+		return last
+	}
+	return fmt.Errorf("%w (tried %v): %v", ErrUnreachable, urls, last)
+}
+
+func (c *Client) newRequest(ctx context.Context, base, method, path string, body []byte) (*http.Request, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set(api.HeaderProtocol, strconv.Itoa(api.ProtocolVersion))
+	if c.auth != "" {
+		req.Header.Set("Authorization", "Bearer "+c.auth)
+	}
+	return req, nil
+}
+
+func (c *Client) once(ctx context.Context, base, method, path string, body []byte, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+	defer cancel()
+	req, err := c.newRequest(ctx, base, method, path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return decodeResponse(resp, out)
+}
+
+func decodeResponse(resp *http.Response, out any) error {
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("read response: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb api.ErrorBody
+		if json.Unmarshal(data, &eb) == nil && eb.Error != nil {
+			return eb.Error
+		}
+		return api.Errorf(api.CodeUnavailable, "coordinator answered %s", resp.Status)
+	}
+	if out == nil || len(data) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	return nil
+}
+
+// Stream opens a long-lived GET (a network-map watch) on the first
+// coordinator that answers with 200 and returns the response; the caller
+// reads and closes its body.
+func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error) {
+	var last error
+	for _, u := range c.URLs() {
+		req, err := c.newRequest(ctx, u, http.MethodGet, path, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			last = err
+			continue
+		}
+		if resp.StatusCode != http.StatusOK {
+			err := decodeResponse(resp, nil)
+			resp.Body.Close()
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Code != api.CodeUnavailable {
+				return nil, err
+			}
+			last = err
+			continue
+		}
+		c.setCurrent(u)
+		return resp, nil
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnreachable, last)
+}
+
+// Join presents a join token and returns the new peer's identity.
+func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*api.JoinResponse, error) {
+	t, err := token.ParseKind(joinToken, token.KindJoin)
+	if err != nil {
+		return nil, fmt.Errorf("join token: %w", err)
+	}
+	c := New(t.URLs, t.Pin, "")
+	req.Token = joinToken
+	req.ProtocolVersion = api.ProtocolVersion
+	var resp api.JoinResponse
+	if err := c.Do(ctx, http.MethodPost, "/v1/join", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
