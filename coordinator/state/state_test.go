@@ -1,0 +1,117 @@
+package state
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/pkg/api"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func key() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+func hash(c byte) string { return strings.Repeat(string(c), 64) }
+
+func setup(t *testing.T) *Store {
+	t.Helper()
+	s := New()
+	s.SetIndex(1)
+	if err := s.Bootstrap(t0, make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateToken(TokenSpec{ID: "tok1", SecretHash: hash('a'), VNet: api.DefaultVNet, Uses: 2, Expires: t0.Add(time.Hour), AllowRoutes: []string{"10.1.0.0/16"}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestJoin(t *testing.T) {
+	s := setup(t)
+	k1 := key()
+	p, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p1", Name: "gw1", PublicKey: k1, CredHash: hash('c'), Routes: []api.Route{{Prefix: "10.1.2.0/24", Priority: 10}}}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.OverlayIP.String() != "100.96.0.1" || p.Role != api.RoleGateway {
+		t.Fatalf("got %v %v; want 100.96.0.1 gateway", p.OverlayIP, p.Role)
+	}
+	for _, tt := range []struct {
+		name string
+		spec JoinSpec
+		now  time.Time
+		code string
+	}{
+		{"wrong secret", JoinSpec{TokenID: "tok1", SecretHash: hash('b'), PeerID: "x", Name: "a", PublicKey: key(), CredHash: hash('c')}, t0, api.CodeTokenUnknown},
+		{"unknown token", JoinSpec{TokenID: "nope", SecretHash: hash('a'), PeerID: "x", Name: "a", PublicKey: key(), CredHash: hash('c')}, t0, api.CodeTokenUnknown},
+		{"expired", JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "x", Name: "a", PublicKey: key(), CredHash: hash('c')}, t0.Add(2 * time.Hour), api.CodeTokenExpired},
+		{"duplicate name", JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "x", Name: "gw1", PublicKey: key(), CredHash: hash('c')}, t0, api.CodeConflict},
+		{"bad key", JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "x", Name: "a", PublicKey: "AAAA", CredHash: hash('c')}, t0, api.CodeInvalidKey},
+		{"route not allowed", JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "x", Name: "a", PublicKey: key(), CredHash: hash('c'), Routes: []api.Route{{Prefix: "10.2.0.0/24"}}}, t0, api.CodeRouteNotAllowed},
+		{"bad name", JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "x", Name: "-A", PublicKey: key(), CredHash: hash('c')}, t0, api.CodeInvalidName},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := s.Dump()
+			_, err := s.Join(tt.spec, tt.now)
+			if !api.IsCode(err, tt.code) {
+				t.Fatalf("got %v; want code %s", err, tt.code)
+			}
+			if string(s.Dump()) != string(before) {
+				t.Fatalf("a refused join changed the state")
+			}
+		})
+	}
+	if _, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p2", Name: "c2", PublicKey: key(), CredHash: hash('c')}, t0); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p3", Name: "c3", PublicKey: key(), CredHash: hash('c')}, t0)
+	if !api.IsCode(err, api.CodeTokenUsedUp) {
+		t.Fatalf("got %v; want %s", err, api.CodeTokenUsedUp)
+	}
+	// A lost-answer retry of the first join gets the same identity.
+	again, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p9", Name: "gw1", PublicKey: k1, CredHash: hash('d')}, t0.Add(time.Second))
+	if err != nil || again.ID != "p1" {
+		t.Fatalf("retry: got %v, %v; want p1", again, err)
+	}
+	ids, _, ok := s.ChangesSince(api.DefaultVNet, 0)
+	if !ok || len(ids) == 0 {
+		t.Fatalf("got changes %v ok=%v; want some", ids, ok)
+	}
+}
+
+func TestSnapshotRoundTripEveryTable(t *testing.T) {
+	s := setup(t)
+	if err := s.CreateVNet("site", "100.112.0.0/16", t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p1", Name: "gw1", PublicKey: key(), CredHash: hash('c'), Endpoints: []string{"192.0.2.1:51820"}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RegisterCoordinator(Coordinator{Name: "c1", RaftAddr: "127.0.0.1:1", APIURL: "https://127.0.0.1:2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RotateGossipKey(make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New()
+	if err := r.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if string(r.Dump()) != string(s.Dump()) {
+		t.Fatalf("got %s; want %s", r.Dump(), s.Dump())
+	}
+	if id, ok := r.PeerIDByName(api.DefaultVNet, "gw1"); !ok || id != "p1" {
+		t.Fatalf("indexes not rebuilt: got %q %v", id, ok)
+	}
+}
