@@ -465,7 +465,7 @@ func (s *Server) registerLoop(ctx context.Context) {
 		var current bool
 		s.store.Read(func(t *state.Tables, _ uint64) {
 			c, ok := t.Coordinators[me.Name]
-			current = ok && *c == me && t.Bootstrapped
+			current = ok && *c == me
 		})
 		if current {
 			select {
