@@ -9,6 +9,10 @@ build:
 # test: unit, in-process and fuzz smoke tests (the README's test command).
 test: lint
 	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz
+
+# fuzz: a few seconds of each fuzz target (the token parser, the FSM decoder).
+fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./pkg/token
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 5s ./coordinator/fsm
 
@@ -22,7 +26,7 @@ lint:
 	@test -z "$$(gofmt -l .)" || (echo "gofmt needed:"; gofmt -l .; exit 1)
 	$(GO) vet ./...
 
-# lab: a single-node coordinator on loopback, in the foreground.
+# lab: a single-node coordinator on loopback, in the background (state in .lab/).
 lab: build
 	./scripts/lab.sh
 

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -71,8 +72,6 @@ func (s *Server) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
 		h(w, r)
 	}
 }
-
-type ctxPeer struct{}
 
 // requirePeer authenticates a peer credential and passes the peer id on.
 func (s *Server) requirePeer(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
@@ -404,7 +403,7 @@ func (s *Server) handleOverlaps(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleRotateGossipKey(w http.ResponseWriter, r *http.Request) {
 	key := make([]byte, 32)
-	if _, err := randRead(key); err != nil {
+	if _, err := rand.Read(key); err != nil {
 		writeError(w, err)
 		return
 	}

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -11,8 +10,6 @@ import (
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 )
-
-func randRead(b []byte) (int, error) { return rand.Read(b) }
 
 // keepaliveEvery is how often an idle watch stream gets a blank line, so
 // both ends notice a dead connection.

@@ -200,9 +200,11 @@ func (f *FSM) apply(l *raft.Log) any {
 	r := &Result{Index: l.Index}
 	switch t {
 	case BootstrapType:
-		err = f.applyBootstrap(body.(*Bootstrap))
+		c := body.(*Bootstrap)
+		err = f.store.Bootstrap(c.Now, c.GossipKey)
 	case CreateVNetType:
-		err = f.applyCreateVNet(body.(*CreateVNet))
+		c := body.(*CreateVNet)
+		err = f.store.CreateVNet(c.Name, c.Overlay, c.Now)
 	case DeleteVNetType:
 		err = f.store.DeleteVNet(body.(*DeleteVNet).Name)
 	case CreateTokenType:
@@ -239,14 +241,6 @@ func (f *FSM) apply(l *raft.Log) any {
 		r.Err = ae
 	}
 	return r
-}
-
-func (f *FSM) applyBootstrap(c *Bootstrap) error {
-	return f.store.Bootstrap(c.Now, c.GossipKey)
-}
-
-func (f *FSM) applyCreateVNet(c *CreateVNet) error {
-	return f.store.CreateVNet(c.Name, c.Overlay, c.Now)
 }
 
 // Snapshot captures the state for Raft.
