@@ -1,0 +1,377 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/meshd/meshd/coordinator/clusterkey"
+	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/logging"
+)
+
+// testCluster is a Raft cluster of in-process coordinators connected by
+// raft's in-memory transport; each still serves its HTTPS API on loopback.
+type testCluster struct {
+	t     *testing.T
+	key   clusterkey.Key
+	nodes []*testNode
+}
+
+type testNode struct {
+	name   string
+	srv    *Server
+	trans  *raft.InmemTransport
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (n *testNode) stopped() bool {
+	select {
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (n *testNode) stop() {
+	n.cancel()
+	<-n.done
+	n.trans.Close()
+}
+
+func startCluster(t *testing.T, size int) *testCluster {
+	t.Helper()
+	key, err := clusterkey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &testCluster{t: t, key: key}
+	var members []Member
+	for i := range size {
+		name := fmt.Sprintf("c%d", i+1)
+		addr, trans := raft.NewInmemTransport(raft.ServerAddress(name))
+		c.nodes = append(c.nodes, &testNode{name: name, trans: trans})
+		members = append(members, Member{Name: name, RaftAddr: string(addr)})
+	}
+	for _, a := range c.nodes {
+		for _, b := range c.nodes {
+			if a != b {
+				a.trans.Connect(b.trans.LocalAddr(), b.trans)
+			}
+		}
+	}
+	for _, n := range c.nodes {
+		srv, err := New(Config{
+			Name: n.name, ClusterKey: key,
+			APIListen: "127.0.0.1:0", InitialCluster: members,
+			RaftTransport: n.trans,
+			RaftStores:    &RaftStores{Log: raft.NewInmemStore(), Stable: raft.NewInmemStore(), Snapshot: raft.NewInmemSnapshotStore()},
+			Logger:        logging.New(testWriter{t}, 0),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		n.srv, n.cancel, n.done = srv, cancel, make(chan struct{})
+		go func() { srv.Run(ctx); close(n.done) }()
+	}
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			if !n.stopped() {
+				n.stop()
+			}
+		}
+	})
+	c.waitReady(c.nodes)
+	return c
+}
+
+// waitReady waits until one of nodes leads, the cluster state is
+// bootstrapped and every node in nodes has registered its API URL.
+func (c *testCluster) waitReady(nodes []*testNode) *testNode {
+	c.t.Helper()
+	var leader *testNode
+	waitFor(c.t, 15*time.Second, "a leader with every node registered", func() bool {
+		leader = nil
+		for _, n := range nodes {
+			if n.srv.Raft().State() == raft.Leader {
+				leader = n
+			}
+		}
+		if leader == nil {
+			return false
+		}
+		for _, n := range nodes {
+			if _, ok := n.srv.leaderAPIURL(); !ok {
+				return false
+			}
+			ready := false
+			n.srv.Store().Read(func(tb *state.Tables, _ uint64) {
+				ready = tb.Bootstrapped && len(tb.Coordinators) == len(c.nodes)
+			})
+			if !ready {
+				return false
+			}
+		}
+		return true
+	})
+	return leader
+}
+
+func (c *testCluster) leader() *testNode {
+	for _, n := range c.nodes {
+		if !n.stopped() && n.srv.Raft().State() == raft.Leader {
+			return n
+		}
+	}
+	return nil
+}
+
+func (c *testCluster) followers() []*testNode {
+	var out []*testNode
+	for _, n := range c.nodes {
+		if !n.stopped() && n.srv.Raft().State() != raft.Leader {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// admin returns an admin client that knows the URLs of nodes, in order.
+func (c *testCluster) admin(nodes ...*testNode) *apiclient.Client {
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.srv.APIURL())
+	}
+	srv := nodes[0].srv
+	return apiclient.New(urls, srv.Pin(), srv.AdminToken(urls))
+}
+
+// waitConverged waits until every running node holds the same state.
+func (c *testCluster) waitConverged() {
+	c.t.Helper()
+	waitFor(c.t, 10*time.Second, "replicas to converge", func() bool {
+		var first []byte
+		for _, n := range c.nodes {
+			if n.stopped() {
+				continue
+			}
+			d := n.srv.Store().Dump()
+			if first == nil {
+				first = d
+			} else if string(d) != string(first) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+}
+
+func TestClusterLeaderLoss(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	old := c.leader()
+	fol := c.followers()
+	// A write through a follower is forwarded to the leader, and the
+	// follower reads it back at once.
+	if err := c.admin(fol[0]).Do(ctx, http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: "branch", Overlay: "100.112.0.0/16"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var vnets []api.VNet
+	if err := c.admin(fol[0]).Do(ctx, http.MethodGet, "/v1/vnets", nil, &vnets); err != nil {
+		t.Fatal(err)
+	}
+	if len(vnets) != 2 {
+		t.Fatalf("got %d vnets on the follower right after the write; want 2", len(vnets))
+	}
+
+	old.stop()
+	start := time.Now()
+	leader := c.waitReady(fol)
+	t.Logf("new leader %s after %s", leader.name, time.Since(start))
+	// The client knows the dead node first: it moves on, and writes resume.
+	cl := c.admin(old, fol[0], fol[1])
+	var tok api.CreateTokenResponse
+	if err := cl.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{VNet: "branch"}, &tok); err != nil {
+		t.Fatalf("write after leader loss: %v", err)
+	}
+	if _, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: "laptop", PublicKey: wgKey()}); err != nil {
+		t.Fatalf("join after leader loss: %v", err)
+	}
+	c.waitConverged()
+}
+
+func TestClusterPartitionedFollowerCatchesUp(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	lost := c.followers()[0]
+	lost.trans.DisconnectAll()
+	for _, n := range c.nodes {
+		if n != lost {
+			n.trans.Disconnect(lost.trans.LocalAddr())
+		}
+	}
+	// The majority keeps writing while the follower is cut off.
+	var majority []*testNode
+	for _, n := range c.nodes {
+		if n != lost {
+			majority = append(majority, n)
+		}
+	}
+	cl := c.admin(majority...)
+	var ids []string
+	for i := range 30 {
+		var tok api.CreateTokenResponse
+		if err := cl.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Tags: []string{fmt.Sprintf("t%d", i)}}, &tok); err != nil {
+			t.Fatalf("write %d during partition: %v", i, err)
+		}
+		ids = append(ids, tok.ID)
+	}
+	before := lost.srv.Store().Index()
+	if string(lost.srv.Store().Dump()) == string(majority[0].srv.Store().Dump()) {
+		t.Fatal("the partitioned follower already has the writes")
+	}
+	// Heal; the follower catches up without any client action.
+	for _, a := range c.nodes {
+		for _, b := range c.nodes {
+			if a != b {
+				a.trans.Connect(b.trans.LocalAddr(), b.trans)
+			}
+		}
+	}
+	c.waitConverged()
+	if lost.srv.Store().Index() <= before {
+		t.Fatalf("follower index %d did not advance past %d", lost.srv.Store().Index(), before)
+	}
+	var toks []api.Token
+	if err := c.admin(lost).Do(ctx, http.MethodGet, "/v1/tokens", nil, &toks); err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, tk := range toks {
+		have[tk.ID] = true
+	}
+	for _, id := range ids {
+		if !have[id] {
+			t.Errorf("token %s missing on the healed follower", id)
+		}
+	}
+}
+
+func TestClusterConcurrentJoinsUniqueAddresses(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	const n = 120
+	var tok api.CreateTokenResponse
+	if err := c.admin(c.nodes...).Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: n}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	// Joins arrive at all three coordinators while leadership moves once.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	addrs := map[string]string{} // overlay IP -> peer name
+	errs := make(chan error, n)
+	transferred := make(chan struct{})
+	go func() {
+		defer close(transferred)
+		if l := c.leader(); l != nil {
+			if err := l.srv.Raft().LeadershipTransfer().Error(); err != nil {
+				t.Logf("leadership transfer: %v", err)
+			}
+		}
+	}()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			node := c.nodes[i%len(c.nodes)]
+			req := api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: fmt.Sprintf("p%03d", i), PublicKey: wgKey()}
+			cl := apiclient.New([]string{node.srv.APIURL()}, node.srv.Pin(), "")
+			var resp api.JoinResponse
+			var err error
+			// A join whose answer was lost (leader changed mid-commit) is
+			// retried with the same name and key: the cluster returns the
+			// identity it already assigned rather than a second address.
+			for attempt := 0; attempt < 50; attempt++ {
+				err = cl.Do(ctx, http.MethodPost, "/v1/join", req, &resp)
+				if !api.IsCode(err, api.CodeUnavailable) {
+					break
+				}
+			}
+			if err != nil {
+				errs <- fmt.Errorf("join %s: %w", req.Name, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if other, dup := addrs[resp.OverlayIP]; dup {
+				errs <- fmt.Errorf("%s and %s both got %s", other, req.Name, resp.OverlayIP)
+			}
+			addrs[resp.OverlayIP] = req.Name
+		}()
+	}
+	wg.Wait()
+	<-transferred
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if len(addrs) != n {
+		t.Fatalf("got %d distinct addresses; want %d", len(addrs), n)
+	}
+	c.waitConverged()
+	var peers []api.Peer
+	if err := c.admin(c.nodes[2]).Do(ctx, http.MethodGet, "/v1/peers", nil, &peers); err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != n {
+		t.Fatalf("got %d peers; want %d", len(peers), n)
+	}
+	var toks []api.Token
+	if err := c.admin(c.nodes[1]).Do(ctx, http.MethodGet, "/v1/tokens", nil, &toks); err != nil {
+		t.Fatal(err)
+	}
+	if len(toks) != 1 || toks[0].UsesLeft != 0 {
+		t.Fatalf("got tokens %+v; want one with no uses left", toks)
+	}
+}
+
+// TestClusterStopsCleanly checks that a stopped cluster leaves no goroutines
+// behind.
+func TestClusterStopsCleanly(t *testing.T) {
+	base := runtime.NumGoroutine()
+	c := startCluster(t, 3)
+	for _, n := range c.nodes {
+		n.stop()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > base+2 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("%d goroutines left after stop (started with %d):\n%s", runtime.NumGoroutine(), base, buf)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+}
