@@ -1,0 +1,191 @@
+// Package controlclient is the peer's side of the coordinator API: it joins
+// with a token, keeps the peer's identity in its state dir, holds the
+// network-map watch (resuming from the last index it saw) and reports
+// heartbeats and endpoints.
+package controlclient
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/token"
+)
+
+// Files in the state dir. Both are written with mode 0600.
+const (
+	KeyFile      = "private.key"
+	IdentityFile = "identity.json"
+)
+
+// Errors that end the agent rather than being retried.
+var (
+	// ErrRemoved: the coordinators removed this peer.
+	ErrRemoved = errors.New("this peer was removed from the mesh by an administrator; join again with a new token to come back")
+	// ErrCredentialRefused: the coordinators no longer accept this peer's
+	// credential (removed while the agent was down, or another cluster).
+	ErrCredentialRefused = errors.New("the coordinators refused this peer's credential: it was removed or belongs to another cluster; remove the state dir and join again with a new token")
+)
+
+// WatchIdleTimeout ends a watch that has been silent for this long; the
+// coordinators send a keepalive line every 15 s.
+const WatchIdleTimeout = 40 * time.Second
+
+// Identity is what a peer keeps between runs: with it, a restart needs no
+// token and comes back with the same key and overlay address.
+type Identity struct {
+	PeerID       string   `json:"peer_id"`
+	Name         string   `json:"name"`
+	VNet         string   `json:"vnet"`
+	OverlayIP    string   `json:"overlay_ip"`
+	Overlay      string   `json:"overlay"`
+	Credential   string   `json:"credential"`
+	Coordinators []string `json:"coordinators"`
+}
+
+// LoadIdentity reads the identity in dir; an error wrapping os.ErrNotExist
+// means the peer has not joined yet.
+func LoadIdentity(dir string) (*Identity, error) {
+	b, err := os.ReadFile(filepath.Join(dir, IdentityFile))
+	if err != nil {
+		return nil, err
+	}
+	var id Identity
+	if err := json.Unmarshal(b, &id); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, IdentityFile), err)
+	}
+	if _, err := token.ParseKind(id.Credential, token.KindPeer); err != nil {
+		return nil, fmt.Errorf("read %s: credential: %w", filepath.Join(dir, IdentityFile), err)
+	}
+	return &id, nil
+}
+
+// Save writes the identity to dir.
+func (id *Identity) Save(dir string) error {
+	b, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFile(filepath.Join(dir, IdentityFile), append(b, '\n'))
+}
+
+// WriteFile writes a private file (0600) atomically.
+func WriteFile(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Join presents joinToken and returns the identity to save and the first
+// network map.
+func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*Identity, *api.JoinResponse, error) {
+	tok, err := token.ParseKind(joinToken, token.KindJoin)
+	if err != nil {
+		return nil, nil, fmt.Errorf("join token: %w", err)
+	}
+	resp, err := apiclient.Join(ctx, joinToken, req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("join: %w", err)
+	}
+	id := &Identity{
+		PeerID: resp.PeerID, Name: resp.Name, VNet: resp.VNet, OverlayIP: resp.OverlayIP,
+		Overlay: resp.Overlay, Credential: resp.Credential, Coordinators: tok.URLs,
+	}
+	if resp.Map != nil && len(resp.Map.Coordinators) > 0 {
+		id.Coordinators = resp.Map.Coordinators
+	}
+	return id, resp, nil
+}
+
+// Client talks to the coordinators as one joined peer.
+type Client struct {
+	api *apiclient.Client
+}
+
+// New returns a client for the peer id.
+func New(id *Identity) (*Client, error) {
+	cred, err := token.ParseKind(id.Credential, token.KindPeer)
+	if err != nil {
+		return nil, fmt.Errorf("peer credential: %w", err)
+	}
+	return &Client{api: apiclient.New(id.Coordinators, cred.Pin, id.Credential)}, nil
+}
+
+// SetCoordinators replaces the coordinator URLs the client tries.
+func (c *Client) SetCoordinators(urls []string) { c.api.SetURLs(urls) }
+
+// Coordinators returns the URLs the client knows, the one in use first.
+func (c *Client) Coordinators() []string { return c.api.URLs() }
+
+// Heartbeat tells the coordinators the peer is alive; endpoints, when not
+// nil, replace the endpoints it reported before.
+func (c *Client) Heartbeat(ctx context.Context, endpoints []string) error {
+	err := c.api.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: endpoints}, nil)
+	if api.IsCode(err, api.CodeUnauthorized) {
+		return ErrCredentialRefused
+	}
+	return err
+}
+
+// Watch holds one network-map stream that resumes after index since (0: the
+// whole map first) and calls fn with every update, in order, until the
+// stream ends or ctx is done. It returns ErrRemoved when the peer was removed
+// and ErrCredentialRefused when its credential is refused; other errors are
+// worth retrying.
+func (c *Client) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	path := "/v1/netmap"
+	if since > 0 {
+		path += "?since=" + strconv.FormatUint(since, 10)
+	}
+	resp, err := c.api.Stream(ctx, path)
+	if err != nil {
+		if api.IsCode(err, api.CodeUnauthorized) {
+			return ErrCredentialRefused
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	// A stream that stays silent past the keepalive interval is dead.
+	idle := time.AfterFunc(WatchIdleTimeout, cancel)
+	defer idle.Stop()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
+	for sc.Scan() {
+		idle.Reset(WatchIdleTimeout)
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		var upd api.MapUpdate
+		if err := json.Unmarshal(line, &upd); err != nil {
+			return fmt.Errorf("network map: %w", err)
+		}
+		if upd.SelfRemoved {
+			return ErrRemoved
+		}
+		fn(&upd)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("network map stream: %w", err)
+	}
+	return errors.New("network map stream ended")
+}

@@ -1,0 +1,112 @@
+package engine
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/meshd/meshd/peer/wgcfg"
+)
+
+// Userspace is wireguard-go on a TUN device.
+type Userspace struct {
+	name string
+	log  *slog.Logger
+	dev  *device.Device
+	uapi net.Listener
+
+	mu      sync.Mutex
+	applied *wgcfg.Config // guarded by mu: what the device has; nil after an error
+}
+
+var _ Engine = (*Userspace)(nil)
+
+// NewUserspace creates the TUN interface name with mtu (0: DefaultMTU),
+// starts wireguard-go on it and opens its UAPI socket.
+func NewUserspace(name string, mtu int, log *slog.Logger) (*Userspace, error) {
+	if mtu == 0 {
+		mtu = DefaultMTU
+	}
+	log = log.With("component", "engine", "interface", name)
+	tdev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: %w (is /dev/net/tun available, and are you root?)", name, err)
+	}
+	if real, err := tdev.Name(); err == nil {
+		name = real
+	}
+	wlog := &device.Logger{
+		Verbosef: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) },
+	}
+	dev := device.NewDevice(tdev, conn.NewDefaultBind(), wlog)
+	e := &Userspace{name: name, log: log, dev: dev}
+	f, err := ipc.UAPIOpen(name)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("open uapi socket for %s: %w", name, err)
+	}
+	e.uapi, err = ipc.UAPIListen(name, f)
+	if err != nil {
+		f.Close()
+		dev.Close()
+		return nil, fmt.Errorf("listen on uapi socket for %s: %w", name, err)
+	}
+	go func() {
+		for {
+			c, err := e.uapi.Accept()
+			if err != nil {
+				return
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	if err := dev.Up(); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("bring up %s: %w", name, err)
+	}
+	return e, nil
+}
+
+// Name implements Engine.
+func (e *Userspace) Name() string { return e.name }
+
+// Reconfig implements Engine.
+func (e *Userspace) Reconfig(cfg *wgcfg.Config) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.applied != nil && e.applied.Equal(cfg) {
+		return ErrNoChanges
+	}
+	set := wgcfg.UAPI(e.applied, cfg)
+	if err := e.dev.IpcSet(set); err != nil {
+		e.applied = nil
+		return fmt.Errorf("configure %s: %w", e.name, err)
+	}
+	e.applied = cfg.Clone()
+	return nil
+}
+
+// Status implements Engine.
+func (e *Userspace) Status() ([]PeerStatus, error) {
+	s, err := e.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("read %s status: %w", e.name, err)
+	}
+	return parseUAPIGet(s)
+}
+
+// Close implements Engine.
+func (e *Userspace) Close() error {
+	if e.uapi != nil {
+		e.uapi.Close()
+	}
+	e.dev.Close()
+	return nil
+}
