@@ -46,7 +46,26 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.untilCaughtUp(mux)
+}
+
+// untilCaughtUp answers 503 (so clients move on to another coordinator)
+// while this replica is still replaying the log it had on disk: a restarted
+// coordinator must not serve an empty or stale state, nor refuse a peer
+// credential it has not replayed yet. Cluster status and internal calls are
+// always served.
+func (s *Server) untilCaughtUp(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/cluster/status", "/v1/internal/apply":
+		default:
+			if !s.caughtUp() {
+				writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s is catching up with the cluster log (applied %d of %d)", s.cfg.Name, s.raft.AppliedIndex(), s.bootIndex))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func bearer(r *http.Request) string {

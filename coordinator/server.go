@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -160,6 +161,12 @@ type Server struct {
 	watchN  map[string]int       // guarded by touchMu: open watches per peer
 
 	closeOnce sync.Once
+
+	// bootIndex is the last log index on disk at start; the replica serves
+	// once it has applied that far (ready latches).
+	bootIndex uint64
+	started   time.Time
+	ready     atomic.Bool
 }
 
 // New builds a coordinator: it opens the stores, starts Raft and binds the
@@ -230,6 +237,8 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
+	s.bootIndex = r.LastIndex()
+	s.started = time.Now()
 
 	// API listener with a certificate from the API CA.
 	ln, err := net.Listen("tcp", cfg.APIListen)
@@ -344,6 +353,26 @@ func (s *Server) Close() error {
 	})
 	return nil
 }
+
+// caughtUp reports whether the local replica has applied the log this node
+// had on disk when it started. Entries that were on disk but never committed
+// may be replaced by a new leader and never reach that index; after
+// catchUpGrace, having applied everything the cluster has committed is
+// enough.
+func (s *Server) caughtUp() bool {
+	if s.ready.Load() {
+		return true
+	}
+	applied := s.raft.AppliedIndex()
+	if applied >= s.bootIndex ||
+		time.Since(s.started) > catchUpGrace && s.raft.CommitIndex() > 0 && applied >= s.raft.CommitIndex() {
+		s.ready.Store(true)
+		return true
+	}
+	return false
+}
+
+const catchUpGrace = 10 * time.Second
 
 func (s *Server) now() time.Time { return s.cfg.Now().UTC() }
 
