@@ -482,7 +482,9 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 			resp.Overlay = v.Overlay.String()
 		}
 		resp.GossipKeys = slices.Clone(t.GossipKeys)
-		resp.Map = netmap.Full(t, index, p.ID)
+		if !req.OmitMap {
+			resp.Map = netmap.Full(t, index, p.ID)
+		}
 	})
 	writeJSON(w, http.StatusOK, resp)
 }

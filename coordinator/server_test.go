@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 
 // startSingle runs a one-node cluster on loopback and returns an admin
 // client once DATA_DIR/admin.token exists.
-func startSingle(t *testing.T) (*Server, *apiclient.Client) {
+func startSingle(t testing.TB) (*Server, *apiclient.Client) {
 	t.Helper()
 	key, err := clusterkey.Generate()
 	if err != nil {
@@ -30,7 +31,7 @@ func startSingle(t *testing.T) (*Server, *apiclient.Client) {
 	srv, err := New(Config{
 		Name: "c1", DataDir: dir, ClusterKey: key,
 		APIListen: "127.0.0.1:0", RaftListen: "127.0.0.1:0",
-		Logger: logging.New(testWriter{t}, -4),
+		Logger: logging.New(testWriter{t}, testLogLevel(t)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +65,7 @@ func startSingle(t *testing.T) (*Server, *apiclient.Client) {
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -161,4 +162,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testLogLevel logs everything in tests, and only warnings in benchmarks.
+func testLogLevel(t testing.TB) slog.Level {
+	if _, ok := t.(*testing.B); ok {
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
 }

@@ -188,6 +188,10 @@ type JoinRequest struct {
 	PublicKey       string   `json:"public_key"`
 	Routes          []Route  `json:"routes"`
 	Endpoints       []string `json:"endpoints"`
+	// OmitMap leaves the network map out of the answer: the peer reads it
+	// from its watch, which it opens right after joining. In a large vnet
+	// the map is most of the cost of a join.
+	OmitMap bool `json:"omit_map,omitempty"`
 }
 
 // JoinResponse is what a peer receives when it joins.
