@@ -1,9 +1,13 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
+	"github.com/meshd/meshd/pkg/tlspin"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -125,43 +129,148 @@ func TestJoinThroughAPI(t *testing.T) {
 func TestBadInputChangesNothing(t *testing.T) {
 	srv, admin := startSingle(t)
 	ctx := context.Background()
-	if err := admin.Do(ctx, http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: "site", Overlay: "100.112.0.0/16"}, nil); err != nil {
+	mustDo := func(method, path string, in, out any) {
+		t.Helper()
+		if err := admin.Do(ctx, method, path, in, out); err != nil {
+			t.Fatalf("setup %s %s: %v", method, path, err)
+		}
+	}
+	newToken := func(req api.CreateTokenRequest) api.CreateTokenResponse {
+		t.Helper()
+		var tok api.CreateTokenResponse
+		mustDo(http.MethodPost, "/v1/tokens", req, &tok)
+		return tok
+	}
+	mustDo(http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: "site", Overlay: "100.112.0.0/16"}, nil)
+	// Tokens in every state a join can be refused for.
+	mustDo(http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: "gone", Overlay: "100.113.0.0/16"}, nil)
+	gone := newToken(api.CreateTokenRequest{VNet: "gone"})
+	mustDo(http.MethodDelete, "/v1/vnets/gone", nil, nil)
+	revoked := newToken(api.CreateTokenRequest{})
+	mustDo(http.MethodPost, "/v1/tokens/"+revoked.ID+"/revoke", nil, nil)
+	expired := newToken(api.CreateTokenRequest{TTL: "1ms"})
+	used := newToken(api.CreateTokenRequest{})
+	multi := newToken(api.CreateTokenRequest{Uses: 10, AllowRoutes: []string{"10.1.0.0/16"}})
+	first, err := apiclient.Join(ctx, used.Token, api.JoinRequest{Name: "first", PublicKey: wgKey()})
+	if err != nil {
 		t.Fatal(err)
 	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Until(expired.Expires) > 0 { // a 1 ms token; poll past its expiry
+		if time.Now().After(deadline) {
+			t.Fatal("token did not expire")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	join := func(tok, name, key string, routes ...api.Route) api.JoinRequest {
+		return api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok, Name: name, PublicKey: key, Routes: routes}
+	}
+	peerCred := first.Credential
+	otherKey, err := clusterkey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignAdmin := (&token.Token{Kind: token.KindAdmin, Pin: srv.Pin(), ID: "admin", Secret: otherKey.AdminSecret()}).String()
+
 	for _, tt := range []struct {
 		name, method, path string
-		body               any
+		body               any    // marshalled as JSON
+		raw                []byte // sent as is when set
+		auth               string // "" admin, "-" none, else this credential
 		code               string
 	}{
-		{"bad cidr", "POST", "/v1/vnets", api.CreateVNetRequest{Name: "x", Overlay: "300.1.0.0/16"}, api.CodeInvalidCIDR},
-		{"host bits", "POST", "/v1/vnets", api.CreateVNetRequest{Name: "x", Overlay: "100.113.0.1/16"}, api.CodeInvalidCIDR},
-		{"overlapping overlay", "POST", "/v1/vnets", api.CreateVNetRequest{Name: "x", Overlay: "100.112.8.0/24"}, api.CodeOverlap},
-		{"duplicate vnet", "POST", "/v1/vnets", api.CreateVNetRequest{Name: "site", Overlay: "100.120.0.0/16"}, api.CodeConflict},
-		{"bad vnet name", "POST", "/v1/vnets", api.CreateVNetRequest{Name: "Bad_Name", Overlay: "100.120.0.0/16"}, api.CodeInvalidName},
-		{"unknown field", "POST", "/v1/vnets", map[string]string{"nam": "x"}, api.CodeInvalidJSON},
-		{"oversized body", "POST", "/v1/vnets", map[string]string{"name": strings.Repeat("a", api.MaxBodyBytes)}, api.CodeBodyTooLarge},
-		{"token for unknown vnet", "POST", "/v1/tokens", api.CreateTokenRequest{VNet: "nope"}, api.CodeNotFound},
-		{"token bad ttl", "POST", "/v1/tokens", api.CreateTokenRequest{TTL: "forever"}, api.CodeInvalidArgument},
-		{"token bad route", "POST", "/v1/tokens", api.CreateTokenRequest{AllowRoutes: []string{"10.0.0.0/33"}}, api.CodeInvalidCIDR},
-		{"token zero uses", "POST", "/v1/tokens", api.CreateTokenRequest{Uses: -1}, api.CodeInvalidArgument},
-		{"revoke unknown token", "POST", "/v1/tokens/nope/revoke", nil, api.CodeNotFound},
-		{"remove unknown peer", "DELETE", "/v1/peers/default/ghost", nil, api.CodeNotFound},
-		{"lookup bad ip", "GET", "/v1/routes/lookup?ip=banana", nil, api.CodeInvalidArgument},
-		{"delete unknown vnet", "DELETE", "/v1/vnets/nope", nil, api.CodeNotFound},
-		{"join malformed token", "POST", "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: "x", Name: "a", PublicKey: wgKey()}, api.CodeTokenUnknown},
-		{"join old protocol", "POST", "/v1/join", api.JoinRequest{ProtocolVersion: 0, Name: "a"}, api.CodeVersion},
+		{name: "bad cidr", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "x", Overlay: "300.1.0.0/16"}, code: api.CodeInvalidCIDR},
+		{name: "host bits", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "x", Overlay: "100.114.0.1/16"}, code: api.CodeInvalidCIDR},
+		{name: "overlapping overlay", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "x", Overlay: "100.112.8.0/24"}, code: api.CodeOverlap},
+		{name: "duplicate vnet", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "site", Overlay: "100.120.0.0/16"}, code: api.CodeConflict},
+		{name: "bad vnet name", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "Bad_Name", Overlay: "100.120.0.0/16"}, code: api.CodeInvalidName},
+		{name: "unknown field", method: "POST", path: "/v1/vnets", body: map[string]string{"nam": "x"}, code: api.CodeInvalidJSON},
+		{name: "syntax error", method: "POST", path: "/v1/vnets", raw: []byte(`{"name":`), code: api.CodeInvalidJSON},
+		{name: "trailing garbage", method: "POST", path: "/v1/vnets", raw: []byte(`{"name":"x","overlay":"100.120.0.0/16"} x`), code: api.CodeInvalidJSON},
+		{name: "wrong type", method: "POST", path: "/v1/vnets", raw: []byte(`{"name":5,"overlay":"100.120.0.0/16"}`), code: api.CodeInvalidJSON},
+		{name: "empty body", method: "POST", path: "/v1/vnets", raw: []byte{}, code: api.CodeInvalidJSON},
+		{name: "oversized body", method: "POST", path: "/v1/vnets", body: map[string]string{"name": strings.Repeat("a", api.MaxBodyBytes)}, code: api.CodeBodyTooLarge},
+		{name: "no credential", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "x", Overlay: "100.120.0.0/16"}, auth: "-", code: api.CodeUnauthorized},
+		{name: "another cluster's admin token", method: "POST", path: "/v1/vnets", body: api.CreateVNetRequest{Name: "x", Overlay: "100.120.0.0/16"}, auth: foreignAdmin, code: api.CodeUnauthorized},
+		{name: "peer credential on an admin call", method: "DELETE", path: "/v1/peers/default/first", auth: peerCred, code: api.CodeUnauthorized},
+		{name: "token for unknown vnet", method: "POST", path: "/v1/tokens", body: api.CreateTokenRequest{VNet: "nope"}, code: api.CodeNotFound},
+		{name: "token bad ttl", method: "POST", path: "/v1/tokens", body: api.CreateTokenRequest{TTL: "forever"}, code: api.CodeInvalidArgument},
+		{name: "token bad route", method: "POST", path: "/v1/tokens", body: api.CreateTokenRequest{AllowRoutes: []string{"10.0.0.0/33"}}, code: api.CodeInvalidCIDR},
+		{name: "token negative uses", method: "POST", path: "/v1/tokens", body: api.CreateTokenRequest{Uses: -1}, code: api.CodeInvalidArgument},
+		{name: "revoke unknown token", method: "POST", path: "/v1/tokens/nope/revoke", code: api.CodeNotFound},
+		{name: "remove unknown peer", method: "DELETE", path: "/v1/peers/default/ghost", code: api.CodeNotFound},
+		{name: "lookup bad ip", method: "GET", path: "/v1/routes/lookup?ip=banana", code: api.CodeInvalidArgument},
+		{name: "delete unknown vnet", method: "DELETE", path: "/v1/vnets/nope", code: api.CodeNotFound},
+		{name: "delete vnet with peers", method: "DELETE", path: "/v1/vnets/default", code: api.CodeConflict},
+		{name: "join malformed token", method: "POST", path: "/v1/join", body: join("x", "a", wgKey()), auth: "-", code: api.CodeTokenUnknown},
+		{name: "join old protocol", method: "POST", path: "/v1/join", body: api.JoinRequest{ProtocolVersion: 0, Name: "a"}, auth: "-", code: api.CodeVersion},
+		{name: "join reused token", method: "POST", path: "/v1/join", body: join(used.Token, "second", wgKey()), auth: "-", code: api.CodeTokenUsedUp},
+		{name: "join expired token", method: "POST", path: "/v1/join", body: join(expired.Token, "late", wgKey()), auth: "-", code: api.CodeTokenExpired},
+		{name: "join revoked token", method: "POST", path: "/v1/join", body: join(revoked.Token, "nope", wgKey()), auth: "-", code: api.CodeTokenRevoked},
+		{name: "join token of a deleted vnet", method: "POST", path: "/v1/join", body: join(gone.Token, "orphan", wgKey()), auth: "-", code: api.CodeVNetDeleted},
+		{name: "join duplicate name", method: "POST", path: "/v1/join", body: join(multi.Token, "first", wgKey()), auth: "-", code: api.CodeConflict},
+		{name: "join key not base64", method: "POST", path: "/v1/join", body: join(multi.Token, "k1", "not base64!"), auth: "-", code: api.CodeInvalidKey},
+		{name: "join key wrong length", method: "POST", path: "/v1/join", body: join(multi.Token, "k2", "AAAA"), auth: "-", code: api.CodeInvalidKey},
+		{name: "join bad peer name", method: "POST", path: "/v1/join", body: join(multi.Token, "Bad Name", wgKey()), auth: "-", code: api.CodeInvalidName},
+		{name: "join route not allowed", method: "POST", path: "/v1/join", body: join(multi.Token, "gw", wgKey(), api.Route{Prefix: "10.2.0.0/24", Priority: 100}), auth: "-", code: api.CodeRouteNotAllowed},
+		{name: "join bad route cidr", method: "POST", path: "/v1/join", body: join(multi.Token, "gw", wgKey(), api.Route{Prefix: "10.1.0.0/33", Priority: 100}), auth: "-", code: api.CodeInvalidCIDR},
+		{name: "join negative priority", method: "POST", path: "/v1/join", body: join(multi.Token, "gw", wgKey(), api.Route{Prefix: "10.1.0.0/24", Priority: -1}), auth: "-", code: api.CodeInvalidArgument},
+		{name: "netmap bad since", method: "GET", path: "/v1/netmap?since=yesterday", auth: peerCred, code: api.CodeInvalidArgument},
+		{name: "heartbeat bad endpoint", method: "POST", path: "/v1/heartbeat", body: api.HeartbeatRequest{Endpoints: []string{"10.0.0.1"}}, auth: peerCred, code: api.CodeInvalidArgument},
+		{name: "heartbeat unknown field", method: "POST", path: "/v1/heartbeat", raw: []byte(`{"endpoint":[]}`), auth: peerCred, code: api.CodeInvalidJSON},
+		{name: "heartbeat without credential", method: "POST", path: "/v1/heartbeat", body: api.HeartbeatRequest{}, auth: "-", code: api.CodeUnauthorized},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := srv.Store().Dump()
-			err := admin.Do(ctx, tt.method, tt.path, tt.body, nil)
-			if !api.IsCode(err, tt.code) {
-				t.Fatalf("got %v; want code %s", err, tt.code)
+			auth := tt.auth
+			switch auth {
+			case "":
+				auth = admin.Auth()
+			case "-":
+				auth = ""
+			}
+			body := tt.raw
+			if body == nil && tt.body != nil {
+				body, _ = json.Marshal(tt.body)
+			}
+			status, e := rawCall(t, srv, tt.method, tt.path, body, auth)
+			if status < 400 || status >= 500 {
+				t.Fatalf("status %d; want 4xx", status)
+			}
+			if e == nil || e.Code != tt.code || e.Message == "" {
+				t.Fatalf("got %+v; want code %s with a message", e, tt.code)
 			}
 			if string(srv.Store().Dump()) != string(before) {
 				t.Fatal("state changed")
 			}
 		})
 	}
+}
+
+// rawCall sends body as is, so that malformed requests can be tested.
+func rawCall(t *testing.T, srv *Server, method, path string, body []byte, auth string) (int, *api.Error) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspin.ClientConfig(srv.Pin())}}
+	defer hc.CloseIdleConnections()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, srv.APIURL()+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", "Bearer "+auth)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var eb api.ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	return resp.StatusCode, eb.Error
 }
 
 // testLogLevel logs everything in tests, and only warnings in benchmarks.

@@ -52,6 +52,9 @@ func FromToken(tok string) (*Client, *token.Token, error) {
 	return New(t.URLs, t.Pin, tok), t, nil
 }
 
+// Auth is the credential the client sends.
+func (c *Client) Auth() string { return c.auth }
+
 // SetURLs replaces the coordinators the client knows (from a network map).
 func (c *Client) SetURLs(urls []string) {
 	if len(urls) == 0 {

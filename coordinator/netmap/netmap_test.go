@@ -1,0 +1,174 @@
+package netmap
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func hash(c byte) string { return strings.Repeat(string(c), 64) }
+
+func key() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// testStore holds two vnets: default with an HA pair (gwa1 200, gwa2 100)
+// for 192.168.10.0/24, a more specific 192.168.10.128/25 on gwb1, and a
+// client; branch with its own 192.168.10.0/24 on gwx.
+func testStore(t *testing.T) *state.Store {
+	t.Helper()
+	s := state.New()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.Bootstrap(t0, make([]byte, 32)))
+	must(s.CreateVNet("branch", "100.112.0.0/16", t0))
+	must(s.CreateToken(state.TokenSpec{ID: "td", SecretHash: hash('a'), VNet: "default", Uses: 10, Expires: t0.Add(time.Hour), AllowRoutes: []string{"192.168.0.0/16"}}, t0))
+	must(s.CreateToken(state.TokenSpec{ID: "tb", SecretHash: hash('b'), VNet: "branch", Uses: 10, Expires: t0.Add(time.Hour), AllowRoutes: []string{"192.168.0.0/16"}}, t0))
+	for _, j := range []state.JoinSpec{
+		{TokenID: "td", SecretHash: hash('a'), PeerID: "a1", Name: "gwa1", Routes: []api.Route{{Prefix: "192.168.10.0/24", Priority: 200}}},
+		{TokenID: "td", SecretHash: hash('a'), PeerID: "a2", Name: "gwa2", Routes: []api.Route{{Prefix: "192.168.10.0/24", Priority: 100}}},
+		{TokenID: "td", SecretHash: hash('a'), PeerID: "b1", Name: "gwb1", Routes: []api.Route{{Prefix: "192.168.10.128/25", Priority: 100}}},
+		{TokenID: "td", SecretHash: hash('a'), PeerID: "c1", Name: "laptop"},
+		{TokenID: "tb", SecretHash: hash('b'), PeerID: "x1", Name: "gwx", Routes: []api.Route{{Prefix: "192.168.10.0/24", Priority: 100}}},
+	} {
+		j.PublicKey, j.CredHash = key(), hash('c')
+		if _, err := s.Join(j, t0); err != nil {
+			t.Fatalf("join %s: %v", j.Name, err)
+		}
+	}
+	return s
+}
+
+func healthyExcept(names ...string) Healthy {
+	return func(p *state.Peer) bool {
+		for _, n := range names {
+			if p.Name == n {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func TestFullAndDelta(t *testing.T) {
+	s := testStore(t)
+	s.Read(func(tb *state.Tables, idx uint64) {
+		u := Full(tb, idx, "c1")
+		if u == nil || !u.Full || u.VNet != "default" || u.Overlay != api.DefaultOverlay || u.Self.Name != "laptop" {
+			t.Fatalf("got %+v; want laptop's full map of default", u)
+		}
+		var names []string
+		for _, p := range u.Peers {
+			names = append(names, p.Name)
+		}
+		if got, want := strings.Join(names, ","), "gwa1,gwa2,gwb1"; got != want {
+			t.Fatalf("peers %s; want %s (sorted, without self, without other vnets)", got, want)
+		}
+		if Full(tb, idx, "nobody") != nil {
+			t.Fatal("a map for an unknown peer")
+		}
+		for _, tt := range []struct {
+			name    string
+			changed []string
+			global  bool
+			want    string // peers+removed, or "nil"
+		}{
+			{"nothing of mine", []string{"x1"}, false, "nil"},
+			{"a peer in my vnet", []string{"a2"}, false, "gwa2"},
+			{"a removed peer", []string{"gone"}, false, "-gone"},
+			{"global only", nil, true, ""},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				d := Delta(tb, idx, "c1", tt.changed, tt.global)
+				if tt.want == "nil" {
+					if d != nil {
+						t.Fatalf("got %+v; want no update", d)
+					}
+					return
+				}
+				var got []string
+				for _, p := range d.Peers {
+					got = append(got, p.Name)
+				}
+				for _, r := range d.Removed {
+					got = append(got, "-"+r)
+				}
+				if strings.Join(got, ",") != tt.want || tt.global != (len(d.Coordinators) > 0 || d.GossipKeys != nil) {
+					t.Fatalf("got %v (global %v); want %s", got, d.GossipKeys != nil, tt.want)
+				}
+			})
+		}
+		if d := Delta(tb, idx, "nobody", nil, false); d == nil || !d.SelfRemoved {
+			t.Fatalf("got %+v; want SelfRemoved for a peer that is gone", d)
+		}
+	})
+}
+
+func TestLookupAndRoutes(t *testing.T) {
+	s := testStore(t)
+	s.Read(func(tb *state.Tables, _ uint64) {
+		for _, tt := range []struct {
+			name, vnet, ip string
+			healthy        Healthy
+			prefix, active string
+		}{
+			{"highest priority wins", "default", "192.168.10.7", healthyExcept(), "192.168.10.0/24", "gwa1"},
+			{"standby takes over", "default", "192.168.10.7", healthyExcept("gwa1"), "192.168.10.0/24", "gwa2"},
+			{"none healthy", "default", "192.168.10.7", healthyExcept("gwa1", "gwa2"), "192.168.10.0/24", ""},
+			{"longest prefix", "default", "192.168.10.200", healthyExcept(), "192.168.10.128/25", "gwb1"},
+			{"other vnet keeps its own", "branch", "192.168.10.200", healthyExcept(), "192.168.10.0/24", "gwx"},
+			{"no route", "default", "10.9.9.9", healthyExcept(), "", ""},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				r := Lookup(tb, tt.vnet, netip.MustParseAddr(tt.ip), tt.healthy)
+				prefix := ""
+				if r.Prefix != nil {
+					prefix = *r.Prefix
+				}
+				if prefix != tt.prefix || r.ActiveGateway != tt.active {
+					t.Fatalf("got %s via %q; want %s via %q", prefix, r.ActiveGateway, tt.prefix, tt.active)
+				}
+			})
+		}
+		all := Routes(tb, "", healthyExcept())
+		if len(all) != 3 || all[0].VNet != "branch" || all[1].Prefix != "192.168.10.0/24" || len(all[1].Gateways) != 2 || all[1].Gateways[0].Name != "gwa1" {
+			t.Fatalf("routes %+v; want branch's, then default's /24 (gwa1 first) and /25", all)
+		}
+		if got := Routes(tb, "branch", healthyExcept()); len(got) != 1 {
+			t.Fatalf("branch routes %+v; want 1", got)
+		}
+	})
+}
+
+func TestOverlaps(t *testing.T) {
+	s := testStore(t)
+	s.Read(func(tb *state.Tables, _ uint64) {
+		got := Overlaps(tb)
+		var same, cross int
+		for _, o := range got {
+			if o.SameVNet {
+				same++
+			} else {
+				cross++
+			}
+		}
+		// default: /24 vs /25; across: branch /24 vs default /24 and /25.
+		if same != 1 || cross != 2 {
+			t.Fatalf("got %+v; want 1 overlap inside default and 2 across vnets", got)
+		}
+	})
+}
