@@ -24,6 +24,9 @@ func inNewNetns(t *testing.T, fn func()) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace and a TUN device")
 	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("no /dev/net/tun on this machine")
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
