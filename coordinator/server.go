@@ -61,6 +61,9 @@ type Config struct {
 	// EphemeralGrace is how long an ephemeral peer may stay offline before
 	// it is removed; optional.
 	EphemeralGrace time.Duration
+	// STUNListen is the UDP address the STUN server listens on; optional,
+	// empty disables it.
+	STUNListen string
 	// OnlineWindow is how recently a peer must have been heard from to
 	// count as online; optional.
 	OnlineWindow time.Duration
@@ -155,6 +158,7 @@ type Server struct {
 	peerHTTP  *http.Client // to other coordinators, pinned to the API CA
 
 	closers []io.Closer
+	stun    *stunServer // nil when disabled
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // guarded by touchMu: peer id -> last heard
@@ -240,6 +244,13 @@ func New(cfg Config) (_ *Server, err error) {
 	s.bootIndex = r.LastIndex()
 	s.started = time.Now()
 
+	if cfg.STUNListen != "" {
+		if s.stun, err = newSTUNServer(cfg.STUNListen, s.log); err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, s.stun)
+	}
+
 	// API listener with a certificate from the API CA.
 	ln, err := net.Listen("tcp", cfg.APIListen)
 	if err != nil {
@@ -311,6 +322,9 @@ func (s *Server) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("serve api: %w", err)
 		}
 	}()
+	if s.stun != nil {
+		go s.stun.serve()
+	}
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.adminTokenLoop} {
 		wg.Add(1)
@@ -490,6 +504,9 @@ func (s *Server) expireAndReap(ctx context.Context) {
 // followers can forward writes to it and tokens can carry its URL.
 func (s *Server) registerLoop(ctx context.Context) {
 	me := state.Coordinator{Name: s.cfg.Name, RaftAddr: string(s.trans.LocalAddr()), APIURL: s.apiURL}
+	if s.stun != nil {
+		me.STUNAddr = stunAdvertise(s.apiURL, s.stun.Port())
+	}
 	for {
 		var current bool
 		s.store.Read(func(t *state.Tables, _ uint64) {

@@ -265,7 +265,7 @@ func newPeerCmd(g *globals) *cobra.Command {
 		},
 	}
 	remove.Flags().StringVar(&rmVNet, "vnet", api.DefaultVNet, "vnet of the peer")
-	cmd.AddCommand(list, remove)
+	cmd.AddCommand(list, remove, newPeerUpCmd(g))
 	return cmd
 }
 

@@ -44,6 +44,9 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
 			cfg.Logger = logging.New(g.errOut, lvl)
+			if cfg.STUNListen == "off" {
+				cfg.STUNListen = ""
+			}
 			srv, err := coordinator.New(cfg)
 			if err != nil {
 				return err
@@ -64,6 +67,7 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", coordinator.DefaultElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", coordinator.DefaultLeaderLeaseTimeout, "Raft leader lease timeout")
 	f.DurationVar(&cfg.EphemeralGrace, "ephemeral-grace", 10*time.Minute, "how long an ephemeral peer may be offline before it is removed")
+	f.StringVar(&cfg.STUNListen, "stun-listen", ":3478", "UDP address of the STUN server peers learn their public endpoint from (\"off\" disables)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
 	cmd.AddCommand(&cobra.Command{

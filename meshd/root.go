@@ -74,6 +74,7 @@ MESHD_ADMIN_TOKEN, the contents of a coordinator's DATA_DIR/admin.token.`,
 		newPeerCmd(g),
 		newRouteCmd(g),
 		newGossipCmd(g),
+		newStatusCmd(g),
 	)
 	return root
 }

@@ -39,6 +39,18 @@ func Coordinators(t *state.Tables) []string {
 	return out
 }
 
+// STUNServers lists the coordinators' STUN addresses, sorted.
+func STUNServers(t *state.Tables) []string {
+	var out []string
+	for _, c := range t.Coordinators {
+		if c.STUNAddr != "" {
+			out = append(out, c.STUNAddr)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func cloneKeys(k [][]byte) [][]byte {
 	out := make([][]byte, len(k))
 	for i := range k {
@@ -54,7 +66,7 @@ func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
 	if !ok {
 		return nil
 	}
-	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: cloneKeys(t.GossipKeys), Coordinators: Coordinators(t)}
+	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: cloneKeys(t.GossipKeys), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
 	if v, ok := t.VNets[self.VNet]; ok {
 		u.Overlay = v.Overlay.String()
 	}
@@ -82,6 +94,7 @@ func Delta(t *state.Tables, index uint64, selfID string, changed []string, globa
 	if global {
 		u.GossipKeys = cloneKeys(t.GossipKeys)
 		u.Coordinators = Coordinators(t)
+		u.STUNServers = STUNServers(t)
 		any = true
 	}
 	for _, id := range changed {

@@ -79,6 +79,9 @@ type Coordinator struct {
 	Name     string `json:"name"`
 	RaftAddr string `json:"raft_addr"`
 	APIURL   string `json:"api_url"`
+	// STUNAddr is where the coordinator answers STUN (host:port); empty
+	// when it does not.
+	STUNAddr string `json:"stun_addr,omitempty"`
 }
 
 // Tables is the replicated state. Readers get it through Read and must not

@@ -232,6 +232,9 @@ type MapUpdate struct {
 	Removed      []string  `json:"removed,omitempty"`
 	GossipKeys   [][]byte  `json:"gossip_keys,omitempty"`
 	Coordinators []string  `json:"coordinators,omitempty"`
+	// STUNServers are the coordinators' STUN addresses (host:port), sent
+	// with Coordinators.
+	STUNServers []string `json:"stun_servers,omitempty"`
 	// SelfRemoved tells the receiver it was removed; the stream ends.
 	SelfRemoved bool `json:"self_removed,omitempty"`
 }

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/peer"
+	"github.com/meshd/meshd/peer/engine"
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/logging"
+)
+
+func newPeerUpCmd(g *globals) *cobra.Command {
+	var (
+		cfg      peer.Config
+		routes   []string
+		priority int
+		port     uint16
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the peer agent: join the mesh and keep this host in it (foreground)",
+		Long: `Run the peer agent in the foreground. The first run joins with --token; the
+identity (WireGuard key, overlay address, credential) is kept in --state-dir,
+so later runs need no token and come back with the same key and address.
+A gateway announces its site's subnets with --advertise-routes; gateways
+forward without source NAT unless --snat is given.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lvl, ok := logging.ParseLevel(logLevel)
+			if !ok {
+				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+			}
+			if cfg.Token == "" {
+				cfg.Token = strings.TrimSpace(os.Getenv("MESHD_TOKEN"))
+			}
+			for _, r := range routes {
+				pfx, err := netip.ParsePrefix(strings.TrimSpace(r))
+				if err != nil || pfx != pfx.Masked() {
+					return fmt.Errorf("--advertise-routes %q is not a network CIDR like 10.1.0.0/24", r)
+				}
+				cfg.Routes = append(cfg.Routes, api.Route{Prefix: pfx.String(), Priority: priority})
+			}
+			if priority < 0 || priority > 1000 {
+				return fmt.Errorf("--gateway-priority %d is outside 0..1000", priority)
+			}
+			cfg.ListenPort = port
+			cfg.Logger = logging.New(g.errOut, lvl)
+			a, err := peer.New(cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Token, "token", "", "join token (first run only; env MESHD_TOKEN)")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/meshd", "directory for this peer's key, identity and status socket")
+	f.StringVar(&cfg.Name, "name", "", "peer name (default: the host name)")
+	f.StringVar(&cfg.Interface, "interface", peer.DefaultInterface, "WireGuard interface name")
+	f.StringSliceVar(&routes, "advertise-routes", nil, "subnets this gateway announces (comma separated CIDRs)")
+	f.IntVar(&priority, "gateway-priority", 100, "priority of this gateway's routes; the highest healthy one carries a route")
+	f.BoolVar(&cfg.SNAT, "snat", false, "masquerade mesh traffic leaving this gateway (LAN hosts then see the gateway's address)")
+	f.StringVar(&cfg.WGMode, "wg-mode", engine.ModeAuto, "WireGuard engine: auto, kernel or userspace")
+	f.Uint16Var(&port, "listen-port", peer.DefaultListenPort, "WireGuard UDP port")
+	f.IntVar(&cfg.MTU, "mtu", engine.DefaultMTU, "MTU of the WireGuard interface")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the local peer: its peers, endpoints, handshakes and active gateways",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := peer.QueryStatus(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, st)
+			}
+			fmt.Fprintf(g.out, "%s  vnet %s  overlay %s  interface %s  role %s\n", st.Self.Name, st.Self.VNet, st.Self.OverlayIP, st.Interface, st.Self.Role)
+			coord := st.Coordinator
+			if coord == "" {
+				coord = "none (running on the last network map)"
+			}
+			fmt.Fprintf(g.out, "coordinator %s  map index %d  endpoints %s\n\n", coord, st.MapIndex, join(st.Endpoints))
+			w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PEER\tOVERLAY IP\tENDPOINT\tLAST HANDSHAKE\tONLINE\tRX\tTX\tROUTES")
+			for _, p := range st.Peers {
+				hs := "never"
+				if p.LastHandshake != nil {
+					hs = p.LastHandshake.Format("15:04:05")
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%d\t%d\t%s\n", p.Name, p.OverlayIP, dash(p.Endpoint), hs, p.Online, p.RxBytes, p.TxBytes, join(p.Routes))
+			}
+			if len(st.Routes) > 0 {
+				fmt.Fprintln(w, "\nROUTE\tACTIVE GATEWAY")
+				for _, r := range st.Routes {
+					local := ""
+					if r.Local {
+						local = " (announced here)"
+					}
+					fmt.Fprintf(w, "%s\t%s%s\n", r.Prefix, r.ActiveGateway, local)
+				}
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&dir, "state-dir", "/var/lib/meshd", "state dir of the peer to ask")
+	addJSONFlag(cmd, g)
+	return cmd
+}

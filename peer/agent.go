@@ -1,0 +1,516 @@
+// Package peer is the meshd agent that runs on every device and site
+// gateway: it joins the mesh with a token, keeps its WireGuard key local,
+// holds a network-map watch on the coordinators, and reconciles WireGuard
+// and the OS routes to the map. It glues together the control client, the
+// engine, the router and endpoint discovery; each of those owns one OS
+// boundary.
+//
+//	start -> identity (load, or join with the token) -> engine + router up
+//	      -> watch loop (full map, then deltas; reconnect with backoff and
+//	         resume from the last index) -> reconcile on every change
+//	      -> ctx done or peer removed -> remove routes, close interface
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshd/meshd/peer/controlclient"
+	"github.com/meshd/meshd/peer/endpoints"
+	"github.com/meshd/meshd/peer/engine"
+	"github.com/meshd/meshd/peer/router"
+	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// Defaults of Config.
+const (
+	DefaultInterface  = "meshd0"
+	DefaultListenPort = 51820
+	// HeartbeatEvery is how often the agent tells the coordinators it is
+	// alive and refreshes its endpoints.
+	HeartbeatEvery = 10 * time.Second
+	// HandshakeTimeout is how long a chosen endpoint may go without a
+	// handshake before the agent tries the peer's next endpoint.
+	HandshakeTimeout = 6 * time.Second
+	// OnlineWithin: a peer whose last handshake is this recent is online
+	// (WireGuard re-handshakes every 2 minutes on a live session).
+	OnlineWithin = 3 * time.Minute
+)
+
+// SocketName is the local API socket in the state dir.
+const SocketName = "meshd.sock"
+
+// Config is the internal configuration of an agent.
+type Config struct {
+	StateDir string // required
+	// Token is the join token; required only until the first join.
+	Token      string
+	Name       string      // optional: the host name
+	Interface  string      // optional: DefaultInterface
+	ListenPort uint16      // optional: DefaultListenPort
+	MTU        int         // optional: engine.DefaultMTU
+	WGMode     string      // optional: engine.ModeAuto
+	Routes     []api.Route // optional: subnets this peer announces (a gateway)
+	SNAT       bool        // optional: masquerade mesh traffic leaving the LAN side
+	Logger     *slog.Logger
+
+	// NewEngine, NewRouter and Endpoints replace the OS (tests); optional.
+	NewEngine func(name string) (engine.Engine, error)
+	NewRouter func(name string) (router.Router, error)
+	Endpoints func(ctx context.Context, stun []string) []string
+}
+
+// Agent is one running peer.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	priv wgcfg.Key
+	id   *controlclient.Identity
+	cc   *controlclient.Client
+
+	eng engine.Engine
+	rtr router.Router
+
+	mu        sync.Mutex
+	nm        netMap                    // guarded by mu
+	want      *desired                  // guarded by mu: last computed configuration
+	endpoints []string                  // guarded by mu: what we last reported
+	connected string                    // guarded by mu: coordinator of the open stream
+	pick      map[string]int            // guarded by mu: endpoint rotation per peer ID
+	pickSince map[string]time.Time      // guarded by mu: when the current pick was made
+	lastEP    map[string]netip.AddrPort // guarded by mu: the endpoint last configured per peer ID
+	changed   chan struct{}             // signals the reconcile loop
+}
+
+// New checks cfg and loads (or creates) the peer's key. Run joins if needed.
+func New(cfg Config) (*Agent, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("a state dir is required (--state-dir)")
+	}
+	if cfg.Interface == "" {
+		cfg.Interface = DefaultInterface
+	}
+	if len(cfg.Interface) > 15 {
+		return nil, fmt.Errorf("interface name %q is longer than 15 characters", cfg.Interface)
+	}
+	if cfg.ListenPort == 0 {
+		cfg.ListenPort = DefaultListenPort
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = engine.DefaultMTU
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("no --name given and no host name: %w", err)
+		}
+		cfg.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+	}
+	if cfg.NewEngine == nil {
+		cfg.NewEngine = func(name string) (engine.Engine, error) {
+			return engine.New(cfg.WGMode, name, cfg.MTU, cfg.Logger)
+		}
+	}
+	if cfg.NewRouter == nil {
+		cfg.NewRouter = func(name string) (router.Router, error) { return router.New(name, cfg.Logger) }
+	}
+	if cfg.Endpoints == nil {
+		port := cfg.ListenPort
+		iface := cfg.Interface
+		cfg.Endpoints = func(ctx context.Context, stun []string) []string {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			eps, err := endpoints.Discover(ctx, port, stun, []string{iface})
+			if err != nil {
+				cfg.Logger.Debug("endpoint discovery", "err", err)
+			}
+			return eps
+		}
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Logger.With("component", "agent"),
+		pick: map[string]int{}, pickSince: map[string]time.Time{}, lastEP: map[string]netip.AddrPort{},
+		changed: make(chan struct{}, 1),
+	}
+	priv, err := loadOrCreateKey(filepath.Join(cfg.StateDir, controlclient.KeyFile))
+	if err != nil {
+		return nil, err
+	}
+	a.priv = priv
+	return a, nil
+}
+
+// loadOrCreateKey keeps the WireGuard private key in the state dir; it never
+// leaves the host.
+func loadOrCreateKey(path string) (wgcfg.Key, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k, err := wgcfg.ParseKey(strings.TrimSpace(string(b)))
+		if err != nil {
+			return k, fmt.Errorf("read %s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return wgcfg.Key{}, fmt.Errorf("read private key: %w", err)
+	}
+	k, err := wgcfg.GenerateKey()
+	if err != nil {
+		return k, err
+	}
+	if err := controlclient.WriteFile(path, []byte(k.String()+"\n")); err != nil {
+		return k, fmt.Errorf("write private key: %w", err)
+	}
+	return k, nil
+}
+
+// PublicKey is the peer's WireGuard public key.
+func (a *Agent) PublicKey() wgcfg.Key { return a.priv.Public() }
+
+// Run brings the peer up and keeps it in step with the network map until
+// ctx is done or the peer is removed.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	first, err := a.identity(ctx)
+	if err != nil {
+		return err
+	}
+	a.log = a.log.With("peer", a.id.Name, "vnet", a.id.VNet)
+	if a.cc, err = controlclient.New(a.id); err != nil {
+		return err
+	}
+	if a.eng, err = a.cfg.NewEngine(a.cfg.Interface); err != nil {
+		return err
+	}
+	defer a.eng.Close()
+	if a.rtr, err = a.cfg.NewRouter(a.eng.Name()); err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := a.rtr.Close(); cerr != nil {
+			a.log.Warn("remove routes", "err", cerr)
+		}
+	}()
+	if err := a.rtr.Up(); err != nil {
+		return err
+	}
+	if first != nil {
+		a.mu.Lock()
+		a.nm.apply(first)
+		a.mu.Unlock()
+	}
+	if err := a.reconcile(); err != nil {
+		a.log.Warn("configure interface", "err", err)
+	}
+	a.log.Info("peer up", "interface", a.eng.Name(), "overlay_ip", a.id.OverlayIP, "listen_port", a.cfg.ListenPort, "public_key", a.PublicKey().String())
+
+	ln, err := a.serveLocal(ctx)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context) error{a.watchLoop, a.heartbeatLoop, a.reconcileLoop} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := loop(ctx); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	a.log.Info("peer down")
+	return nil
+}
+
+// identity loads the saved identity, or joins with the token and saves it.
+// It returns the join's first map, if it joined.
+func (a *Agent) identity(ctx context.Context) (*api.MapUpdate, error) {
+	id, err := controlclient.LoadIdentity(a.cfg.StateDir)
+	if err == nil {
+		a.id = id
+		if a.cfg.Name != id.Name && a.cfg.Name != "" {
+			a.log.Info("keeping the name this peer joined with", "name", id.Name, "asked", a.cfg.Name)
+		}
+		return nil, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if a.cfg.Token == "" {
+		return nil, fmt.Errorf("this peer has not joined yet: give --token (state dir %s has no identity)", a.cfg.StateDir)
+	}
+	eps := a.cfg.Endpoints(ctx, nil)
+	// The map comes from the watch opened right after; leaving it out of
+	// the join answer keeps joins cheap in a large vnet.
+	req := api.JoinRequest{Name: a.cfg.Name, PublicKey: a.PublicKey().String(), Routes: a.cfg.Routes, Endpoints: eps, OmitMap: true}
+	id, resp, err := controlclient.Join(ctx, a.cfg.Token, req)
+	if err != nil {
+		return nil, err
+	}
+	if err := id.Save(a.cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("save identity: %w", err)
+	}
+	a.id = id
+	a.mu.Lock()
+	a.endpoints = eps
+	a.mu.Unlock()
+	a.log.Info("joined", "peer", id.Name, "vnet", id.VNet, "overlay_ip", id.OverlayIP)
+	return resp.Map, nil
+}
+
+// watchLoop holds the network-map watch, reconnecting with backoff and
+// resuming from the last index; with every coordinator down the mesh keeps
+// running on the last map.
+func (a *Agent) watchLoop(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		a.mu.Lock()
+		since := a.nm.index
+		a.mu.Unlock()
+		start := time.Now()
+		err := a.cc.Watch(ctx, since, a.onUpdate)
+		a.setConnected("")
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, controlclient.ErrRemoved) || errors.Is(err, controlclient.ErrCredentialRefused) {
+			a.log.Error("stopping", "reason", err)
+			return err
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		a.log.Warn("network map watch interrupted; the mesh keeps running on the last map", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff + rand.N(backoff/2+1)):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (a *Agent) setConnected(u string) {
+	a.mu.Lock()
+	a.connected = u
+	a.mu.Unlock()
+}
+
+// onUpdate folds a map update in and wakes the reconcile loop.
+func (a *Agent) onUpdate(u *api.MapUpdate) {
+	a.mu.Lock()
+	before := a.nm.peerSet()
+	a.nm.apply(u)
+	after := a.nm.peerSet()
+	coords := a.nm.coordinators
+	a.mu.Unlock()
+	if urls := a.cc.Coordinators(); len(urls) > 0 {
+		a.setConnected(urls[0])
+	}
+	for id, name := range after {
+		if _, ok := before[id]; !ok {
+			a.log.Info("peer added", "name", name)
+		}
+	}
+	for id, name := range before {
+		if _, ok := after[id]; !ok {
+			a.log.Info("peer removed", "name", name)
+		}
+	}
+	if len(u.Coordinators) > 0 {
+		a.cc.SetCoordinators(coords)
+		if !slices.Equal(coords, a.id.Coordinators) {
+			a.id.Coordinators = coords
+			if err := a.id.Save(a.cfg.StateDir); err != nil {
+				a.log.Warn("save coordinators", "err", err)
+			}
+		}
+	}
+	a.kick()
+}
+
+func (m *netMap) peerSet() map[string]string {
+	out := make(map[string]string, len(m.peers))
+	for id, p := range m.peers {
+		out[id] = p.Name
+	}
+	return out
+}
+
+func (a *Agent) kick() {
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop applies the map whenever it changes, and every second
+// checks handshakes to rotate endpoints that do not answer.
+func (a *Agent) reconcileLoop(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.changed:
+		case <-tick.C:
+			a.rotateEndpoints()
+		}
+		if err := a.reconcile(); err != nil {
+			a.log.Warn("configure interface", "err", err)
+		}
+	}
+}
+
+// reconcile computes the whole desired configuration and applies the
+// difference to WireGuard and the OS.
+func (a *Agent) reconcile() error {
+	a.mu.Lock()
+	d := compute(&a.nm, buildOptions{
+		privateKey: a.priv, listenPort: a.cfg.ListenPort, mtu: a.cfg.MTU,
+		localNets: localNets(a.cfg.Interface), snat: a.cfg.SNAT, endpointPick: a.pick,
+	})
+	a.want = d
+	now := time.Now()
+	for id, p := range a.nm.peers {
+		key, _ := wgcfg.ParseKey(p.PublicKey)
+		if wp := d.wg.Peer(key); wp != nil && a.lastEP[id] != wp.Endpoint {
+			if a.lastEP[id].IsValid() {
+				a.log.Info("peer endpoint changed", "name", p.Name, "endpoint", wp.Endpoint)
+			}
+			a.lastEP[id] = wp.Endpoint
+			a.pickSince[id] = now
+		}
+	}
+	for id := range a.lastEP {
+		if _, ok := a.nm.peers[id]; !ok {
+			delete(a.lastEP, id)
+			delete(a.pick, id)
+			delete(a.pickSince, id)
+		}
+	}
+	a.mu.Unlock()
+	err := a.eng.Reconfig(d.wg)
+	if err != nil && !errors.Is(err, engine.ErrNoChanges) {
+		return err
+	}
+	return a.rtr.Set(d.router)
+}
+
+// rotateEndpoints moves a peer that has never completed a handshake on its
+// chosen endpoint to its next one (a LAN address that is not shared, say).
+func (a *Agent) rotateEndpoints() {
+	st, err := a.eng.Status()
+	if err != nil {
+		return
+	}
+	hs := map[wgcfg.Key]time.Time{}
+	for _, s := range st {
+		hs[s.PublicKey] = s.LastHandshake
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	rotated := false
+	for id, p := range a.nm.peers {
+		if len(p.Endpoints) < 2 {
+			continue
+		}
+		key, _ := wgcfg.ParseKey(p.PublicKey)
+		since := a.pickSince[id]
+		if last := hs[key]; !last.IsZero() && now.Sub(last) < OnlineWithin || since.IsZero() || now.Sub(since) < HandshakeTimeout {
+			continue
+		}
+		a.pick[id]++
+		rotated = true
+	}
+	if rotated {
+		a.kick()
+	}
+}
+
+// heartbeatLoop reports liveness and endpoints.
+func (a *Agent) heartbeatLoop(ctx context.Context) error {
+	tick := time.NewTicker(HeartbeatEvery)
+	defer tick.Stop()
+	for {
+		a.mu.Lock()
+		stun := a.nm.stunServers
+		reported := a.endpoints
+		a.mu.Unlock()
+		eps := a.cfg.Endpoints(ctx, stun)
+		var send []string
+		if eps != nil && !slices.Equal(eps, reported) {
+			send = eps
+		}
+		err := a.cc.Heartbeat(ctx, send)
+		switch {
+		case errors.Is(err, controlclient.ErrCredentialRefused):
+			a.log.Error("stopping", "reason", err)
+			return err
+		case err != nil:
+			a.log.Debug("heartbeat", "err", err)
+		case send != nil:
+			a.mu.Lock()
+			a.endpoints = send
+			a.mu.Unlock()
+			a.log.Info("endpoints reported", "endpoints", send)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// localNets lists the prefixes of this host's interfaces (except the mesh
+// interface), to recognise a peer endpoint on a shared LAN.
+func localNets(exclude string) []netip.Prefix {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, ifc := range ifs {
+		if ifc.Name == exclude || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, ad := range addrs {
+			if n, ok := ad.(*net.IPNet); ok {
+				if p, err := netip.ParsePrefix(n.String()); err == nil {
+					out = append(out, p.Masked())
+				}
+			}
+		}
+	}
+	return out
+}

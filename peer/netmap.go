@@ -1,0 +1,252 @@
+package peer
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/meshd/meshd/peer/router"
+	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// KeepaliveSeconds is the WireGuard persistent keepalive every peer uses, so
+// NAT bindings on the path stay open.
+const KeepaliveSeconds = 25
+
+// netMap is the network map as the agent last received it.
+type netMap struct {
+	index        uint64
+	vnet         string
+	overlay      netip.Prefix
+	self         *api.MapPeer
+	peers        map[string]api.MapPeer // by peer ID
+	coordinators []string
+	stunServers  []string
+	gossipKeys   [][]byte
+}
+
+// apply folds one update into m.
+func (m *netMap) apply(u *api.MapUpdate) {
+	if u.Full || m.peers == nil {
+		m.peers = map[string]api.MapPeer{}
+	}
+	if u.Index > m.index {
+		m.index = u.Index
+	}
+	if u.VNet != "" {
+		m.vnet = u.VNet
+	}
+	if p, err := netip.ParsePrefix(u.Overlay); err == nil {
+		m.overlay = p
+	}
+	if u.Self != nil {
+		self := *u.Self
+		m.self = &self
+	}
+	for _, p := range u.Peers {
+		if m.self != nil && p.ID == m.self.ID {
+			continue
+		}
+		m.peers[p.ID] = p
+	}
+	for _, id := range u.Removed {
+		delete(m.peers, id)
+	}
+	if len(u.Coordinators) > 0 {
+		m.coordinators = u.Coordinators
+	}
+	if len(u.STUNServers) > 0 {
+		m.stunServers = u.STUNServers
+	}
+	if len(u.GossipKeys) > 0 {
+		m.gossipKeys = u.GossipKeys
+	}
+}
+
+// gatewayOf is one announcement of a prefix.
+type gatewayOf struct {
+	name     string
+	peerID   string // empty for this peer itself
+	priority int
+}
+
+// activeGateways picks, for every announced prefix, the one gateway that
+// carries it: the highest priority among the healthy ones, ties broken by
+// name so that every peer picks the same. healthy nil means all are.
+func activeGateways(m *netMap, healthy func(name string) bool) map[netip.Prefix]gatewayOf {
+	cands := map[netip.Prefix][]gatewayOf{}
+	add := func(p *api.MapPeer, id string) {
+		for _, r := range p.Routes {
+			pfx, err := netip.ParsePrefix(r.Prefix)
+			if err != nil {
+				continue
+			}
+			cands[pfx.Masked()] = append(cands[pfx.Masked()], gatewayOf{name: p.Name, peerID: id, priority: r.Priority})
+		}
+	}
+	if m.self != nil {
+		add(m.self, "")
+	}
+	for id, p := range m.peers {
+		add(&p, id)
+	}
+	out := map[netip.Prefix]gatewayOf{}
+	for pfx, gs := range cands {
+		slices.SortFunc(gs, func(a, b gatewayOf) int {
+			if c := cmp.Compare(b.priority, a.priority); c != 0 {
+				return c
+			}
+			return strings.Compare(a.name, b.name)
+		})
+		chosen := -1
+		for i, g := range gs {
+			if g.peerID == "" || healthy == nil || healthy(g.name) {
+				chosen = i
+				break
+			}
+		}
+		if chosen >= 0 {
+			out[pfx] = gs[chosen]
+		}
+	}
+	return out
+}
+
+// desired is the whole configuration the agent wants from a map.
+type desired struct {
+	wg     *wgcfg.Config
+	router *router.Config
+	routes []api.LocalRoute // for status
+	names  map[wgcfg.Key]string
+}
+
+// buildOptions are the local facts compute needs besides the map.
+type buildOptions struct {
+	privateKey wgcfg.Key
+	listenPort uint16
+	mtu        int
+	// localNets are the prefixes of this host's own interfaces, used to
+	// prefer a peer's endpoint on a shared LAN.
+	localNets []netip.Prefix
+	snat      bool
+	healthy   func(name string) bool
+	// endpointPick rotates through a peer's endpoints when the chosen one
+	// does not complete a handshake: peer ID -> offset.
+	endpointPick map[string]int
+}
+
+// compute turns the map into the WireGuard and OS configuration: one
+// WireGuard peer per other peer with its overlay address, each announced
+// prefix at its active gateway, routes for the vnet overlay and every prefix
+// this peer does not announce itself.
+func compute(m *netMap, o buildOptions) *desired {
+	d := &desired{
+		wg:     &wgcfg.Config{PrivateKey: o.privateKey, ListenPort: o.listenPort},
+		router: &router.Config{MTU: o.mtu, SNAT: o.snat},
+		names:  map[wgcfg.Key]string{},
+	}
+	if m.self == nil {
+		return d
+	}
+	if ip, err := netip.ParseAddr(m.self.OverlayIP); err == nil {
+		d.router.Addrs = []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())}
+	}
+	if m.overlay.IsValid() {
+		d.router.Routes = append(d.router.Routes, m.overlay)
+	}
+	if len(m.self.Routes) > 0 {
+		d.router.Forward = true
+		d.router.ClampMSS = true
+	}
+	index := map[string]int{} // peer ID -> position in d.wg.Peers
+	ids := make([]string, 0, len(m.peers))
+	for id := range m.peers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		p := m.peers[id]
+		key, err := wgcfg.ParseKey(p.PublicKey)
+		if err != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(p.OverlayIP)
+		if err != nil {
+			continue
+		}
+		index[id] = len(d.wg.Peers)
+		d.wg.Peers = append(d.wg.Peers, wgcfg.Peer{
+			PublicKey:           key,
+			Endpoint:            pickEndpoint(p.Endpoints, o.localNets, o.endpointPick[id]),
+			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())},
+			PersistentKeepalive: KeepaliveSeconds,
+		})
+		d.names[key] = p.Name
+	}
+	active := activeGateways(m, o.healthy)
+	prefixes := make([]netip.Prefix, 0, len(active))
+	for pfx := range active {
+		prefixes = append(prefixes, pfx)
+	}
+	slices.SortFunc(prefixes, func(a, b netip.Prefix) int { return cmp.Compare(a.String(), b.String()) })
+	for _, pfx := range prefixes {
+		g := active[pfx]
+		d.routes = append(d.routes, api.LocalRoute{Prefix: pfx.String(), ActiveGateway: g.name, Local: g.peerID == "" || announces(m.self, pfx)})
+		if announces(m.self, pfx) {
+			continue // our own LAN: never route it into the tunnel
+		}
+		i, ok := index[g.peerID]
+		if !ok {
+			continue
+		}
+		d.wg.Peers[i].AllowedIPs = append(d.wg.Peers[i].AllowedIPs, pfx)
+		if !m.overlay.IsValid() || !m.overlay.Overlaps(pfx) {
+			d.router.Routes = append(d.router.Routes, pfx)
+		}
+	}
+	d.wg.Normalize()
+	return d
+}
+
+func announces(p *api.MapPeer, pfx netip.Prefix) bool {
+	for _, r := range p.Routes {
+		if q, err := netip.ParsePrefix(r.Prefix); err == nil && q.Masked() == pfx {
+			return true
+		}
+	}
+	return false
+}
+
+// pickEndpoint chooses which of a peer's reported endpoints to send to: one
+// on a network this host is attached to first (same LAN), then public
+// addresses, then the rest; offset rotates through that order.
+func pickEndpoint(eps []string, localNets []netip.Prefix, offset int) netip.AddrPort {
+	var ranked []netip.AddrPort
+	rank := func(a netip.AddrPort) int {
+		for _, n := range localNets {
+			if n.Contains(a.Addr()) {
+				return 0
+			}
+		}
+		if !a.Addr().IsPrivate() && !cgnat.Contains(a.Addr()) {
+			return 1
+		}
+		return 2
+	}
+	for _, e := range eps {
+		a, err := netip.ParseAddrPort(e)
+		if err != nil || !a.Addr().Is4() && !a.Addr().Is6() {
+			continue
+		}
+		ranked = append(ranked, a)
+	}
+	if len(ranked) == 0 {
+		return netip.AddrPort{}
+	}
+	slices.SortStableFunc(ranked, func(a, b netip.AddrPort) int { return cmp.Compare(rank(a), rank(b)) })
+	return ranked[offset%len(ranked)]
+}
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
