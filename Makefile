@@ -28,9 +28,12 @@ lint:
 	@test -z "$$(gofmt -l .)" || (echo "gofmt needed:"; gofmt -l .; exit 1)
 	$(GO) vet ./...
 
-# lab: a single-node coordinator on loopback, in the background (state in .lab/).
+# lab: the whole mesh in network namespaces on this machine (root, Linux,
+# iproute2): 3 coordinators, site A with an HA gateway pair and a LAN host,
+# site B with a gateway and a LAN host, two clients. State and logs in .lab/.
 lab: build
-	./scripts/lab.sh
+	./scripts/deps.sh
+	$(GO) run ./e2e/lab up $(BIN)
 
 lab-down:
-	./scripts/lab.sh down
+	$(GO) run ./e2e/lab down

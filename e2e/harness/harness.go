@@ -96,8 +96,19 @@ type Proc struct {
 }
 
 // Start runs bin with args (prefixed by wrap, e.g. ip netns exec NS), its
-// output going to DIR/NAME.log and its pid to DIR/NAME.pid.
+// output going to DIR/NAME.log and its pid to DIR/NAME.pid. The process dies
+// with the caller.
 func Start(dir, name string, wrap []string, bin string, args ...string) (*Proc, error) {
+	return start(dir, name, wrap, false, bin, args...)
+}
+
+// StartDetached is Start for a process that outlives the caller (the lab):
+// it gets its own session. StopPidFile stops it later.
+func StartDetached(dir, name string, wrap []string, bin string, args ...string) (*Proc, error) {
+	return start(dir, name, wrap, true, bin, args...)
+}
+
+func start(dir, name string, wrap []string, detached bool, bin string, args ...string) (*Proc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -109,6 +120,9 @@ func Start(dir, name string, wrap []string, bin string, args ...string) (*Proc, 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -122,6 +136,36 @@ func Start(dir, name string, wrap []string, bin string, args ...string) (*Proc, 
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// StopPidFile stops the process named in a pid file a detached Start wrote:
+// SIGTERM, then SIGKILL after d; it removes the file. A missing file or a
+// process already gone is not an error.
+func StopPidFile(path string, d time.Duration) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(b), "%d", &pid); err != nil || pid <= 1 {
+		return fmt.Errorf("pid file %s: %q is not a pid", path, b)
+	}
+	defer os.Remove(path)
+	if syscall.Kill(pid, syscall.SIGTERM) != nil {
+		return nil // already gone
+	}
+	deadline := time.Now().Add(d)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+	return nil
 }
 
 // PidFile is where the process's pid is kept while it runs.
@@ -248,7 +292,7 @@ func (c *Cluster) Start(n *Node) error {
 	}
 	args := []string{"coordinator", "--name", n.Name, "--data-dir", n.DataDir,
 		"--listen", n.APIAddr, "--raft-listen", n.RaftAddr, "--cluster-key-file", c.Key,
-		"--log-level", "info"}
+		"--stun-listen", "127.0.0.1:0", "--log-level", "info"}
 	if len(initial) > 0 {
 		args = append(args, "--initial-cluster", strings.Join(initial, ","))
 	}
@@ -407,4 +451,17 @@ func (c *Cluster) WaitReady(ctx context.Context, d time.Duration) error {
 		case <-time.After(20 * time.Millisecond): // polling interval
 		}
 	}
+}
+
+// Run runs a command and returns its standard output; the error carries its
+// standard error.
+func Run(bin string, args ...string) ([]byte, error) {
+	cmd := exec.Command(bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w: %s", bin, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
 }

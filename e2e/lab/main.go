@@ -1,0 +1,98 @@
+// Command lab brings the meshd lab up or down (`make lab`, `make lab-down`):
+// three coordinators, two sites and two clients in network namespaces on
+// this machine. It needs root and iproute2.
+//
+//	go run ./e2e/lab up BIN    start the lab with the meshd binary BIN
+//	go run ./e2e/lab down      stop it and remove its namespaces
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/meshd/meshd/e2e/harness"
+	"github.com/meshd/meshd/e2e/meshlab"
+	"github.com/meshd/meshd/e2e/netlab"
+)
+
+const prefix = "mlab-"
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		return 1
+	}
+	dir := filepath.Join(root, ".lab")
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: lab up BIN | lab down")
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "lab: network namespaces need root (sudo make lab)")
+		return 1
+	}
+	switch args[0] {
+	case "down":
+		if err := meshlab.Down(prefix, dir); err != nil {
+			fmt.Fprintln(os.Stderr, "lab down:", err)
+			return 1
+		}
+		os.RemoveAll(dir)
+		fmt.Println("lab stopped; namespaces removed")
+		return 0
+	case "up":
+		if len(args) < 2 {
+			fmt.Fprintln(os.Stderr, "usage: lab up BIN")
+			return 2
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "usage: lab up BIN | lab down")
+		return 2
+	}
+	bin, err := filepath.Abs(args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		return 1
+	}
+	if err := meshlab.Down(prefix, dir); err != nil { // a lab left running
+		fmt.Fprintln(os.Stderr, "lab: clean up the previous lab:", err)
+		return 1
+	}
+	os.RemoveAll(dir)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		return 1
+	}
+	if err := l.Net.Ping("cl1", netlab.HostB, 15e9); err != nil {
+		fmt.Fprintln(os.Stderr, "lab: the mesh did not come up:", err)
+		return 1
+	}
+	fmt.Printf(`
+meshd lab is up: 3 coordinators, site A (gwa1 priority 200, gwa2 priority 100, hosta %s),
+site B (gwb1, hostb %s), clients cl1 and cl2. Namespaces: %s*; state and logs: .lab/
+
+Try:
+  sudo ip netns exec %scl1 ping -c3 %s            # client -> site A LAN host, through gwa1
+  sudo ip netns exec %shosta ping -c3 %s          # site A LAN -> site B LAN, true source IPs
+  sudo ip netns exec %scl1 %s status --state-dir .lab/cl1
+  sudo ip netns exec %sgwa1 wg show %s
+  sudo ip netns exec %sc1 env MESHD_ADMIN_TOKEN=$(cat .lab/c1/admin.token) %s peer list
+  sudo ip netns exec %sc1 env MESHD_ADMIN_TOKEN=$(cat .lab/c1/admin.token) %s route lookup %s
+
+Stop it with: make lab-down
+`, netlab.HostA, netlab.HostB, prefix,
+		prefix, netlab.HostA, prefix, netlab.HostB,
+		prefix, bin, prefix, meshlab.Interface("gwa1"),
+		prefix, bin, prefix, bin, netlab.HostA)
+	return 0
+}

@@ -1,0 +1,302 @@
+// Package meshlab brings up the whole meshd lab on one machine: the
+// netlab topology, three coordinators and the peer agents of two sites and
+// two roaming clients, each in its own network namespace. `make lab` and
+// the end-to-end tests both use it.
+package meshlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/meshd/meshd/e2e/harness"
+	"github.com/meshd/meshd/e2e/netlab"
+)
+
+// Options configure Start.
+type Options struct {
+	Prefix   string // namespace prefix, e.g. "mlab-"
+	Dir      string // state, logs and pid files
+	Bin      string // the meshd binary
+	Detached bool   // processes outlive the caller (the interactive lab)
+	// SNAT makes the site gateways masquerade (--snat).
+	SNAT bool
+	// Peers limits which peers start (default all).
+	Peers []string
+	// Extra arguments per peer name.
+	PeerArgs map[string][]string
+}
+
+// Lab is a running mesh lab.
+type Lab struct {
+	Opts  Options
+	Net   *netlab.Lab
+	Topo  *netlab.Topology
+	Procs map[string]*harness.Proc
+	Key   string
+}
+
+// PeerSpec is how the lab runs one peer.
+type PeerSpec struct {
+	Name     string
+	Routes   string // --advertise-routes
+	Priority int
+}
+
+// Peers of the lab, in start order.
+var Peers = []PeerSpec{
+	{Name: "gwa1", Routes: netlab.SiteA, Priority: 200},
+	{Name: "gwa2", Routes: netlab.SiteA, Priority: 100},
+	{Name: "gwb1", Routes: netlab.SiteB, Priority: 100},
+	{Name: "cl1"},
+	{Name: "cl2"},
+}
+
+// Start builds the topology and starts coordinators and peers, waiting
+// until every peer is up. On error it tears down what it started.
+func Start(ctx context.Context, o Options) (_ *Lab, err error) {
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	nl, err := netlab.New(o.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{Opts: o, Net: nl, Topo: netlab.MeshdLab(), Procs: map[string]*harness.Proc{}, Key: filepath.Join(o.Dir, "cluster.key")}
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+	if err := l.Topo.Build(nl); err != nil {
+		return nil, err
+	}
+	key, err := harness.Run(o.Bin, "coordinator", "keygen")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(l.Key, key, 0o600); err != nil {
+		return nil, err
+	}
+	for _, c := range l.Topo.Coordinators {
+		if err := l.StartCoordinator(c.Name); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.WaitCluster(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	gwTok, err := l.Admin("token", "create", "--uses", "3", "--allow-routes", netlab.SiteA+","+netlab.SiteB)
+	if err != nil {
+		return nil, err
+	}
+	clTok, err := l.Admin("token", "create", "--uses", "2")
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range Peers {
+		if o.Peers != nil && !contains(o.Peers, p.Name) {
+			continue
+		}
+		tok := strings.TrimSpace(clTok)
+		if p.Routes != "" {
+			tok = strings.TrimSpace(gwTok)
+		}
+		if err := l.StartPeer(p.Name, tok); err != nil {
+			return nil, err
+		}
+	}
+	for name := range l.Procs {
+		if strings.HasPrefix(name, "c") && len(name) == 2 {
+			continue
+		}
+		if err := l.WaitPeerUp(ctx, name, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Lab) start(name string, args ...string) error {
+	start := harness.Start
+	if l.Opts.Detached {
+		start = harness.StartDetached
+	}
+	p, err := start(l.Opts.Dir, name, l.Net.Wrap(name), l.Opts.Bin, args...)
+	if err != nil {
+		return err
+	}
+	l.Procs[name] = p
+	return nil
+}
+
+// CoordinatorURLs are the coordinators' API URLs.
+func (l *Lab) CoordinatorURLs() []string {
+	var out []string
+	for _, c := range l.Topo.Coordinators {
+		out = append(out, "https://"+c.WAN+":8443")
+	}
+	return out
+}
+
+// StartCoordinator starts (or restarts with the same data dir) a
+// coordinator.
+func (l *Lab) StartCoordinator(name string) error {
+	var initial []string
+	for _, c := range l.Topo.Coordinators {
+		initial = append(initial, c.Name+"="+c.WAN+":8301")
+	}
+	n := l.Topo.Node(name)
+	return l.start(name, "coordinator", "--name", name, "--data-dir", filepath.Join(l.Opts.Dir, name),
+		"--listen", n.WAN+":8443", "--raft-listen", n.WAN+":8301", "--cluster-key-file", l.Key,
+		"--initial-cluster", strings.Join(initial, ","), "--stun-listen", n.WAN+":3478")
+}
+
+// Interface is the WireGuard interface name of a lab peer (the UAPI socket
+// directory is shared by all namespaces, so names must differ).
+func Interface(peer string) string { return "wg-" + peer }
+
+// StateDir is a lab peer's state dir.
+func (l *Lab) StateDir(peer string) string { return filepath.Join(l.Opts.Dir, peer) }
+
+// StartPeer starts (or restarts) a peer agent; tok may be empty after the
+// first join.
+func (l *Lab) StartPeer(name, tok string) error {
+	args := []string{"peer", "up", "--state-dir", l.StateDir(name), "--name", name, "--interface", Interface(name), "--log-level", "debug"}
+	if tok != "" {
+		args = append(args, "--token", tok)
+	}
+	for _, p := range Peers {
+		if p.Name == name && p.Routes != "" {
+			args = append(args, "--advertise-routes", p.Routes, "--gateway-priority", fmt.Sprint(p.Priority))
+			if l.Opts.SNAT {
+				args = append(args, "--snat")
+			}
+		}
+	}
+	args = append(args, l.Opts.PeerArgs[name]...)
+	return l.start(name, args...)
+}
+
+// Admin runs an admin command inside the first running coordinator's
+// namespace, with the admin token, and returns its output.
+func (l *Lab) Admin(args ...string) (string, error) {
+	tok, err := l.AdminToken()
+	if err != nil {
+		return "", err
+	}
+	var last error
+	for _, c := range l.Topo.Coordinators {
+		if p := l.Procs[c.Name]; p == nil || p.Exited() {
+			continue
+		}
+		cmd := append([]string{"env", "MESHD_ADMIN_TOKEN=" + tok, l.Opts.Bin}, args...)
+		out, err := l.Net.Exec(c.Name, cmd...)
+		if err == nil {
+			return string(out), nil
+		}
+		last = err
+	}
+	return "", fmt.Errorf("meshd %s: %w", strings.Join(args, " "), last)
+}
+
+// AdminToken reads the admin token a coordinator wrote.
+func (l *Lab) AdminToken() (string, error) {
+	for _, c := range l.Topo.Coordinators {
+		b, err := os.ReadFile(filepath.Join(l.Opts.Dir, c.Name, "admin.token"))
+		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	return "", errors.New("no coordinator has written admin.token yet")
+}
+
+// WaitCluster polls until the admin CLI works against the cluster.
+func (l *Lab) WaitCluster(ctx context.Context, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		_, err := l.Admin("cluster", "status")
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("coordinators not up within %s: %w\n%s", d, err, l.Logs("c1"))
+		}
+		for _, c := range l.Topo.Coordinators {
+			if p := l.Procs[c.Name]; p != nil && p.Exited() {
+				return fmt.Errorf("coordinator %s exited: %v\n%s", c.Name, p.Err(), p.Log())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond): // polling interval
+		}
+	}
+}
+
+// WaitPeerUp polls until the peer's status socket answers.
+func (l *Lab) WaitPeerUp(ctx context.Context, name string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		if _, err := l.Net.Exec(name, l.Opts.Bin, "status", "--state-dir", l.StateDir(name)); err == nil {
+			return nil
+		}
+		if p := l.Procs[name]; p != nil && p.Exited() {
+			return fmt.Errorf("peer %s exited: %v\n%s", name, p.Err(), p.Log())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("peer %s not up within %s\n%s", name, d, l.Logs(name))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond): // polling interval
+		}
+	}
+}
+
+// Logs returns what a process has logged.
+func (l *Lab) Logs(name string) string {
+	b, _ := os.ReadFile(filepath.Join(l.Opts.Dir, name+".log"))
+	return string(b)
+}
+
+// Close stops every process the lab started and removes its namespaces.
+func (l *Lab) Close() error {
+	for _, p := range l.Procs {
+		p.Stop(5 * time.Second)
+	}
+	return l.Net.Close()
+}
+
+// Down stops a detached lab from its state dir and removes its namespaces.
+func Down(prefix, dir string) error {
+	pids, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+	var errs []error
+	for _, f := range pids {
+		if err := harness.StopPidFile(f, 5*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	nl, err := netlab.New(prefix) // removes every namespace with the prefix
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, nl.Close())
+	}
+	return errors.Join(errs...)
+}

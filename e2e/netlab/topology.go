@@ -1,0 +1,114 @@
+package netlab
+
+import "fmt"
+
+// Addresses of the meshd lab. The wan is the underlay "internet" every
+// coordinator, gateway and client sits on; site A and site B each have a LAN
+// behind their gateways.
+const (
+	WANNet  = "10.99.0.0/24"
+	SiteA   = "192.168.10.0/24"
+	SiteB   = "192.168.20.0/24"
+	HostA   = "192.168.10.10"
+	HostB   = "192.168.20.10"
+	SiteAGW = "192.168.10.2" // gwa1's LAN address, hosta's default gateway
+	SiteBGW = "192.168.20.1"
+)
+
+// Node is one host of the topology.
+type Node struct {
+	Name string // short name; the namespace is Lab.NS(Name)
+	WAN  string // address on the wan, empty for LAN hosts
+	LAN  string // address on its site LAN, empty for wan-only hosts
+}
+
+// Topology is the meshd lab: three coordinators; site A with an HA pair of
+// gateways (gwa1, gwa2) and a LAN host (hosta); site B with one gateway
+// (gwb1) and a LAN host (hostb); two roaming clients (cl1, cl2).
+type Topology struct {
+	Coordinators  []Node
+	SiteAGateways []Node
+	SiteBGateways []Node
+	Clients       []Node
+	HostA, HostB  Node
+}
+
+// Nodes returns every node.
+func (t *Topology) Nodes() []Node {
+	out := append([]Node{}, t.Coordinators...)
+	out = append(out, t.SiteAGateways...)
+	out = append(out, t.SiteBGateways...)
+	out = append(out, t.Clients...)
+	return append(out, t.HostA, t.HostB)
+}
+
+// Node finds a node by name.
+func (t *Topology) Node(name string) Node {
+	for _, n := range t.Nodes() {
+		if n.Name == name {
+			return n
+		}
+	}
+	panic(fmt.Sprintf("netlab: no node %q", name))
+}
+
+// MeshdLab is the topology's layout.
+func MeshdLab() *Topology {
+	return &Topology{
+		Coordinators: []Node{{Name: "c1", WAN: "10.99.0.11"}, {Name: "c2", WAN: "10.99.0.12"}, {Name: "c3", WAN: "10.99.0.13"}},
+		SiteAGateways: []Node{
+			{Name: "gwa1", WAN: "10.99.0.21", LAN: SiteAGW},
+			{Name: "gwa2", WAN: "10.99.0.22", LAN: "192.168.10.3"},
+		},
+		SiteBGateways: []Node{{Name: "gwb1", WAN: "10.99.0.31", LAN: SiteBGW}},
+		Clients:       []Node{{Name: "cl1", WAN: "10.99.0.41"}, {Name: "cl2", WAN: "10.99.0.42"}},
+		HostA:         Node{Name: "hosta", LAN: HostA},
+		HostB:         Node{Name: "hostb", LAN: HostB},
+	}
+}
+
+// Build creates the topology's namespaces and links in l: the wan bridge
+// in namespace "wan", each site's LAN bridge in "lana"/"lanb", a veth from
+// every node to its networks, and the LAN hosts' default routes through
+// their site's first gateway.
+func (t *Topology) Build(l *Lab) error {
+	for _, ns := range []string{"wan", "lana", "lanb"} {
+		if err := l.AddNS(ns); err != nil {
+			return err
+		}
+		if err := l.AddBridge(ns, "br0"); err != nil {
+			return err
+		}
+	}
+	lanOf := func(n Node) string {
+		if len(n.LAN) > 10 && n.LAN[:10] == "192.168.10" {
+			return "lana"
+		}
+		return "lanb"
+	}
+	for _, n := range t.Nodes() {
+		if err := l.AddNS(n.Name); err != nil {
+			return err
+		}
+		if n.WAN != "" {
+			if err := l.Connect(n.Name, "eth0", n.WAN+"/24", "wan", "br0"); err != nil {
+				return err
+			}
+		}
+		if n.LAN != "" {
+			ifname := "eth1"
+			if n.WAN == "" {
+				ifname = "eth0"
+			}
+			if err := l.Connect(n.Name, ifname, n.LAN+"/24", lanOf(n), "br0"); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range []struct{ host, via string }{{t.HostA.Name, SiteAGW}, {t.HostB.Name, SiteBGW}} {
+		if _, err := run("ip", "-n", l.NS(r.host), "route", "add", "default", "via", r.via); err != nil {
+			return err
+		}
+	}
+	return nil
+}

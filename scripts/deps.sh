@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages the network-namespace tests and the lab use,
+# only when something is missing (idempotent). Debian/Ubuntu.
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v wg >/dev/null || need+=(wireguard-tools)
+command -v nft >/dev/null || need+=(nftables)
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "missing packages: ${need[*]} (run as root to install them)" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
