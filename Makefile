@@ -6,9 +6,12 @@ BIN := bin/meshd
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./meshd
 
-# test: unit, in-process and fuzz smoke tests (the README's test command).
+# test: the README's test command: lint, unit, in-process, multi-process and
+# (as root) network-namespace tests, then fuzz smoke runs. As root it first
+# installs the system packages the namespace tests use (scripts/deps.sh).
 test: lint
-	$(GO) test -race -count=1 ./...
+	@if [ "$$(id -u)" = 0 ]; then ./scripts/deps.sh; fi
+	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz
 
 # fuzz: a few seconds of each fuzz target (the token parser, the FSM decoder).
@@ -16,8 +19,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./pkg/token
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 5s ./coordinator/fsm
 
+# e2e: only the network-namespace tests (root): the whole lab, reachability,
+# true source IPs, restart, removal, coordinators down, SNAT.
 e2e:
-	@echo "network-namespace tests arrive with the peer agent"
+	./scripts/deps.sh
+	$(GO) test -count=1 -v -run 'TestMesh' ./e2e/
 
 # bench: every figure beside its same-run baseline; prints a table and
 # merges the figures into bench/results.json.

@@ -92,7 +92,7 @@ Try:
 Stop it with: make lab-down
 `, netlab.HostA, netlab.HostB, prefix,
 		prefix, netlab.HostA, prefix, netlab.HostB,
-		prefix, bin, prefix, meshlab.Interface("gwa1"),
+		prefix, bin, prefix, l.Interface("gwa1"),
 		prefix, bin, prefix, bin, netlab.HostA)
 	return 0
 }

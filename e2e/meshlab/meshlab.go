@@ -29,6 +29,10 @@ type Options struct {
 	Peers []string
 	// Extra arguments per peer name.
 	PeerArgs map[string][]string
+	// IfPrefix starts every WireGuard interface name (default "wg-"). The
+	// UAPI socket directory is shared by all namespaces, so labs that run
+	// at the same time need different prefixes.
+	IfPrefix string
 }
 
 // Lab is a running mesh lab.
@@ -61,6 +65,9 @@ var Peers = []PeerSpec{
 func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, err
+	}
+	if o.IfPrefix == "" {
+		o.IfPrefix = "wg-"
 	}
 	nl, err := netlab.New(o.Prefix)
 	if err != nil {
@@ -167,7 +174,7 @@ func (l *Lab) StartCoordinator(name string) error {
 
 // Interface is the WireGuard interface name of a lab peer (the UAPI socket
 // directory is shared by all namespaces, so names must differ).
-func Interface(peer string) string { return "wg-" + peer }
+func (l *Lab) Interface(peer string) string { return l.Opts.IfPrefix + peer }
 
 // StateDir is a lab peer's state dir.
 func (l *Lab) StateDir(peer string) string { return filepath.Join(l.Opts.Dir, peer) }
@@ -175,7 +182,7 @@ func (l *Lab) StateDir(peer string) string { return filepath.Join(l.Opts.Dir, pe
 // StartPeer starts (or restarts) a peer agent; tok may be empty after the
 // first join.
 func (l *Lab) StartPeer(name, tok string) error {
-	args := []string{"peer", "up", "--state-dir", l.StateDir(name), "--name", name, "--interface", Interface(name), "--log-level", "debug"}
+	args := []string{"peer", "up", "--state-dir", l.StateDir(name), "--name", name, "--interface", l.Interface(name), "--log-level", "debug"}
 	if tok != "" {
 		args = append(args, "--token", tok)
 	}
