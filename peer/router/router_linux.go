@@ -152,7 +152,11 @@ func (r *linuxRouter) Set(cfg *Config) error {
 		}
 	}
 	for _, p := range plan.DelRoutes {
-		if err := netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol}); err != nil && !errors.Is(err, unix.ESRCH) {
+		// Scope, table and type must match the installed route, or the
+		// kernel finds nothing (or another route) to delete.
+		del := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol,
+			Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST}
+		if err := netlink.RouteDel(del); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("route del %s: %w", p, err))
 		}
 	}
