@@ -492,7 +492,8 @@ func (a *Agent) heartbeatLoop(ctx context.Context) error {
 }
 
 // localNets lists the prefixes of this host's interfaces (except the mesh
-// interface), to recognise a peer endpoint on a shared LAN.
+// interface and other tunnels), to recognise a peer endpoint on a shared
+// LAN.
 func localNets(exclude string) []netip.Prefix {
 	ifs, err := net.Interfaces()
 	if err != nil {
@@ -500,7 +501,7 @@ func localNets(exclude string) []netip.Prefix {
 	}
 	var out []netip.Prefix
 	for _, ifc := range ifs {
-		if ifc.Name == exclude || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+		if ifc.Name == exclude || ifc.Flags&net.FlagUp == 0 || ifc.Flags&(net.FlagLoopback|net.FlagPointToPoint) != 0 {
 			continue
 		}
 		addrs, _ := ifc.Addrs()

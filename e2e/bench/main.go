@@ -56,6 +56,9 @@ func main() {
 	benches := []bench{
 		{"write_throughput", writeThroughput},
 		{"leader_failover_write_outage", leaderFailover},
+		{"join_to_first_packet", joinToFirstPacket},
+		{"data_plane_tcp", dataPlane},
+		{"agent_rss_20_peers", agentMemory},
 	}
 	root, err := harness.RepoRoot()
 	if err != nil {
@@ -91,7 +94,11 @@ func main() {
 		f.MeasuredAt = time.Now().UTC()
 		results[b.name] = f
 	}
-	data, _ := json.MarshalIndent(results, "", "  ")
+	data, err := json.MarshalIndent(results, "", "  ")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: encode results:", err)
+		os.Exit(1)
+	}
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
 		os.WriteFile(*out, append(data, '\n'), 0o644)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,7 +124,7 @@ func start(dir, name string, wrap []string, detached bool, bin string, args ...s
 	if detached {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startCmd(cmd); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -166,6 +167,35 @@ func StopPidFile(path string, d time.Duration) error {
 		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
 	}
 	return nil
+}
+
+var (
+	spawnOnce sync.Once
+	spawnCh   chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	errc chan error
+}
+
+// startCmd starts cmd from one OS thread that never exits. The kernel sends
+// a child its parent-death signal when the *thread* that forked it exits,
+// and Go discards threads (a goroutine that locked its thread into another
+// network namespace, say), which would kill children at random.
+func startCmd(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // kept for the life of the process
+			for r := range spawnCh {
+				r.errc <- r.cmd.Start()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	spawnCh <- spawnReq{cmd, errc}
+	return <-errc
 }
 
 // PidFile is where the process's pid is kept while it runs.

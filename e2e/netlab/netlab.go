@@ -171,3 +171,21 @@ func (l *Lab) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Link connects namespaces a and b with a veth pair: ifA (addrA, CIDR) in
+// a and ifB (addrB) in b, both up.
+func (l *Lab) Link(a, ifA, addrA, b, ifB, addrB string) error {
+	steps := [][]string{
+		{"ip", "link", "add", ifA, "netns", l.NS(a), "type", "veth", "peer", "name", ifB, "netns", l.NS(b)},
+		{"ip", "-n", l.NS(a), "addr", "add", addrA, "dev", ifA},
+		{"ip", "-n", l.NS(b), "addr", "add", addrB, "dev", ifB},
+		{"ip", "-n", l.NS(a), "link", "set", ifA, "up"},
+		{"ip", "-n", l.NS(b), "link", "set", ifB, "up"},
+	}
+	for _, s := range steps {
+		if _, err := run(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}

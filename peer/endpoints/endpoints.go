@@ -26,18 +26,22 @@ const MaxEndpoints = 8
 
 // Iface is one interface as Local sees it.
 type Iface struct {
-	Name  string
-	Up    bool
-	Loop  bool
+	Name string
+	Up   bool
+	Loop bool
+	// P2P marks point-to-point links (TUN devices: WireGuard, other VPNs);
+	// an endpoint there would tunnel the mesh through another tunnel.
+	P2P   bool
 	Addrs []netip.Prefix
 }
 
 // Filter returns the usable unicast addresses of ifs, skipping interfaces
-// named in exclude, loopback, link-local and down interfaces.
+// named in exclude, loopback, point-to-point (tunnel), link-local and down
+// interfaces.
 func Filter(ifs []Iface, exclude []string) []netip.Addr {
 	var out []netip.Addr
 	for _, ifc := range ifs {
-		if !ifc.Up || ifc.Loop || slices.Contains(exclude, ifc.Name) {
+		if !ifc.Up || ifc.Loop || ifc.P2P || slices.Contains(exclude, ifc.Name) {
 			continue
 		}
 		for _, p := range ifc.Addrs {
@@ -58,7 +62,7 @@ func osIfaces() ([]Iface, error) {
 	}
 	var out []Iface
 	for _, ifc := range ifs {
-		x := Iface{Name: ifc.Name, Up: ifc.Flags&net.FlagUp != 0, Loop: ifc.Flags&net.FlagLoopback != 0}
+		x := Iface{Name: ifc.Name, Up: ifc.Flags&net.FlagUp != 0, Loop: ifc.Flags&net.FlagLoopback != 0, P2P: ifc.Flags&net.FlagPointToPoint != 0}
 		addrs, _ := ifc.Addrs()
 		for _, a := range addrs {
 			if n, ok := a.(*net.IPNet); ok {

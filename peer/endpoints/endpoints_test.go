@@ -18,6 +18,7 @@ func TestFilter(t *testing.T) {
 		{Name: "eth0", Up: true, Addrs: []netip.Prefix{p("10.99.0.21/24"), p("fe80::1/64"), p("2001:db8::5/64")}},
 		{Name: "eth1", Up: false, Addrs: []netip.Prefix{p("192.168.10.2/24")}},
 		{Name: "meshd0", Up: true, Addrs: []netip.Prefix{p("100.96.0.5/32")}},
+		{Name: "wg0", Up: true, P2P: true, Addrs: []netip.Prefix{p("10.97.0.1/24")}},
 	}
 	got := Filter(ifs, []string{"meshd0"})
 	want := []netip.Addr{netip.MustParseAddr("10.99.0.21"), netip.MustParseAddr("2001:db8::5")}

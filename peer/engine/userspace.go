@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -42,8 +43,11 @@ func NewUserspace(name string, mtu int, log *slog.Logger) (*Userspace, error) {
 		name = real
 	}
 	wlog := &device.Logger{
-		Verbosef: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) },
+		Verbosef: func(format string, args ...any) {},
 		Errorf:   func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) },
+	}
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		wlog.Verbosef = func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) }
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), wlog)
 	e := &Userspace{name: name, log: log, dev: dev}

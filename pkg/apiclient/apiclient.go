@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -50,6 +51,12 @@ func FromToken(tok string) (*Client, *token.Token, error) {
 		return nil, nil, err
 	}
 	return New(t.URLs, t.Pin, tok), t, nil
+}
+
+// SetDialContext replaces how the client opens connections (tests and
+// benchmarks that reach coordinators inside a network namespace).
+func (c *Client) SetDialContext(dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	c.hc.Transport.(*http.Transport).DialContext = dial
 }
 
 // Auth is the credential the client sends.
