@@ -315,7 +315,7 @@ func dataPlane(ctx context.Context, dir string) (*Figure, error) {
 	return &Figure{
 		Value: mesh, Unit: "Gbit/s", Target: "ratio >= 0.95 against plain wireguard-go",
 		Baseline: wg, BaselineWhat: "plain wireguard-go, same veth", Ratio: mesh / wg, Pass: mesh/wg >= 0.95,
-		How: fmt.Sprintf("one iperf3 TCP stream for %s between two namespaces joined by one veth pair: over meshd (userspace engine, MTU 1420) and over the wireguard-go binary of the same module version configured with wg (MTU 1420), alternated %d times each, medians", d, rounds),
+		How:   fmt.Sprintf("one iperf3 TCP stream for %s between two namespaces joined by one veth pair: over meshd (userspace engine, MTU 1420) and over the wireguard-go binary of the same module version configured with wg (MTU 1420), alternated %d times each, medians", d, rounds),
 		Extra: map[string]any{"raw_veth_gbit_s": raw, "meshd_runs": meshes, "wireguard_go_runs": wgs},
 	}, nil
 }
