@@ -244,6 +244,7 @@ func New(cfg Config) (_ *Server, err error) {
 	s.bootIndex = r.LastIndex()
 	s.started = time.Now()
 
+	// STUN answers from here on; Close stops it.
 	if cfg.STUNListen != "" {
 		if s.stun, err = newSTUNServer(cfg.STUNListen, s.log); err != nil {
 			return nil, err
@@ -322,9 +323,6 @@ func (s *Server) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("serve api: %w", err)
 		}
 	}()
-	if s.stun != nil {
-		go s.stun.serve()
-	}
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.adminTokenLoop} {
 		wg.Add(1)

@@ -67,7 +67,7 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", coordinator.DefaultElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", coordinator.DefaultLeaderLeaseTimeout, "Raft leader lease timeout")
 	f.DurationVar(&cfg.EphemeralGrace, "ephemeral-grace", 10*time.Minute, "how long an ephemeral peer may be offline before it is removed")
-	f.StringVar(&cfg.STUNListen, "stun-listen", ":3478", "UDP address of the STUN server peers learn their public endpoint from (\"off\" disables)")
+	f.StringVar(&cfg.STUNListen, "stun-listen", ":3478", "UDP host:port of the STUN server peers learn their public address from; advertised with the host of the API URL (\"off\" or \"\" disables)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
 	cmd.AddCommand(&cobra.Command{
