@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -464,7 +465,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	// Pre-check against the local replica so plainly bad joins cost no Raft
 	// write; the FSM checks again, authoritatively.
-	if err := s.precheckJoin(spec); err != nil {
+	if err := s.precheckJoin(r.Context(), spec); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -489,21 +490,38 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *Server) precheckJoin(j state.JoinSpec) error {
+func (s *Server) precheckJoin(ctx context.Context, j state.JoinSpec) error {
 	if err := state.ValidName("peer", j.Name); err != nil {
 		return err
 	}
 	if err := state.ValidKey(j.PublicKey); err != nil {
 		return err
 	}
-	var err error
-	s.store.Read(func(t *state.Tables, _ uint64) {
-		tok, ok := t.Tokens[j.TokenID]
-		if !ok || tok.SecretHash != j.SecretHash {
-			err = api.Errorf(api.CodeTokenUnknown, "join token is not known to this cluster")
+	// A token created a moment ago through another coordinator may not
+	// have reached this replica yet: give replication a short while before
+	// calling it unknown.
+	deadline := time.NewTimer(time.Second)
+	defer deadline.Stop()
+	for {
+		ch := s.store.WatchCh()
+		var err error
+		s.store.Read(func(t *state.Tables, _ uint64) {
+			tok, ok := t.Tokens[j.TokenID]
+			if !ok || tok.SecretHash != j.SecretHash {
+				err = api.Errorf(api.CodeTokenUnknown, "join token is not known to this cluster")
+			}
+		})
+		if err == nil {
+			return nil
 		}
-	})
-	return err
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return err
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, peerID string) {

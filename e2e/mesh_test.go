@@ -317,7 +317,7 @@ func TestMeshSNAT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if src != netlab.SiteAGW {
-		t.Fatalf("with --snat hosta saw %s; want the gateway's LAN address %s", src, netlab.SiteAGW)
+	if src != netlab.GWA1LAN {
+		t.Fatalf("with --snat hosta saw %s; want the gateway's LAN address %s", src, netlab.GWA1LAN)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshd/meshd/peer"
 	"github.com/meshd/meshd/peer/engine"
+	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/logging"
 )
@@ -22,6 +23,8 @@ func newPeerUpCmd(g *globals) *cobra.Command {
 		priority int
 		port     uint16
 		logLevel string
+		lanVIP   string
+		lanCheck string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -51,6 +54,20 @@ forward without source NAT unless --snat is given.`,
 				return fmt.Errorf("--gateway-priority %d is outside 0..1000", priority)
 			}
 			cfg.ListenPort = port
+			if lanVIP != "" {
+				p, err := netip.ParsePrefix(lanVIP)
+				if err != nil || !p.Addr().Is4() {
+					return fmt.Errorf("--lan-vip %q is not an IPv4 address with its LAN prefix length, like 192.168.10.1/24", lanVIP)
+				}
+				cfg.LANVIP = p
+			}
+			if lanCheck != "" {
+				a, err := netip.ParseAddr(lanCheck)
+				if err != nil || !a.Is4() {
+					return fmt.Errorf("--lan-check %q is not an IPv4 address", lanCheck)
+				}
+				cfg.LANCheck = a
+			}
 			cfg.Logger = logging.New(g.errOut, lvl)
 			a, err := peer.New(cfg)
 			if err != nil {
@@ -70,6 +87,11 @@ forward without source NAT unless --snat is given.`,
 	f.StringVar(&cfg.WGMode, "wg-mode", engine.ModeAuto, "WireGuard engine: auto, kernel or userspace")
 	f.Uint16Var(&port, "listen-port", peer.DefaultListenPort, "WireGuard UDP port")
 	f.IntVar(&cfg.MTU, "mtu", engine.DefaultMTU, "MTU of the WireGuard interface")
+	f.StringVar(&lanVIP, "lan-vip", "", "virtual IP/LEN the active gateway of an HA pair owns on --lan-dev (LAN hosts route through it)")
+	f.StringVar(&cfg.LANDev, "lan-dev", "", "LAN interface of this gateway (for --lan-vip and --lan-check)")
+	f.StringVar(&lanCheck, "lan-check", "", "LAN address this gateway must reach (ARP) to carry its routes")
+	f.DurationVar(&cfg.HoldDown, "hold-down", health.DefaultHoldDown, "how long a recovered gateway must stay healthy before it takes its routes back")
+	f.IntVar(&cfg.GossipPort, "gossip-port", health.DefaultPort, "health gossip port on the overlay address (UDP and TCP, inside the tunnels)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

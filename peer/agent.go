@@ -24,12 +24,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshd/meshd/peer/controlclient"
 	"github.com/meshd/meshd/peer/endpoints"
 	"github.com/meshd/meshd/peer/engine"
+	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/peer/router"
+	"github.com/meshd/meshd/peer/vip"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
 )
@@ -64,6 +67,14 @@ type Config struct {
 	WGMode     string      // optional: engine.ModeAuto
 	Routes     []api.Route // optional: subnets this peer announces (a gateway)
 	SNAT       bool        // optional: masquerade mesh traffic leaving the LAN side
+	// LANVIP is the virtual IP the active gateway owns on LANDev; optional.
+	LANVIP netip.Prefix
+	LANDev string // required with LANVIP or LANCheck
+	// LANCheck is a LAN address a gateway must reach (ARP) to stay
+	// healthy; optional.
+	LANCheck   netip.Addr
+	HoldDown   time.Duration // optional: health.DefaultHoldDown
+	GossipPort int           // optional: health.DefaultPort
 	Logger     *slog.Logger
 
 	// NewEngine, NewRouter and Endpoints replace the OS (tests); optional.
@@ -83,15 +94,20 @@ type Agent struct {
 	eng engine.Engine
 	rtr router.Router
 
-	mu        sync.Mutex
-	nm        netMap                    // guarded by mu
-	want      *desired                  // guarded by mu: last computed configuration
-	endpoints []string                  // guarded by mu: what we last reported
-	connected string                    // guarded by mu: coordinator of the open stream
-	pick      map[string]int            // guarded by mu: endpoint rotation per peer ID
-	pickSince map[string]time.Time      // guarded by mu: when the current pick was made
-	lastEP    map[string]netip.AddrPort // guarded by mu: the endpoint last configured per peer ID
-	changed   chan struct{}             // signals the reconcile loop
+	mu         sync.Mutex
+	nm         netMap                    // guarded by mu
+	want       *desired                  // guarded by mu: last computed configuration
+	endpoints  []string                  // guarded by mu: what we last reported
+	connected  string                    // guarded by mu: coordinator of the open stream
+	pick       map[string]int            // guarded by mu: endpoint rotation per peer ID
+	pickSince  map[string]time.Time      // guarded by mu: when the current pick was made
+	lastEP     map[string]netip.AddrPort // guarded by mu: the endpoint last configured per peer ID
+	gossip     *health.Gossip            // guarded by mu: nil until the map brings keys and an address
+	gossipKeys [][]byte                  // guarded by mu: the keyring gossip uses
+	changed    chan struct{}             // signals the reconcile loop
+
+	vip   vip.VIP     // nil without --lan-vip
+	lanOK atomic.Bool // the LAN check passes (true without one)
 }
 
 // New checks cfg and loads (or creates) the peer's key. Run joins if needed.
@@ -113,6 +129,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if (cfg.LANVIP.IsValid() || cfg.LANCheck.IsValid()) && cfg.LANDev == "" {
+		return nil, errors.New("--lan-vip and --lan-check need --lan-dev (the LAN interface)")
 	}
 	if cfg.Name == "" {
 		h, err := os.Hostname()
@@ -211,6 +230,21 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := a.rtr.Up(); err != nil {
 		return err
 	}
+	a.lanOK.Store(true)
+	if a.cfg.LANVIP.IsValid() {
+		if a.vip, err = vip.New(vip.Config{Addr: a.cfg.LANVIP, Dev: a.cfg.LANDev}, a.log); err != nil {
+			return err
+		}
+		defer a.vip.Release()
+	}
+	defer func() {
+		a.mu.Lock()
+		g := a.gossip
+		a.mu.Unlock()
+		if g != nil {
+			g.Leave(500 * time.Millisecond)
+		}
+	}()
 	if first != nil {
 		a.mu.Lock()
 		a.nm.apply(first)
@@ -230,7 +264,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context) error{a.watchLoop, a.heartbeatLoop, a.reconcileLoop} {
+	loops := []func(context.Context) error{a.watchLoop, a.heartbeatLoop, a.reconcileLoop}
+	if a.cfg.LANCheck.IsValid() {
+		loops = append(loops, a.lanCheckLoop)
+	}
+	for _, loop := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -393,12 +431,21 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 // difference to WireGuard and the OS.
 func (a *Agent) reconcile() error {
 	a.mu.Lock()
+	now := time.Now()
+	var healthy func(string) bool
+	g := a.gossip
+	if g != nil {
+		healthy = func(id string) bool { return g.Healthy(id, now) }
+	}
 	d := compute(&a.nm, buildOptions{
 		privateKey: a.priv, listenPort: a.cfg.ListenPort, mtu: a.cfg.MTU,
 		localNets: localNets(a.cfg.Interface), snat: a.cfg.SNAT, endpointPick: a.pick,
+		healthy: healthy, selfUnhealthy: !a.lanOK.Load(),
 	})
+	if a.want != nil {
+		logRouteChanges(a.log, a.want.routes, d.routes)
+	}
 	a.want = d
-	now := time.Now()
 	for id, p := range a.nm.peers {
 		key, _ := wgcfg.ParseKey(p.PublicKey)
 		if wp := d.wg.Peer(key); wp != nil && a.lastEP[id] != wp.Endpoint {
@@ -421,7 +468,131 @@ func (a *Agent) reconcile() error {
 	if err != nil && !errors.Is(err, engine.ErrNoChanges) {
 		return err
 	}
-	return a.rtr.Set(d.router)
+	if err := a.rtr.Set(d.router); err != nil {
+		return err
+	}
+	if a.ensureGossip() {
+		a.kick() // recompute with health
+	}
+	a.followVIP(d)
+	if g != nil {
+		if next := g.NextHoldDownEnd(now); !next.IsZero() {
+			time.AfterFunc(time.Until(next)+10*time.Millisecond, a.kick)
+		}
+	}
+	return nil
+}
+
+// followVIP makes this gateway own the LAN VIP exactly while it is the
+// active gateway of one of the routes it announces.
+func (a *Agent) followVIP(d *desired) {
+	if a.vip == nil {
+		return
+	}
+	active := false
+	for _, r := range d.routes {
+		if r.Local && r.ActiveGateway == a.id.Name {
+			active = true
+		}
+	}
+	if !active {
+		a.vip.Release()
+		return
+	}
+	if err := a.vip.Claim(); err != nil {
+		// Another host still answers for the VIP (the old owner has not
+		// let go yet, or the pair cannot gossip): try again shortly.
+		a.log.Debug("virtual IP not free yet", "err", err)
+		time.AfterFunc(100*time.Millisecond, a.kick)
+	}
+}
+
+// ensureGossip starts health gossip once the map has brought this peer's
+// address and the keyring, keeps the keyring current and the metadata
+// fresh, and rejoins when this peer is alone.
+func (a *Agent) ensureGossip() (started bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.nm.self == nil || len(a.nm.gossipKeys) == 0 {
+		return false
+	}
+	meta := health.Meta{ID: a.nm.self.ID, LANOK: a.lanOK.Load(), Role: a.nm.self.Role}
+	for _, r := range a.nm.self.Routes {
+		meta.Routes = append(meta.Routes, fmt.Sprintf("%s:%d", r.Prefix, r.Priority))
+	}
+	var seeds []string
+	for _, p := range a.nm.peers {
+		seeds = append(seeds, p.OverlayIP)
+	}
+	if a.gossip == nil {
+		g, err := health.New(health.Config{Self: meta, BindAddr: a.nm.self.OverlayIP, Port: a.cfg.GossipPort,
+			Keys: a.nm.gossipKeys, HoldDown: a.cfg.HoldDown, Logger: a.cfg.Logger})
+		if err != nil {
+			a.log.Warn("health gossip not started", "err", err)
+			return false
+		}
+		a.gossip, a.gossipKeys = g, a.nm.gossipKeys
+		go func() {
+			for range g.Changed() {
+				a.kick()
+			}
+		}()
+		go g.Join(seeds)
+		a.log.Info("health gossip started", "addr", a.nm.self.OverlayIP)
+		return true
+	}
+	a.gossip.SetSelf(meta)
+	if !slices.EqualFunc(a.gossipKeys, a.nm.gossipKeys, func(x, y []byte) bool { return string(x) == string(y) }) {
+		a.gossipKeys = a.nm.gossipKeys
+		a.gossip.SetKeys(a.nm.gossipKeys, 10*time.Second)
+	}
+	if a.gossip.Members() == 1 && len(seeds) > 0 {
+		go a.gossip.Join(seeds)
+	}
+	return false
+}
+
+// logRouteChanges says when a route moves to another gateway.
+func logRouteChanges(log *slog.Logger, before, after []api.LocalRoute) {
+	was := map[string]string{}
+	for _, r := range before {
+		was[r.Prefix] = r.ActiveGateway
+	}
+	for _, r := range after {
+		if old, ok := was[r.Prefix]; ok && old != r.ActiveGateway {
+			log.Info("route moved", "prefix", r.Prefix, "from", old, "to", r.ActiveGateway)
+		}
+	}
+}
+
+// lanCheckLoop marks this gateway unhealthy after three failed checks in a
+// row of its LAN check address, and healthy again after one success.
+func (a *Agent) lanCheckLoop(ctx context.Context) error {
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	fails := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		ok, err := vip.Reachable(a.cfg.LANDev, a.cfg.LANCheck, 200*time.Millisecond)
+		if err != nil {
+			a.log.Debug("lan check", "err", err)
+		}
+		if ok {
+			fails = 0
+		} else {
+			fails++
+		}
+		healthy := fails < 3
+		if healthy != a.lanOK.Load() {
+			a.lanOK.Store(healthy)
+			a.log.Warn("LAN check changed", "address", a.cfg.LANCheck, "ok", healthy)
+			a.kick()
+		}
+	}
 }
 
 // rotateEndpoints moves a peer that has never completed a handshake on its

@@ -74,8 +74,10 @@ type gatewayOf struct {
 
 // activeGateways picks, for every announced prefix, the one gateway that
 // carries it: the highest priority among the healthy ones, ties broken by
-// name so that every peer picks the same. healthy nil means all are.
-func activeGateways(m *netMap, healthy func(name string) bool) map[netip.Prefix]gatewayOf {
+// name so that every peer picks the same. healthy (by peer ID) nil means
+// all others are healthy; selfHealthy says whether this peer may carry its
+// own routes.
+func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy bool) map[netip.Prefix]gatewayOf {
 	cands := map[netip.Prefix][]gatewayOf{}
 	add := func(p *api.MapPeer, id string) {
 		for _, r := range p.Routes {
@@ -102,7 +104,7 @@ func activeGateways(m *netMap, healthy func(name string) bool) map[netip.Prefix]
 		})
 		chosen := -1
 		for i, g := range gs {
-			if g.peerID == "" || healthy == nil || healthy(g.name) {
+			if g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID)) {
 				chosen = i
 				break
 			}
@@ -131,7 +133,9 @@ type buildOptions struct {
 	// prefer a peer's endpoint on a shared LAN.
 	localNets []netip.Prefix
 	snat      bool
-	healthy   func(name string) bool
+	healthy   func(peerID string) bool
+	// selfUnhealthy: this gateway's LAN check fails or it is drained.
+	selfUnhealthy bool
 	// endpointPick rotates through a peer's endpoints when the chosen one
 	// does not complete a handshake: peer ID -> offset.
 	endpointPick map[string]int
@@ -185,7 +189,7 @@ func compute(m *netMap, o buildOptions) *desired {
 		})
 		d.names[key] = p.Name
 	}
-	active := activeGateways(m, o.healthy)
+	active := activeGateways(m, o.healthy, !o.selfUnhealthy)
 	prefixes := make([]netip.Prefix, 0, len(active))
 	for pfx := range active {
 		prefixes = append(prefixes, pfx)

@@ -83,7 +83,7 @@ func TestComputeRoutesAndPeers(t *testing.T) {
 	}
 
 	// gwa1 goes unhealthy: the route moves to gwa2.
-	d = compute(&m, buildOptions{listenPort: 51820, localNets: local, healthy: func(n string) bool { return n != "gwa1" }})
+	d = compute(&m, buildOptions{listenPort: 51820, localNets: local, healthy: func(id string) bool { return id != "a1" }})
 	for _, r := range d.routes {
 		if r.Prefix == "192.168.10.0/24" && r.ActiveGateway != "gwa2" {
 			t.Errorf("with gwa1 unhealthy the route is at %s; want gwa2", r.ActiveGateway)

@@ -189,6 +189,9 @@ func (l *Lab) StartPeer(name, tok string) error {
 	for _, p := range Peers {
 		if p.Name == name && p.Routes != "" {
 			args = append(args, "--advertise-routes", p.Routes, "--gateway-priority", fmt.Sprint(p.Priority))
+			if p.Routes == netlab.SiteA {
+				args = append(args, "--lan-vip", netlab.SiteAVIP+"/24", "--lan-dev", "eth1")
+			}
 			if l.Opts.SNAT {
 				args = append(args, "--snat")
 			}

@@ -34,7 +34,7 @@ func TestTopologyUnderlay(t *testing.T) {
 	}
 	for _, tt := range []struct{ from, to string }{
 		{"cl1", "10.99.0.11"},
-		{"hosta", SiteAGW},
+		{"hosta", "192.168.10.2"},
 		{"gwa1", "10.99.0.31"},
 		{"hostb", SiteBGW},
 	} {

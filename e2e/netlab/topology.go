@@ -6,13 +6,14 @@ import "fmt"
 // coordinator, gateway and client sits on; site A and site B each have a LAN
 // behind their gateways.
 const (
-	WANNet  = "10.99.0.0/24"
-	SiteA   = "192.168.10.0/24"
-	SiteB   = "192.168.20.0/24"
-	HostA   = "192.168.10.10"
-	HostB   = "192.168.20.10"
-	SiteAGW = "192.168.10.2" // gwa1's LAN address, hosta's default gateway
-	SiteBGW = "192.168.20.1"
+	WANNet   = "10.99.0.0/24"
+	SiteA    = "192.168.10.0/24"
+	SiteB    = "192.168.20.0/24"
+	HostA    = "192.168.10.10"
+	HostB    = "192.168.20.10"
+	SiteAVIP = "192.168.10.1" // the HA pair's virtual IP, hosta's default gateway
+	GWA1LAN  = "192.168.10.2"
+	SiteBGW  = "192.168.20.1"
 )
 
 // Node is one host of the topology.
@@ -57,7 +58,7 @@ func MeshdLab() *Topology {
 	return &Topology{
 		Coordinators: []Node{{Name: "c1", WAN: "10.99.0.11"}, {Name: "c2", WAN: "10.99.0.12"}, {Name: "c3", WAN: "10.99.0.13"}},
 		SiteAGateways: []Node{
-			{Name: "gwa1", WAN: "10.99.0.21", LAN: SiteAGW},
+			{Name: "gwa1", WAN: "10.99.0.21", LAN: GWA1LAN},
 			{Name: "gwa2", WAN: "10.99.0.22", LAN: "192.168.10.3"},
 		},
 		SiteBGateways: []Node{{Name: "gwb1", WAN: "10.99.0.31", LAN: SiteBGW}},
@@ -105,7 +106,7 @@ func (t *Topology) Build(l *Lab) error {
 			}
 		}
 	}
-	for _, r := range []struct{ host, via string }{{t.HostA.Name, SiteAGW}, {t.HostB.Name, SiteBGW}} {
+	for _, r := range []struct{ host, via string }{{t.HostA.Name, SiteAVIP}, {t.HostB.Name, SiteBGW}} {
 		if _, err := run("ip", "-n", l.NS(r.host), "route", "add", "default", "via", r.via); err != nil {
 			return err
 		}
