@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/e2e/meshlab"
+	"github.com/meshd/meshd/e2e/netlab"
+)
+
+// killActiveGateway SIGKILLs gwa1 (site A's active gateway) in the middle of
+// a 10 ms ping stream from cl1 to hosta and returns the longest gap.
+func killActiveGateway(t *testing.T, l *meshlab.Lab) time.Duration {
+	t.Helper()
+	if gw, err := l.ActiveGateway("cl1", netlab.SiteA); err != nil || gw != "gwa1" {
+		t.Fatalf("before the kill site A goes through %q (%v); want gwa1", gw, err)
+	}
+	ping, err := l.StartPing("cl1", netlab.HostA, 4*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // steady traffic before the kill
+	l.Procs["gwa1"].Kill()
+	gap, sent, recv := ping.Wait()
+	t.Logf("SIGKILL of gwa1: longest gap %s (%d sent, %d answered)", gap, sent, recv)
+	if recv < sent/2 {
+		t.Fatalf("only %d of %d pings answered", recv, sent)
+	}
+	if gw, _ := l.ActiveGateway("cl1", netlab.SiteA); gw != "gwa2" {
+		t.Fatalf("after the kill site A goes through %q; want gwa2", gw)
+	}
+	return gap
+}
+
+// restartPrimary restarts gwa1 and checks it takes the route back only
+// after the hold-down.
+func restartPrimary(t *testing.T, l *meshlab.Lab, holdDown time.Duration) {
+	t.Helper()
+	if err := l.StartPeer("gwa1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitPeerUp(context.Background(), "gwa1", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	var back time.Duration
+	waitUntil(t, holdDown+15*time.Second, "gwa1 to take site A back", func() bool {
+		gw, _ := l.ActiveGateway("cl1", netlab.SiteA)
+		back = time.Since(up)
+		return gw == "gwa1"
+	})
+	t.Logf("gwa1 took the route back %s after its agent answered (hold-down %s)", back, holdDown)
+	if back < holdDown-500*time.Millisecond {
+		t.Errorf("gwa1 took the route back after %s, inside its %s hold-down", back, holdDown)
+	}
+	if err := l.Net.Ping("hosta", netlab.HostB, 5*time.Second); err != nil {
+		t.Fatalf("site A LAN after failback: %v", err)
+	}
+}
+
+func TestGatewayFailover(t *testing.T) {
+	l := startLab(t, meshlab.Options{})
+	// Both directions work through the VIP before anything happens.
+	if err := l.Net.Ping("hosta", netlab.HostB, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("SIGKILL the active gateway", func(t *testing.T) {
+		gap := killActiveGateway(t, l)
+		if gap > time.Second {
+			t.Errorf("failover gap %s; want at most 1s", gap)
+		}
+		// The LAN host's replies follow the VIP to the standby.
+		if err := l.Net.Ping("hosta", netlab.HostB, 5*time.Second); err != nil {
+			t.Fatalf("site A LAN after failover: %v", err)
+		}
+		restartPrimary(t, l, 3*time.Second)
+	})
+	t.Run("SIGKILL the active gateway with every coordinator down", func(t *testing.T) {
+		for _, c := range l.Topo.Coordinators {
+			l.Procs[c.Name].Kill()
+		}
+		gap := killActiveGateway(t, l)
+		if gap > time.Second {
+			t.Errorf("failover gap without coordinators %s; want at most 1s", gap)
+		}
+		if err := l.Net.Ping("hosta", netlab.HostB, 5*time.Second); err != nil {
+			t.Fatalf("site A LAN after failover: %v", err)
+		}
+	})
+}
