@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,4 +89,73 @@ func TestGatewayFailover(t *testing.T) {
 			t.Fatalf("site A LAN after failover: %v", err)
 		}
 	})
+}
+
+// moveOn applies fault to gwa1 and checks that site A moves to gwa2 within
+// a second or two while cl1 pings hosta, then undoes it and waits for the
+// failback.
+func moveOn(t *testing.T, l *meshlab.Lab, what string, maxGap time.Duration, fault, undo []string) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, "site A to be carried by gwa1", func() bool {
+		gw, _ := l.ActiveGateway("cl1", netlab.SiteA)
+		return gw == "gwa1"
+	})
+	ping, err := l.StartPing("cl1", netlab.HostA, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // steady traffic before the fault
+	if _, err := l.Net.Exec("gwa1", fault...); err != nil {
+		t.Fatal(err)
+	}
+	gap, sent, recv := ping.Wait()
+	t.Logf("%s: longest gap %s (%d sent, %d answered)", what, gap, sent, recv)
+	if gw, _ := l.ActiveGateway("cl1", netlab.SiteA); gw != "gwa2" {
+		t.Fatalf("%s: site A goes through %q; want gwa2", what, gw)
+	}
+	if gap > maxGap {
+		t.Errorf("%s: gap %s; want at most %s", what, gap, maxGap)
+	}
+	if _, err := l.Net.Exec("gwa1", undo...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGatewayFaults(t *testing.T) {
+	l := startLab(t, meshlab.Options{PeerArgs: map[string][]string{
+		"gwa1": {"--lan-check", netlab.HostA},
+		"gwa2": {"--lan-check", netlab.HostA},
+	}})
+	if err := l.Net.Ping("cl1", netlab.HostA, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("zombie: forwarding off", func(t *testing.T) {
+		moveOn(t, l, "zombie", time.Second, []string{"sysctl", "-qw", "net.ipv4.ip_forward=0"}, []string{"sysctl", "-qw", "net.ipv4.ip_forward=1"})
+	})
+	t.Run("LAN check fails", func(t *testing.T) {
+		moveOn(t, l, "lan check", 1500*time.Millisecond, []string{"ip", "link", "set", "eth1", "down"}, []string{"ip", "link", "set", "eth1", "up"})
+	})
+	// The gateway whose uplink is cut still answers for the VIP until it
+	// has seen every other member die (it then knows it is cut off and lets
+	// the VIP go): about three seconds with seven members.
+	t.Run("underlay link cut", func(t *testing.T) {
+		moveOn(t, l, "link cut", 5*time.Second, []string{"ip", "link", "set", "eth0", "down"}, []string{"ip", "link", "set", "eth0", "up"})
+	})
+	if t.Failed() {
+		t.Logf("gwa1:\n%s", grepLog(l.Logs("gwa1"), "health", "route moved", "virtual IP", "gossip"))
+		t.Logf("cl1:\n%s", grepLog(l.Logs("cl1"), "route moved"))
+	}
+}
+
+func grepLog(s string, words ...string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		for _, w := range words {
+			if strings.Contains(line, w) && !strings.Contains(line, "DEBUG") {
+				out = append(out, line)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -108,6 +108,9 @@ type Agent struct {
 
 	vip   vip.VIP     // nil without --lan-vip
 	lanOK atomic.Bool // the LAN check passes (true without one)
+	// fwdArmed: the router has turned forwarding on, so finding it off
+	// means someone else turned it off.
+	fwdArmed atomic.Bool
 }
 
 // New checks cfg and loads (or creates) the peer's key. Run joins if needed.
@@ -265,8 +268,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	loops := []func(context.Context) error{a.watchLoop, a.heartbeatLoop, a.reconcileLoop}
-	if a.cfg.LANCheck.IsValid() {
-		loops = append(loops, a.lanCheckLoop)
+	if len(a.cfg.Routes) > 0 {
+		loops = append(loops, a.selfCheckLoop)
 	}
 	for _, loop := range loops {
 		wg.Add(1)
@@ -303,7 +306,7 @@ func (a *Agent) identity(ctx context.Context) (*api.MapUpdate, error) {
 	if a.cfg.Token == "" {
 		return nil, fmt.Errorf("this peer has not joined yet: give --token (state dir %s has no identity)", a.cfg.StateDir)
 	}
-	eps := a.cfg.Endpoints(ctx, nil)
+	eps := a.endpointsToReport(ctx, nil)
 	// The map comes from the watch opened right after; leaving it out of
 	// the join answer keeps joins cheap in a large vnet.
 	req := api.JoinRequest{Name: a.cfg.Name, PublicKey: a.PublicKey().String(), Routes: a.cfg.Routes, Endpoints: eps, OmitMap: true}
@@ -471,6 +474,9 @@ func (a *Agent) reconcile() error {
 	if err := a.rtr.Set(d.router); err != nil {
 		return err
 	}
+	if d.router.Forward {
+		a.fwdArmed.Store(true)
+	}
 	if a.ensureGossip() {
 		a.kick() // recompute with health
 	}
@@ -494,6 +500,15 @@ func (a *Agent) followVIP(d *desired) {
 		if r.Local && r.ActiveGateway == a.id.Name {
 			active = true
 		}
+	}
+	// A gateway cut off from every other member (its underlay is down)
+	// still computes itself active; it must let the VIP go so that the
+	// standby, which sees it dead, can take it.
+	a.mu.Lock()
+	g, others := a.gossip, len(a.nm.peers)
+	a.mu.Unlock()
+	if g != nil && others > 0 && g.Members() == 1 {
+		active = false
 	}
 	if !active {
 		a.vip.Release()
@@ -565,9 +580,13 @@ func logRouteChanges(log *slog.Logger, before, after []api.LocalRoute) {
 	}
 }
 
-// lanCheckLoop marks this gateway unhealthy after three failed checks in a
-// row of its LAN check address, and healthy again after one success.
-func (a *Agent) lanCheckLoop(ctx context.Context) error {
+// selfCheckLoop is a gateway's own health: IPv4 forwarding must be on (a
+// gateway whose forwarding is off is a zombie: alive, gossiping, passing no
+// traffic) and, with --lan-check, the LAN address must answer ARP. Three
+// failed LAN checks in a row (about 0.9 s) mark the gateway unhealthy; a
+// disabled forwarding does at once; one good round marks it healthy. Its
+// peers learn it through gossip metadata and move its routes.
+func (a *Agent) selfCheckLoop(ctx context.Context) error {
 	tick := time.NewTicker(300 * time.Millisecond)
 	defer tick.Stop()
 	fails := 0
@@ -577,19 +596,30 @@ func (a *Agent) lanCheckLoop(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		ok, err := vip.Reachable(a.cfg.LANDev, a.cfg.LANCheck, 200*time.Millisecond)
-		if err != nil {
-			a.log.Debug("lan check", "err", err)
+		fwd := true
+		if a.fwdArmed.Load() {
+			var err error
+			if fwd, err = router.ForwardingEnabled(); err != nil {
+				a.log.Debug("forwarding check", "err", err)
+			}
 		}
-		if ok {
-			fails = 0
-		} else {
-			fails++
+		lan := true
+		if a.cfg.LANCheck.IsValid() {
+			ok, err := vip.Reachable(a.cfg.LANDev, a.cfg.LANCheck, 200*time.Millisecond)
+			if err != nil {
+				a.log.Debug("lan check", "err", err)
+			}
+			if ok {
+				fails = 0
+			} else {
+				fails++
+			}
+			lan = fails < 3
 		}
-		healthy := fails < 3
+		healthy := fwd && lan
 		if healthy != a.lanOK.Load() {
 			a.lanOK.Store(healthy)
-			a.log.Warn("LAN check changed", "address", a.cfg.LANCheck, "ok", healthy)
+			a.log.Warn("gateway health changed", "healthy", healthy, "forwarding", fwd, "lan_check", lan)
 			a.kick()
 		}
 	}
@@ -636,7 +666,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) error {
 		stun := a.nm.stunServers
 		reported := a.endpoints
 		a.mu.Unlock()
-		eps := a.cfg.Endpoints(ctx, stun)
+		eps := a.endpointsToReport(ctx, stun)
 		var send []string
 		if eps != nil && !slices.Equal(eps, reported) {
 			send = eps
@@ -660,6 +690,31 @@ func (a *Agent) heartbeatLoop(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// endpointsToReport discovers this peer's endpoints, leaving out addresses
+// inside the subnets it announces: those are the site LAN behind the mesh,
+// and a tunnel over the LAN between the two gateways of a site would keep
+// them gossiping when one has lost its uplink, hiding the failure.
+func (a *Agent) endpointsToReport(ctx context.Context, stun []string) []string {
+	eps := a.cfg.Endpoints(ctx, stun)
+	if len(a.cfg.Routes) == 0 || eps == nil {
+		return eps
+	}
+	out := []string{}
+	for _, e := range eps {
+		ap, err := netip.ParseAddrPort(e)
+		inside := false
+		for _, r := range a.cfg.Routes {
+			if p, perr := netip.ParsePrefix(r.Prefix); err == nil && perr == nil && p.Contains(ap.Addr()) {
+				inside = true
+			}
+		}
+		if !inside {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // localNets lists the prefixes of this host's interfaces (except the mesh

@@ -12,6 +12,7 @@ import (
 // PingStream is a running `ping -i 0.01` from a namespace, recording the
 // time of every reply.
 type PingStream struct {
+	start   time.Time
 	cmd     *exec.Cmd
 	replies []time.Time
 	sent    int
@@ -20,8 +21,10 @@ type PingStream struct {
 
 // StartPing pings dst from namespace ns every 10 ms for d.
 func (l *Lab) StartPing(ns, dst string, d time.Duration) (*PingStream, error) {
+	// A count, not a deadline (-w): ping gives up early on ICMP errors
+	// when it has a deadline, and errors are expected during a failover.
 	cmd := exec.Command("ip", "netns", "exec", l.Net.NS(ns), "ping", "-n", "-D", "-i", "0.01", "-W", "1",
-		"-w", strconv.Itoa(int(d.Seconds()+0.999)), dst)
+		"-c", strconv.Itoa(int(d/(10*time.Millisecond))), dst)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -29,7 +32,7 @@ func (l *Lab) StartPing(ns, dst string, d time.Duration) (*PingStream, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &PingStream{cmd: cmd, done: make(chan struct{})}
+	p := &PingStream{start: time.Now(), cmd: cmd, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		sc := bufio.NewScanner(out)
@@ -52,11 +55,15 @@ func (l *Lab) StartPing(ns, dst string, d time.Duration) (*PingStream, error) {
 }
 
 // Wait waits for the stream to end and returns the longest interval
-// without a reply, and how many were sent and answered.
+// without a reply (counting from the start and up to the end of the
+// stream), and how many were sent and answered.
 func (p *PingStream) Wait() (gap time.Duration, sent, received int) {
 	<-p.done
-	for i := 1; i < len(p.replies); i++ {
-		if g := p.replies[i].Sub(p.replies[i-1]); g > gap {
+	end := time.Now().Add(-time.Second) // ping waits -W 1 for the last reply
+	times := append([]time.Time{p.start}, p.replies...)
+	times = append(times, end)
+	for i := 1; i < len(times); i++ {
+		if g := times[i].Sub(times[i-1]); g > gap {
 			gap = g
 		}
 	}

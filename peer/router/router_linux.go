@@ -299,3 +299,14 @@ func (r *linuxRouter) setFirewall(snat, clamp bool) error {
 func (r *linuxRouter) Close() error {
 	return r.Set(nil)
 }
+
+// ForwardingEnabled reports whether IPv4 forwarding is on in this network
+// namespace; a gateway with forwarding off is a zombie that must not carry
+// routes.
+func ForwardingEnabled() (bool, error) {
+	b, err := os.ReadFile(ipForward)
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
