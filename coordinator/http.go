@@ -36,6 +36,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/tokens/{id}/revoke", admin(s.handleRevokeToken))
 	mux.HandleFunc("GET /v1/peers", admin(s.handleListPeers))
 	mux.HandleFunc("DELETE /v1/peers/{vnet}/{name}", admin(s.handleRemovePeer))
+	mux.HandleFunc("POST /v1/peers/{vnet}/{name}/drain", admin(s.handleDrain(true)))
+	mux.HandleFunc("POST /v1/peers/{vnet}/{name}/undrain", admin(s.handleDrain(false)))
 	mux.HandleFunc("GET /v1/routes", admin(s.handleListRoutes))
 	mux.HandleFunc("GET /v1/routes/lookup", admin(s.handleLookup))
 	mux.HandleFunc("GET /v1/routes/overlaps", admin(s.handleOverlaps))
@@ -329,7 +331,7 @@ func peerView(p *state.Peer, online bool) api.Peer {
 		ID: p.ID, Name: p.Name, VNet: p.VNet, Role: p.Role, PublicKey: p.PublicKey,
 		OverlayIP: p.OverlayIP.String(), Online: online, Routes: []api.Route{},
 		Endpoints: append([]string{}, p.Endpoints...), Tags: append([]string{}, p.Tags...),
-		Ephemeral: p.Ephemeral, CreatedAt: p.CreatedAt, LastSeen: p.LastSeen,
+		Ephemeral: p.Ephemeral, CreatedAt: p.CreatedAt, LastSeen: p.LastSeen, Drained: p.Drained,
 	}
 	for _, r := range p.Routes {
 		v.Routes = append(v.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
@@ -361,6 +363,32 @@ func (s *Server) handleListPeers(w http.ResponseWriter, r *http.Request) {
 		return out[i].Name < out[j].Name
 	})
 	writeJSON(w, http.StatusOK, out)
+}
+
+// handleDrain moves a gateway's routes to its standbys (or gives them
+// back): peers treat a drained gateway as the last choice.
+func (s *Server) handleDrain(drain bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		vnet, name := r.PathValue("vnet"), r.PathValue("name")
+		id, ok := s.store.PeerIDByName(vnet, name)
+		if !ok {
+			writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
+			return
+		}
+		var routes int
+		s.store.Read(func(t *state.Tables, _ uint64) { routes = len(t.Peers[id].Routes) })
+		if routes == 0 {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "peer %q announces no routes; only gateways can be drained", name))
+			return
+		}
+		d := drain
+		if _, err := s.raftApply(r.Context(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: id, Drained: &d}}); err != nil {
+			writeError(w, err)
+			return
+		}
+		s.log.Info("gateway drain changed", "vnet", vnet, "peer", name, "drained", drain)
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) {

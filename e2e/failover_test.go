@@ -66,6 +66,29 @@ func TestGatewayFailover(t *testing.T) {
 	if err := l.Net.Ping("hosta", netlab.HostB, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	t.Run("drain and undrain under a ping stream", func(t *testing.T) {
+		for _, step := range []struct{ verb, want string }{{"drain", "gwa2"}, {"undrain", "gwa1"}} {
+			ping, err := l.StartPing("cl1", netlab.HostA, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second) // steady traffic first
+			if _, err := l.Admin("route", step.verb, "gwa1"); err != nil {
+				t.Fatal(err)
+			}
+			gap, sent, recv := ping.Wait()
+			t.Logf("%s: %d of %d pings lost, longest gap %s", step.verb, sent-recv, sent, gap)
+			if gw, _ := l.ActiveGateway("cl1", netlab.SiteA); gw != step.want {
+				t.Fatalf("after %s site A goes through %q; want %s", step.verb, gw, step.want)
+			}
+			if sent-recv > 10 {
+				t.Errorf("%s lost %d packets; want a few at most", step.verb, sent-recv)
+			}
+		}
+		if err := l.Net.Ping("hosta", netlab.HostB, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("SIGKILL the active gateway", func(t *testing.T) {
 		gap := killActiveGateway(t, l)
 		if gap > time.Second {

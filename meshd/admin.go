@@ -357,7 +357,31 @@ func newRouteCmd(g *globals) *cobra.Command {
 		},
 	}
 	addJSONFlag(overlaps, g)
-	cmd.AddCommand(list, lookup, overlaps)
+	drainCmd := func(use, short string, drain bool) *cobra.Command {
+		var vnet string
+		c := &cobra.Command{
+			Use:   use + " GATEWAY",
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				path := "/v1/peers/" + url.PathEscape(vnet) + "/" + url.PathEscape(args[0]) + "/" + use
+				if err := g.call(cmd, http.MethodPost, path, nil, nil); err != nil {
+					return err
+				}
+				if drain {
+					fmt.Fprintf(g.out, "gateway %s drained: its routes move to their standbys\n", args[0])
+				} else {
+					fmt.Fprintf(g.out, "gateway %s undrained: it carries its routes again (after the hold-down)\n", args[0])
+				}
+				return nil
+			},
+		}
+		c.Flags().StringVar(&vnet, "vnet", api.DefaultVNet, "vnet of the gateway")
+		return c
+	}
+	drain := drainCmd("drain", "Move every route of a gateway to its standby (before maintenance)", true)
+	undrain := drainCmd("undrain", "Give a drained gateway its routes back", false)
+	cmd.AddCommand(list, lookup, overlaps, drain, undrain)
 	return cmd
 }
 

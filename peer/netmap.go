@@ -70,6 +70,7 @@ type gatewayOf struct {
 	name     string
 	peerID   string // empty for this peer itself
 	priority int
+	drained  bool
 }
 
 // activeGateways picks, for every announced prefix, the one gateway that
@@ -85,7 +86,7 @@ func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy boo
 			if err != nil {
 				continue
 			}
-			cands[pfx.Masked()] = append(cands[pfx.Masked()], gatewayOf{name: p.Name, peerID: id, priority: r.Priority})
+			cands[pfx.Masked()] = append(cands[pfx.Masked()], gatewayOf{name: p.Name, peerID: id, priority: r.Priority, drained: p.Drained})
 		}
 	}
 	if m.self != nil {
@@ -97,6 +98,12 @@ func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy boo
 	out := map[netip.Prefix]gatewayOf{}
 	for pfx, gs := range cands {
 		slices.SortFunc(gs, func(a, b gatewayOf) int {
+			if a.drained != b.drained { // drained gateways come last
+				if a.drained {
+					return 1
+				}
+				return -1
+			}
 			if c := cmp.Compare(b.priority, a.priority); c != 0 {
 				return c
 			}

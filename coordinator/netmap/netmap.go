@@ -17,7 +17,7 @@ func Peer(p *state.Peer) api.MapPeer {
 	m := api.MapPeer{
 		ID: p.ID, Name: p.Name, Role: p.Role, PublicKey: p.PublicKey,
 		OverlayIP: p.OverlayIP.String(), Endpoints: slices.Clone(p.Endpoints),
-		Tags: slices.Clone(p.Tags),
+		Tags: slices.Clone(p.Tags), Drained: p.Drained,
 	}
 	for _, r := range p.Routes {
 		m.Routes = append(m.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
@@ -146,7 +146,7 @@ func gateways(t *state.Tables, healthy Healthy) map[routeKey][]api.Gateway {
 	for _, p := range t.Peers {
 		for _, r := range p.Routes {
 			k := routeKey{p.VNet, r.Prefix}
-			out[k] = append(out[k], api.Gateway{Name: p.Name, Priority: r.Priority, Healthy: healthy(p)})
+			out[k] = append(out[k], api.Gateway{Name: p.Name, Priority: r.Priority, Healthy: healthy(p) && !p.Drained})
 		}
 	}
 	for _, gs := range out {

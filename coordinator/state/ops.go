@@ -402,6 +402,7 @@ type PeerUpdate struct {
 	PeerID    string       `json:"peer_id"`
 	Endpoints *[]string    `json:"endpoints,omitempty"`
 	Routes    *[]api.Route `json:"routes,omitempty"`
+	Drained   *bool        `json:"drained,omitempty"`
 }
 
 // UpdatePeer applies a PeerUpdate. Routes must stay within what the peer's
@@ -436,6 +437,10 @@ func (s *Store) UpdatePeer(u PeerUpdate) error {
 		if len(routes) > 0 {
 			p.Role = api.RoleGateway
 		}
+		changed = true
+	}
+	if u.Drained != nil && p.Drained != *u.Drained {
+		p.Drained = *u.Drained
 		changed = true
 	}
 	if changed {

@@ -57,6 +57,8 @@ type Peer struct {
 	TokenID     string         `json:"token_id"`
 	CreatedAt   time.Time      `json:"created_at"`
 	LastSeen    time.Time      `json:"last_seen"`
+	// Drained: an admin moved this gateway's routes to its standbys.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // Token is a join token; only the hash of its secret is kept.

@@ -59,6 +59,9 @@ func main() {
 		{"join_to_first_packet", joinToFirstPacket},
 		{"data_plane_tcp", dataPlane},
 		{"agent_rss_20_peers", agentMemory},
+		{"failover_gap_sigkill", failoverKill},
+		{"failover_gap_sigkill_coordinators_down", failoverHeadless},
+		{"failover_gap_zombie_and_link_cut", failoverFaults},
 	}
 	root, err := harness.RepoRoot()
 	if err != nil {

@@ -177,6 +177,7 @@ type Peer struct {
 	Ephemeral bool      `json:"ephemeral"`
 	CreatedAt time.Time `json:"created_at"`
 	LastSeen  time.Time `json:"last_seen"`
+	Drained   bool      `json:"drained,omitempty"`
 }
 
 // JoinRequest is what a new peer presents: the token string, its WireGuard
@@ -216,6 +217,8 @@ type MapPeer struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	Routes    []Route  `json:"routes,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
+	// Drained gateways carry their routes only when no other can.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // MapUpdate is one message of a network-map watch. Full means Peers is the

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/meshd/meshd/e2e/harness"
+	"github.com/meshd/meshd/e2e/meshlab"
+	"github.com/meshd/meshd/e2e/netlab"
+)
+
+// benchHoldDown shortens the lab's hold-down so trials follow each other
+// quickly; it does not take part in the failover itself.
+const benchHoldDown = "1s"
+
+func failoverLab(ctx context.Context, dir, prefix string, peerArgs map[string][]string) (*meshlab.Lab, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("failover figures need root (network namespaces)")
+	}
+	bin, err := harness.Binary()
+	if err != nil {
+		return nil, err
+	}
+	args := map[string][]string{}
+	for _, p := range meshlab.Peers {
+		args[p.Name] = append([]string{"--hold-down", benchHoldDown}, peerArgs[p.Name]...)
+	}
+	return meshlab.Start(ctx, meshlab.Options{Prefix: prefix, IfPrefix: prefix[:3] + "-", Dir: dir, Bin: bin, PeerArgs: args})
+}
+
+func waitActive(l *meshlab.Lab, gw string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		got, err := l.ActiveGateway("cl1", netlab.SiteA)
+		if err == nil && got == gw {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("site A not carried by %s within %s (got %q, %v)", gw, d, got, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+}
+
+// gapTrial pings hosta from cl1 every 10 ms, applies fault after 1 s and
+// returns the longest interval without a reply.
+func gapTrial(l *meshlab.Lab, fault func() error) (time.Duration, error) {
+	if err := waitActive(l, "gwa1", 30*time.Second); err != nil {
+		return 0, err
+	}
+	ping, err := l.StartPing("cl1", netlab.HostA, 4*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(time.Second) // steady traffic before the fault
+	if err := fault(); err != nil {
+		return 0, err
+	}
+	gap, _, _ := ping.Wait()
+	if err := waitActive(l, "gwa2", 10*time.Second); err != nil {
+		return 0, err
+	}
+	return gap, nil
+}
+
+func restartGWA1(ctx context.Context, l *meshlab.Lab) error {
+	if err := l.StartPeer("gwa1", ""); err != nil {
+		return err
+	}
+	return l.WaitPeerUp(ctx, "gwa1", 20*time.Second)
+}
+
+func gapFigure(name string, gaps []time.Duration, how string) *Figure {
+	slices.Sort(gaps)
+	med, max := gaps[len(gaps)/2], gaps[len(gaps)-1]
+	var secs []float64
+	for _, g := range gaps {
+		secs = append(secs, float64(g.Milliseconds())/1000)
+	}
+	return &Figure{
+		Value: med.Seconds(), Unit: "s (median gap)", Target: "median <= 0.5 s, max <= 1 s",
+		Pass:  med <= 500*time.Millisecond && max <= time.Second,
+		How:   how,
+		Extra: map[string]any{"max_s": max.Seconds(), "trials_s": secs},
+	}
+}
+
+func failoverKill(ctx context.Context, dir string) (*Figure, error) {
+	l, err := failoverLab(ctx, dir, "mbk-", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	const trials = 20
+	var gaps []time.Duration
+	for range trials {
+		gap, err := gapTrial(l, func() error { l.Procs["gwa1"].Kill(); return nil })
+		if err != nil {
+			return nil, err
+		}
+		gaps = append(gaps, gap)
+		if err := restartGWA1(ctx, l); err != nil {
+			return nil, err
+		}
+	}
+	return gapFigure("failover_gap_sigkill", gaps, fmt.Sprintf("cl1 pings site A's LAN host every 10 ms through the HA pair (VIP as the host's default gateway); SIGKILL the active gateway; longest interval without a reply; %d trials (hold-down %s between them)", trials, benchHoldDown)), nil
+}
+
+func failoverHeadless(ctx context.Context, dir string) (*Figure, error) {
+	l, err := failoverLab(ctx, dir, "mbh-", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	const trials = 20
+	var gaps []time.Duration
+	for i := range trials {
+		if i > 0 {
+			for _, c := range l.Topo.Coordinators {
+				if err := l.StartCoordinator(c.Name); err != nil {
+					return nil, err
+				}
+			}
+			if err := l.WaitCluster(ctx, 30*time.Second); err != nil {
+				return nil, err
+			}
+			if err := restartGWA1(ctx, l); err != nil {
+				return nil, err
+			}
+		}
+		if err := waitActive(l, "gwa1", 30*time.Second); err != nil {
+			return nil, err
+		}
+		for _, c := range l.Topo.Coordinators {
+			l.Procs[c.Name].Kill()
+		}
+		gap, err := gapTrial(l, func() error { l.Procs["gwa1"].Kill(); return nil })
+		if err != nil {
+			return nil, err
+		}
+		gaps = append(gaps, gap)
+	}
+	return gapFigure("failover_gap_sigkill_coordinators_down", gaps, fmt.Sprintf("as failover_gap_sigkill, with all three coordinators SIGKILLed before each trial; %d trials", trials)), nil
+}
+
+func failoverFaults(ctx context.Context, dir string) (*Figure, error) {
+	l, err := failoverLab(ctx, dir, "mbz-", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	const trials = 5
+	run := func(fault, undo []string) ([]time.Duration, error) {
+		var gaps []time.Duration
+		for range trials {
+			gap, err := gapTrial(l, func() error { _, err := l.Net.Exec("gwa1", fault...); return err })
+			if err != nil {
+				return nil, err
+			}
+			gaps = append(gaps, gap)
+			if _, err := l.Net.Exec("gwa1", undo...); err != nil {
+				return nil, err
+			}
+		}
+		slices.Sort(gaps)
+		return gaps, nil
+	}
+	zombie, err := run([]string{"sysctl", "-qw", "net.ipv4.ip_forward=0"}, []string{"sysctl", "-qw", "net.ipv4.ip_forward=1"})
+	if err != nil {
+		return nil, fmt.Errorf("zombie: %w", err)
+	}
+	cut, err := run([]string{"ip", "link", "set", "eth0", "down"}, []string{"ip", "link", "set", "eth0", "up"})
+	if err != nil {
+		return nil, fmt.Errorf("link cut: %w", err)
+	}
+	secs := func(gs []time.Duration) []float64 {
+		var out []float64
+		for _, g := range gs {
+			out = append(out, float64(g.Milliseconds())/1000)
+		}
+		return out
+	}
+	zmed, cmed := zombie[len(zombie)/2], cut[len(cut)/2]
+	return &Figure{
+		Value: zmed.Seconds(), Unit: "s (median gap, zombie)", Target: "report",
+		Pass:  true,
+		How:   fmt.Sprintf("as failover_gap_sigkill, but the active gateway's forwarding is turned off (zombie) or its uplink is cut; %d trials each", trials),
+		Extra: map[string]any{"zombie_trials_s": secs(zombie), "link_cut_median_s": cmed.Seconds(), "link_cut_trials_s": secs(cut)},
+	}, nil
+}
