@@ -126,13 +126,13 @@ func newStatusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%d\t%d\t%s\n", p.Name, p.OverlayIP, dash(p.Endpoint), hs, p.Online, p.RxBytes, p.TxBytes, join(p.Routes))
 			}
 			if len(st.Routes) > 0 {
-				fmt.Fprintln(w, "\nROUTE\tACTIVE GATEWAY")
+				fmt.Fprintln(w, "\nROUTE\tACTIVE GATEWAY\tWHY")
 				for _, r := range st.Routes {
 					local := ""
 					if r.Local {
 						local = " (announced here)"
 					}
-					fmt.Fprintf(w, "%s\t%s%s\n", r.Prefix, r.ActiveGateway, local)
+					fmt.Fprintf(w, "%s\t%s%s\t%s\n", r.Prefix, r.ActiveGateway, local, r.Why)
 				}
 			}
 			return w.Flush()

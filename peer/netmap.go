@@ -2,6 +2,7 @@ package peer
 
 import (
 	"cmp"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -71,6 +72,8 @@ type gatewayOf struct {
 	peerID   string // empty for this peer itself
 	priority int
 	drained  bool
+	// why explains the choice: every candidate in order with its state.
+	why string
 }
 
 // activeGateways picks, for every announced prefix, the one gateway that
@@ -110,17 +113,40 @@ func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy boo
 			return strings.Compare(a.name, b.name)
 		})
 		chosen := -1
+		var why []string
 		for i, g := range gs {
-			if g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID)) {
+			ok := g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID))
+			state := "healthy"
+			switch {
+			case g.drained:
+				state = "drained"
+			case !ok:
+				state = "unhealthy"
+			}
+			why = append(why, fmt.Sprintf("%s(%d) %s", g.name, g.priority, state))
+			if ok && chosen < 0 && (!g.drained || i == len(gs)-1 || allDrainedOrDown(gs[i+1:], healthy, selfHealthy)) {
 				chosen = i
-				break
 			}
 		}
 		if chosen >= 0 {
-			out[pfx] = gs[chosen]
+			g := gs[chosen]
+			g.why = "highest-priority healthy gateway; candidates: " + strings.Join(why, ", ")
+			out[pfx] = g
 		}
 	}
 	return out
+}
+
+// allDrainedOrDown reports whether none of gs could take a route instead of
+// a drained gateway.
+func allDrainedOrDown(gs []gatewayOf, healthy func(string) bool, selfHealthy bool) bool {
+	for _, g := range gs {
+		ok := g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID))
+		if ok && !g.drained {
+			return false
+		}
+	}
+	return true
 }
 
 // desired is the whole configuration the agent wants from a map.
@@ -204,7 +230,7 @@ func compute(m *netMap, o buildOptions) *desired {
 	slices.SortFunc(prefixes, func(a, b netip.Prefix) int { return cmp.Compare(a.String(), b.String()) })
 	for _, pfx := range prefixes {
 		g := active[pfx]
-		d.routes = append(d.routes, api.LocalRoute{Prefix: pfx.String(), ActiveGateway: g.name, Local: g.peerID == "" || announces(m.self, pfx)})
+		d.routes = append(d.routes, api.LocalRoute{Prefix: pfx.String(), ActiveGateway: g.name, Local: g.peerID == "" || announces(m.self, pfx), Why: g.why})
 		if announces(m.self, pfx) {
 			continue // our own LAN: never route it into the tunnel
 		}

@@ -191,10 +191,15 @@ func (g *Gossip) kick() {
 	}
 }
 
-// Join contacts seeds (overlay IPs); it returns how many answered.
+// Join contacts seeds (overlay IPs, or host:port); it returns how many
+// answered.
 func (g *Gossip) Join(seeds []string) (int, error) {
 	var addrs []string
 	for _, s := range seeds {
+		if _, _, err := net.SplitHostPort(s); err == nil {
+			addrs = append(addrs, s) // already host:port
+			continue
+		}
 		addrs = append(addrs, net.JoinHostPort(s, strconv.Itoa(g.cfg.Port)))
 	}
 	if len(addrs) == 0 {

@@ -44,4 +44,6 @@ type LocalRoute struct {
 	ActiveGateway string `json:"active_gateway"`
 	// Local is true when this peer announces the prefix itself.
 	Local bool `json:"local,omitempty"`
+	// Why explains the choice.
+	Why string `json:"why,omitempty"`
 }
