@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin/meshd
 
-.PHONY: build test e2e bench lab lab-down lint fuzz
+.PHONY: build test e2e soak bench lab lab-down lint fuzz
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./meshd
@@ -25,8 +25,18 @@ e2e:
 	./scripts/deps.sh
 	$(GO) test -count=1 -v -run 'TestMesh' ./e2e/
 
-# bench: every figure beside its same-run baseline; prints a table and
+# # soak: 5 minutes of the lab with both cores busy; no route may move.
+soak: build
+	./scripts/deps.sh
+	MESHD_SOAK=5m $(GO) test -count=1 -v -timeout 15m -run TestSoakNoFalseFailover ./e2e/
+
+bench: every figure beside its same-run baseline; prints a table and
 # merges the figures into bench/results.json.
+# soak: 5 minutes of the lab with both cores busy; no route may move.
+soak: build
+	./scripts/deps.sh
+	MESHD_SOAK=5m $(GO) test -count=1 -v -timeout 15m -run TestSoakNoFalseFailover ./e2e/
+
 bench:
 	$(GO) run ./e2e/bench
 

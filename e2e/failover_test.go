@@ -89,6 +89,26 @@ func TestGatewayFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("gossip key rotation keeps membership", func(t *testing.T) {
+		movesBefore := map[string]int{}
+		for _, p := range meshlab.Peers {
+			movesBefore[p.Name] = strings.Count(l.Logs(p.Name), "route moved")
+		}
+		if _, err := l.Admin("gossip", "rotate-key"); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range meshlab.Peers {
+			waitUntil(t, 30*time.Second, p.Name+" to switch to the new gossip key", func() bool {
+				return strings.Contains(l.Logs(p.Name), "gossip key rotated")
+			})
+		}
+		for _, p := range meshlab.Peers {
+			if n := strings.Count(l.Logs(p.Name), "route moved"); n != movesBefore[p.Name] {
+				t.Errorf("%s moved routes during the key rotation", p.Name)
+			}
+		}
+		// The SIGKILL cases below detect failures with the new key.
+	})
 	t.Run("SIGKILL the active gateway", func(t *testing.T) {
 		gap := killActiveGateway(t, l)
 		if gap > time.Second {
