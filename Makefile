@@ -25,18 +25,13 @@ e2e:
 	./scripts/deps.sh
 	$(GO) test -count=1 -v -run 'TestMesh' ./e2e/
 
-# # soak: 5 minutes of the lab with both cores busy; no route may move.
-soak: build
-	./scripts/deps.sh
-	MESHD_SOAK=5m $(GO) test -count=1 -v -timeout 15m -run TestSoakNoFalseFailover ./e2e/
-
-bench: every figure beside its same-run baseline; prints a table and
-# merges the figures into bench/results.json.
 # soak: 5 minutes of the lab with both cores busy; no route may move.
 soak: build
 	./scripts/deps.sh
 	MESHD_SOAK=5m $(GO) test -count=1 -v -timeout 15m -run TestSoakNoFalseFailover ./e2e/
 
+# bench: every figure beside its same-run baseline; prints a table and
+# merges the figures into bench/results.json.
 bench:
 	$(GO) run ./e2e/bench
 
