@@ -23,7 +23,7 @@ fuzz:
 # true source IPs, restart, removal, coordinators down, SNAT.
 e2e:
 	./scripts/deps.sh
-	$(GO) test -count=1 -v -run 'TestMesh' ./e2e/
+	$(GO) test -count=1 -v -run 'TestMesh|TestGateway' ./e2e/
 
 # soak: 5 minutes of the lab with both cores busy; no route may move.
 soak: build
