@@ -172,6 +172,57 @@ func TestGatewayFaults(t *testing.T) {
 	if err := l.Net.Ping("cl1", netlab.HostA, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The two gateways of the pair cannot gossip with each other, but both
+	// are alive and reach everyone else: the others' indirect probes keep
+	// each alive in the other's view, so nothing moves and the VIP keeps one
+	// owner (were they cut off entirely, the ARP probe before a takeover
+	// keeps the VIP with the gateway that holds it).
+	t.Run("pair cannot gossip directly", func(t *testing.T) {
+		waitUntil(t, 30*time.Second, "site A to be carried by gwa1", func() bool {
+			gw, _ := l.ActiveGateway("cl1", netlab.SiteA)
+			return gw == "gwa1"
+		})
+		ip1 := status(t, l, "gwa1").Self.OverlayIP
+		takeovers := strings.Count(l.Logs("gwa2"), "virtual IP taken over")
+		moves := strings.Count(l.Logs("cl1"), "route moved")
+		rules := []string{
+			"add table inet splitbrain",
+			"add chain inet splitbrain in { type filter hook input priority 0 ; }",
+			"add chain inet splitbrain out { type filter hook output priority 0 ; }",
+			"add rule inet splitbrain in ip saddr " + ip1 + " meta l4proto { tcp, udp } th dport 7946 drop",
+			"add rule inet splitbrain in ip saddr " + ip1 + " meta l4proto { tcp, udp } th sport 7946 drop",
+			"add rule inet splitbrain out ip daddr " + ip1 + " meta l4proto { tcp, udp } th dport 7946 drop",
+			"add rule inet splitbrain out ip daddr " + ip1 + " meta l4proto { tcp, udp } th sport 7946 drop",
+		}
+		for _, r := range rules {
+			if _, err := l.Net.Exec("gwa2", append([]string{"nft"}, strings.Fields(r)...)...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer l.Net.Exec("gwa2", "nft", "delete", "table", "inet", "splitbrain")
+		connect := []string{"timeout", "1", "bash", "-c", "exec 3<>/dev/tcp/" + ip1 + "/7946"}
+		if _, err := l.Net.Exec("gwa1", append(connect[:4:4], "exec 3<>/dev/tcp/"+ip1+"/7946")...); err != nil {
+			t.Fatalf("gwa1's own gossip port does not answer: %v", err)
+		}
+		if _, err := l.Net.Exec("gwa2", connect...); err == nil {
+			t.Fatal("gwa2 still reaches gwa1's gossip port; the partition is not in place")
+		}
+		ping, err := l.StartPing("cl1", netlab.HostA, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gap, sent, recv := ping.Wait() // the observation window
+		t.Logf("pair partitioned for 5s: longest gap %s (%d sent, %d answered)", gap, sent, recv)
+		if n := strings.Count(l.Logs("gwa2"), "virtual IP taken over"); n != takeovers {
+			t.Errorf("gwa2 took the VIP while gwa1 was alive")
+		}
+		if n := strings.Count(l.Logs("cl1"), "route moved"); n != moves {
+			t.Errorf("a route moved although both gateways were alive")
+		}
+		if sent-recv > 5 {
+			t.Errorf("%d packets lost while the pair could not gossip", sent-recv)
+		}
+	})
 	t.Run("zombie: forwarding off", func(t *testing.T) {
 		moveOn(t, l, "zombie", time.Second, []string{"sysctl", "-qw", "net.ipv4.ip_forward=0"}, []string{"sysctl", "-qw", "net.ipv4.ip_forward=1"})
 	})
