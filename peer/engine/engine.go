@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/meshd/meshd/peer/wgcfg"
@@ -102,4 +103,33 @@ func parseUAPIGet(s string) ([]PeerStatus, error) {
 	}
 	flush()
 	return out, sc.Err()
+}
+
+// applied remembers the configuration an engine last applied, so that
+// Reconfig sends only the difference; Fake, Userspace and Kernel share it.
+type applied struct {
+	mu  sync.Mutex
+	cfg *wgcfg.Config // guarded by mu: what the device has; nil after an error (the next call applies in full)
+}
+
+// reconfig calls set with the previous configuration (nil: unknown) unless
+// want is already in place, and remembers want when set succeeds.
+func (a *applied) reconfig(want *wgcfg.Config, set func(old *wgcfg.Config) error) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cfg != nil && a.cfg.Equal(want) {
+		return ErrNoChanges
+	}
+	if err := set(a.cfg); err != nil {
+		a.cfg = nil
+		return err
+	}
+	a.cfg = want.Clone()
+	return nil
+}
+
+func (a *applied) get() *wgcfg.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg.Clone()
 }

@@ -10,9 +10,10 @@ import (
 type Fake struct {
 	IfName string
 
-	mu      sync.Mutex
-	applied *wgcfg.Config // guarded by mu
-	calls   int           // guarded by mu: Reconfig calls that changed something
+	applied applied
+
+	mu    sync.Mutex
+	calls int // guarded by mu: Reconfig calls that changed something
 }
 
 var _ Engine = (*Fake)(nil)
@@ -22,23 +23,19 @@ func (f *Fake) Name() string { return f.IfName }
 
 // Reconfig implements Engine.
 func (f *Fake) Reconfig(cfg *wgcfg.Config) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.applied != nil && f.applied.Equal(cfg) {
-		return ErrNoChanges
-	}
-	f.applied = cfg.Clone()
-	f.calls++
-	return nil
+	return f.applied.reconfig(cfg, func(*wgcfg.Config) error {
+		f.mu.Lock()
+		f.calls++
+		f.mu.Unlock()
+		return nil
+	})
 }
 
 // Status implements Engine: every configured peer, never handshaken.
 func (f *Fake) Status() ([]PeerStatus, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	var out []PeerStatus
-	if f.applied != nil {
-		for _, p := range f.applied.Peers {
+	if cfg := f.applied.get(); cfg != nil {
+		for _, p := range cfg.Peers {
 			out = append(out, PeerStatus{PublicKey: p.PublicKey, Endpoint: p.Endpoint})
 		}
 	}
@@ -48,9 +45,10 @@ func (f *Fake) Status() ([]PeerStatus, error) {
 // Applied returns a copy of the last configuration and how many changing
 // Reconfig calls there were.
 func (f *Fake) Applied() (*wgcfg.Config, int) {
+	cfg := f.applied.get()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.applied.Clone(), f.calls
+	return cfg, f.calls
 }
 
 // Close implements Engine.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -22,8 +21,7 @@ type Kernel struct {
 	link netlink.Link
 	wg   *wgctrl.Client
 
-	mu      sync.Mutex
-	applied *wgcfg.Config // guarded by mu: what the device has; nil after an error
+	applied applied
 }
 
 var _ Engine = (*Kernel)(nil)
@@ -59,17 +57,12 @@ func (k *Kernel) Name() string { return k.name }
 
 // Reconfig implements Engine.
 func (k *Kernel) Reconfig(cfg *wgcfg.Config) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.applied != nil && k.applied.Equal(cfg) {
-		return ErrNoChanges
-	}
-	if err := k.wg.ConfigureDevice(k.name, kernelDiff(k.applied, cfg)); err != nil {
-		k.applied = nil
-		return fmt.Errorf("configure %s: %w", k.name, err)
-	}
-	k.applied = cfg.Clone()
-	return nil
+	return k.applied.reconfig(cfg, func(old *wgcfg.Config) error {
+		if err := k.wg.ConfigureDevice(k.name, kernelDiff(old, cfg)); err != nil {
+			return fmt.Errorf("configure %s: %w", k.name, err)
+		}
+		return nil
+	})
 }
 
 // kernelDiff is wgcfg.UAPI's difference in wgctrl's terms.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -22,8 +21,7 @@ type Userspace struct {
 	dev  *device.Device
 	uapi net.Listener
 
-	mu      sync.Mutex
-	applied *wgcfg.Config // guarded by mu: what the device has; nil after an error
+	applied applied
 }
 
 var _ Engine = (*Userspace)(nil)
@@ -83,18 +81,12 @@ func (e *Userspace) Name() string { return e.name }
 
 // Reconfig implements Engine.
 func (e *Userspace) Reconfig(cfg *wgcfg.Config) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.applied != nil && e.applied.Equal(cfg) {
-		return ErrNoChanges
-	}
-	set := wgcfg.UAPI(e.applied, cfg)
-	if err := e.dev.IpcSet(set); err != nil {
-		e.applied = nil
-		return fmt.Errorf("configure %s: %w", e.name, err)
-	}
-	e.applied = cfg.Clone()
-	return nil
+	return e.applied.reconfig(cfg, func(old *wgcfg.Config) error {
+		if err := e.dev.IpcSet(wgcfg.UAPI(old, cfg)); err != nil {
+			return fmt.Errorf("configure %s: %w", e.name, err)
+		}
+		return nil
+	})
 }
 
 // Status implements Engine.

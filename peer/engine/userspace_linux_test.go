@@ -8,48 +8,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/meshd/meshd/peer/internal/netnstest"
 	"github.com/meshd/meshd/peer/wgcfg"
 )
 
-// inNewNetns runs fn on a thread moved into a fresh, anonymous network
-// namespace, which disappears with its last handle.
-func inNewNetns(t *testing.T, fn func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace and a TUN device")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("no /dev/net/tun on this machine")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // the thread is discarded, never unlocked
-		orig, err := netns.Get()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer ns.Close()
-		fn()
-	}()
-	<-done
-}
-
 func TestUserspaceReconfig(t *testing.T) {
-	inNewNetns(t, func() {
+	netnstest.Run(t, true, func() {
 		name := fmt.Sprintf("meshdt%d", os.Getpid()%10000)
 		e, err := NewUserspace(name, 0, slog.New(slog.DiscardHandler))
 		if err != nil {

@@ -4,40 +4,18 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"slices"
 	"testing"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshd/meshd/peer/internal/netnstest"
 )
 
-// inNewNetns runs fn on a thread moved into a fresh, anonymous network
-// namespace that disappears when fn returns.
-func inNewNetns(t *testing.T, fn func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // the thread is discarded, never unlocked
-		ns, err := netns.New()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer ns.Close()
-		fn()
-	}()
-	<-done
-}
-
 func TestLinuxRouter(t *testing.T) {
-	inNewNetns(t, func() {
+	netnstest.Run(t, false, func() {
 		link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "meshdtest0"}, PeerName: "meshdtest1"}
 		if err := netlink.LinkAdd(link); err != nil {
 			t.Error(err)
