@@ -59,6 +59,9 @@ func (c *Client) SetDialContext(dial func(ctx context.Context, network, addr str
 	c.hc.Transport.(*http.Transport).DialContext = dial
 }
 
+// CloseIdle closes the client's idle connections.
+func (c *Client) CloseIdle() { c.hc.CloseIdleConnections() }
+
 // Auth is the credential the client sends.
 func (c *Client) Auth() string { return c.auth }
 

@@ -1,0 +1,432 @@
+// Command meshsim loads a coordinator cluster with simulated peers: real
+// tokens, keys, TLS and network-map watches, no WireGuard. It joins N peers
+// spread across the coordinators, holds N watches open, then makes changes
+// (a join, an endpoint change, a removal) and reports for each the time
+// until every watcher has it (p50/p99/max) and the bytes each watcher
+// received, with the coordinators' CPU time and RSS.
+//
+//	go run ./e2e/meshsim -n 1000,10000        (starts its own 3-node cluster)
+//
+// Watchers resume from the index after the joins (?since=), as peers that
+// already hold the map do; the cost of a full map for one new watcher is
+// measured separately.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshd/meshd/e2e/harness"
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/token"
+)
+
+func main() { os.Exit(run()) }
+
+// Result is one run at one N.
+type Result struct {
+	N             int              `json:"n"`
+	JoinsPerSec   float64          `json:"joins_per_s"`
+	FullMapMillis float64          `json:"full_map_ms"`
+	FullMapBytes  int              `json:"full_map_bytes"`
+	Changes       []ChangeResult   `json:"changes"`
+	Coordinators  []CoordinatorUse `json:"coordinators"`
+}
+
+// ChangeResult is one change fanned out to every watcher.
+type ChangeResult struct {
+	Kind           string  `json:"kind"`
+	P50Millis      float64 `json:"p50_ms"`
+	P99Millis      float64 `json:"p99_ms"`
+	MaxMillis      float64 `json:"max_ms"`
+	BytesPerPeer   float64 `json:"bytes_per_watcher"`
+	Reached        int     `json:"reached"`
+	CoordCPUMillis float64 `json:"coordinator_cpu_ms"`
+}
+
+// CoordinatorUse is one coordinator's footprint after the run.
+type CoordinatorUse struct {
+	Name  string  `json:"name"`
+	RSSMB float64 `json:"rss_mib"`
+}
+
+func run() int {
+	ns := flag.String("n", "1000", "comma-separated peer counts")
+	out := flag.String("out", "", "write results as JSON to this file")
+	flag.Parse()
+	var results []Result
+	for _, s := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 2 {
+			fmt.Fprintf(os.Stderr, "meshsim: bad -n %q\n", s)
+			return 2
+		}
+		r, err := simulate(n)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "meshsim: N=%d: %v\n", n, err)
+			return 1
+		}
+		results = append(results, *r)
+		printResult(r)
+	}
+	if *out != "" {
+		b, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "meshsim:", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func printResult(r *Result) {
+	fmt.Printf("\nN=%d  joins %.0f/s  full map for a new watcher: %.1f ms, %d bytes\n", r.N, r.JoinsPerSec, r.FullMapMillis, r.FullMapBytes)
+	fmt.Printf("%-16s %8s %8s %8s %12s %10s %14s\n", "CHANGE", "P50 ms", "P99 ms", "MAX ms", "BYTES/PEER", "REACHED", "COORD CPU ms")
+	for _, c := range r.Changes {
+		fmt.Printf("%-16s %8.1f %8.1f %8.1f %12.0f %10d %14.0f\n", c.Kind, c.P50Millis, c.P99Millis, c.MaxMillis, c.BytesPerPeer, c.Reached, c.CoordCPUMillis)
+	}
+	for _, c := range r.Coordinators {
+		fmt.Printf("coordinator %s RSS %.0f MiB\n", c.Name, c.RSSMB)
+	}
+}
+
+func wgKey() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+type simPeer struct {
+	id, cred string
+}
+
+// watcher holds one network-map stream and notes when it sees a peer ID.
+type watcher struct {
+	bytes atomic.Int64
+	mu    sync.Mutex
+	seen  map[string]time.Time // guarded by mu: peer ID -> first update naming it
+}
+
+func (w *watcher) saw(id string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.seen[id]
+	return t, ok
+}
+
+func simulate(n int) (*Result, error) {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "meshsim-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	c, err := harness.NewCluster(dir, 3)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := c.StartAll(); err != nil {
+		return nil, err
+	}
+	if _, err := c.WaitLeader(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	if err := c.WaitReady(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	admin, err := c.Admin()
+	if err != nil {
+		return nil, err
+	}
+	var tok api.CreateTokenResponse
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: n + 10, TTL: "2h", AllowRoutes: []string{"10.0.0.0/8"}}, &tok); err != nil {
+		return nil, err
+	}
+	jt, err := token.ParseKind(tok.Token, token.KindJoin)
+	if err != nil {
+		return nil, err
+	}
+	urls := c.URLs()
+	rotate := func(i int) []string {
+		return append(slices.Clone(urls[i%len(urls):]), urls[:i%len(urls)]...)
+	}
+
+	// Join N peers.
+	res := &Result{N: n}
+	peers := make([]simPeer, n)
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var joinErr atomic.Value
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := apiclient.New(rotate(w), jt.Pin, "")
+			defer cl.CloseIdle()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				req := api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: fmt.Sprintf("sim%05d", i),
+					PublicKey: wgKey(), Endpoints: []string{fmt.Sprintf("198.18.%d.%d:51820", i/250, i%250+1)}, OmitMap: true}
+				var resp api.JoinResponse
+				if err := cl.Do(ctx, http.MethodPost, "/v1/join", req, &resp); err != nil {
+					joinErr.CompareAndSwap(nil, err)
+					return
+				}
+				peers[i] = simPeer{id: resp.PeerID, cred: resp.Credential}
+				if i%1000 == 999 {
+					fmt.Fprintf(os.Stderr, "\rjoined %d/%d", i+1, n)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if e := joinErr.Load(); e != nil {
+		return nil, fmt.Errorf("join: %v", e)
+	}
+	res.JoinsPerSec = float64(n) / time.Since(start).Seconds()
+	fmt.Fprintf(os.Stderr, "\rjoined %d peers in %s\n", n, time.Since(start).Round(time.Millisecond))
+
+	// The index every watcher resumes from: after all joins, on every node.
+	var st api.ClusterStatus
+	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+		return nil, err
+	}
+	since := st.LastAppliedIndex
+
+	// A full map for one new watcher, timed.
+	fullStart := time.Now()
+	pc := apiclient.New(urls, jt.Pin, peers[0].cred)
+	resp, err := pc.Stream(ctx, "/v1/netmap")
+	if err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReaderSize(resp.Body, 1<<20).ReadBytes('\n')
+	resp.Body.Close()
+	pc.CloseIdle()
+	if err != nil {
+		return nil, err
+	}
+	res.FullMapMillis = float64(time.Since(fullStart).Microseconds()) / 1000
+	res.FullMapBytes = len(line)
+
+	// N watchers.
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watchers := make([]*watcher, n)
+	var open atomic.Int64
+	for i := range n {
+		w := &watcher{seen: map[string]time.Time{}}
+		watchers[i] = w
+		go watch(wctx, rotate(i), jt.Pin, peers[i].cred, since, w, &open)
+		if i%500 == 499 {
+			time.Sleep(20 * time.Millisecond) // pace the TLS handshakes; not a wait for a condition
+		}
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for open.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("only %d of %d watches opened", open.Load(), n)
+		}
+		fmt.Fprintf(os.Stderr, "\rwatches open %d/%d", open.Load(), n)
+		time.Sleep(100 * time.Millisecond) // progress polling, bounded by the deadline
+	}
+	fmt.Fprintf(os.Stderr, "\rwatches open %d/%d\n", n, n)
+
+	// Changes.
+	pids := map[string]int{}
+	for _, nd := range c.Nodes {
+		pids[nd.Name] = nd.Proc.Pid()
+	}
+	// change applies one change and waits until every watcher but skip
+	// (-1: none; the removed peer's own stream just ends) has it.
+	change := func(kind string, skip int, target func() (string, error)) error {
+		want := len(watchers)
+		if skip >= 0 {
+			want--
+		}
+		before := map[*watcher]int64{}
+		for _, w := range watchers {
+			before[w] = w.bytes.Load()
+		}
+		cpu0 := cpuMillis(pids)
+		t0 := time.Now()
+		id, err := target()
+		if err != nil {
+			return fmt.Errorf("%s: %w", kind, err)
+		}
+		var lat []float64
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			lat = lat[:0]
+			for i, w := range watchers {
+				if t, ok := w.saw(id); ok && i != skip {
+					lat = append(lat, float64(t.Sub(t0).Microseconds())/1000)
+				}
+			}
+			if len(lat) == want || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
+		}
+		var bytes int64
+		for _, w := range watchers {
+			bytes += w.bytes.Load() - before[w]
+		}
+		slices.Sort(lat)
+		cr := ChangeResult{Kind: kind, Reached: len(lat), BytesPerPeer: float64(bytes) / float64(len(watchers)), CoordCPUMillis: cpuMillis(pids) - cpu0}
+		if len(lat) > 0 {
+			cr.P50Millis, cr.P99Millis, cr.MaxMillis = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+		}
+		res.Changes = append(res.Changes, cr)
+		if len(lat) < want {
+			return fmt.Errorf("%s reached only %d of %d watchers within 60s", kind, len(lat), want)
+		}
+		return nil
+	}
+	joiner := apiclient.New(urls, jt.Pin, "")
+	if err := change("join", -1, func() (string, error) {
+		var r api.JoinResponse
+		err := joiner.Do(ctx, http.MethodPost, "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: "newcomer", PublicKey: wgKey(), OmitMap: true}, &r)
+		return r.PeerID, err
+	}); err != nil {
+		return res, err
+	}
+	mover := apiclient.New(urls, jt.Pin, peers[1].cred)
+	if err := change("endpoint change", -1, func() (string, error) {
+		return peers[1].id, mover.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: []string{"203.0.113.9:51820"}}, nil)
+	}); err != nil {
+		return res, err
+	}
+	if err := change("route announced", -1, func() (string, error) {
+		var r api.JoinResponse
+		err := joiner.Do(ctx, http.MethodPost, "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: "newgw", PublicKey: wgKey(), OmitMap: true,
+			Routes: []api.Route{{Prefix: "10.1.0.0/24", Priority: 100}}}, &r)
+		return r.PeerID, err
+	}); err != nil {
+		return res, err
+	}
+	if err := change("leave", 2, func() (string, error) {
+		return peers[2].id, admin.Do(ctx, http.MethodDelete, "/v1/peers/default/sim00002", nil, nil)
+	}); err != nil {
+		return res, err
+	}
+	for _, nd := range c.Nodes {
+		res.Coordinators = append(res.Coordinators, CoordinatorUse{Name: nd.Name, RSSMB: rssMiB(nd.Proc.Pid())})
+	}
+	return res, nil
+}
+
+// watch holds one stream and records, per peer ID, when an update first
+// names it (as a changed or removed peer).
+func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since uint64, w *watcher, open *atomic.Int64) {
+	cl := apiclient.New(urls, pin, cred)
+	defer cl.CloseIdle()
+	opened := false
+	for ctx.Err() == nil {
+		resp, err := cl.Stream(ctx, "/v1/netmap?since="+strconv.FormatUint(since, 10))
+		if err != nil {
+			time.Sleep(200 * time.Millisecond) // retry pace after a failed open
+			continue
+		}
+		if !opened {
+			opened = true
+			open.Add(1)
+		}
+		rd := bufio.NewReaderSize(resp.Body, 4096)
+		for {
+			line, err := rd.ReadBytes('\n')
+			w.bytes.Add(int64(len(line)))
+			if err != nil {
+				break
+			}
+			if len(line) <= 1 {
+				continue
+			}
+			var u struct {
+				Index   uint64                `json:"index"`
+				Self    *struct{ ID string }  `json:"self"`
+				Peers   []struct{ ID string } `json:"peers"`
+				Removed []string              `json:"removed"`
+			}
+			if json.Unmarshal(line, &u) != nil {
+				continue
+			}
+			now := time.Now()
+			w.mu.Lock()
+			if u.Self != nil {
+				u.Peers = append(u.Peers, struct{ ID string }{u.Self.ID})
+			}
+			for _, p := range u.Peers {
+				if _, ok := w.seen[p.ID]; !ok {
+					w.seen[p.ID] = now
+				}
+			}
+			for _, id := range u.Removed {
+				if _, ok := w.seen[id]; !ok {
+					w.seen[id] = now
+				}
+			}
+			w.mu.Unlock()
+			if u.Index > since {
+				since = u.Index
+			}
+		}
+		resp.Body.Close()
+	}
+}
+
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndex(s, ")")+2:])
+}
+
+// cpuMillis is the user+system CPU time of pids, in ms.
+func cpuMillis(pids map[string]int) float64 {
+	var total float64
+	for _, pid := range pids {
+		f := procStat(pid)
+		if len(f) > 12 {
+			u, _ := strconv.ParseFloat(f[11], 64)
+			s, _ := strconv.ParseFloat(f[12], 64)
+			total += (u + s) * 10 // clock ticks of 10 ms
+		}
+	}
+	return total
+}
+
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
