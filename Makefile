@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin/meshd
 
-.PHONY: build test e2e soak bench lab lab-down lint fuzz
+.PHONY: build test e2e soak bench bench-scale lab lab-down lint fuzz
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./meshd
@@ -34,6 +34,11 @@ soak: build
 # merges the figures into bench/results.json.
 bench:
 	$(GO) run ./e2e/bench
+
+# bench-scale: the control plane at 100, 1,000 and 10,000 simulated peers
+# (meshsim), merged into bench/results.json.
+bench-scale:
+	$(GO) run ./e2e/meshsim -n 100,1000,10000 -results bench/results.json
 
 lint:
 	@test -z "$$(gofmt -l .)" || (echo "gofmt needed:"; gofmt -l .; exit 1)

@@ -1,0 +1,23 @@
+package main
+
+import "testing"
+
+// TestSmallSimulation runs the simulator end to end at a small N: every
+// change reaches every watcher and the figures are sane.
+func TestSmallSimulation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	r, err := simulate(30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Changes) != 4 || r.FullMapBytes == 0 || r.BurstJoinsPerSec <= 0 {
+		t.Fatalf("got %+v; want four changes, a full map and a burst rate", r)
+	}
+	for _, c := range r.Changes {
+		if c.BytesPerPeer <= 0 || c.BytesPerPeer > 1024 || c.MaxMillis <= 0 {
+			t.Errorf("%s: %+v; want a delta of at most 1 KiB per watcher", c.Kind, c)
+		}
+	}
+}
