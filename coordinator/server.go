@@ -159,6 +159,7 @@ type Server struct {
 
 	closers []io.Closer
 	stun    *stunServer // nil when disabled
+	fanout  *fanout
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // guarded by touchMu: peer id -> last heard
@@ -193,6 +194,7 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 	}()
 	s.fsm = fsm.New(s.store, cfg.Logger)
+	s.fanout = newFanout(s)
 	apiCA := cfg.ClusterKey.APICA()
 	s.pin = apiCA.Pin()
 	admin := cfg.ClusterKey.AdminSecret()
@@ -324,7 +326,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.adminTokenLoop} {
+	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.adminTokenLoop, s.fanout.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

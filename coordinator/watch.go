@@ -1,9 +1,12 @@
 package coordinator
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshd/meshd/coordinator/netmap"
@@ -15,10 +18,196 @@ import (
 // both ends notice a dead connection.
 const keepaliveEvery = 15 * time.Second
 
+// A round of fan-out costs one write per watcher, so changes are gathered
+// for a window that grows with the number of watchers: at least
+// coalesceMin, coalescePerWatcher per watcher, at most coalesceMax. With
+// 10,000 watchers a burst of joins goes out every 0.3 s, which keeps the
+// fan-out to a fraction of a core while each change still reaches every
+// watcher well within a second.
+const (
+	coalesceMin        = 20 * time.Millisecond
+	coalescePerWatcher = 30 * time.Microsecond
+	coalesceMax        = 500 * time.Millisecond
+)
+
+// subQueue is how many deltas may wait for a slow watcher before it is
+// dropped to a fresh full map.
+const subQueue = 64
+
+// fanout computes each network-map delta once per vnet, encodes it once and
+// hands the same bytes to every watcher of that vnet. A watcher that does
+// not keep up is never waited for: its queue is dropped and it catches up
+// with a fresh full map.
+type fanout struct {
+	s *Server
+
+	mu   sync.Mutex
+	last map[string]uint64               // guarded by mu: vnet -> index fanned out so far
+	subs map[string]map[*subscriber]bool // guarded by mu: vnet -> watchers
+	n    atomic.Int64                    // number of watchers
+}
+
+// subscriber is one open watch.
+type subscriber struct {
+	peerID, vnet string
+	ch           chan []byte // encoded updates
+	since        uint64      // guarded by fanout.mu: index the watcher holds
+	lagging      atomic.Bool // its queue overflowed: send it a full map
+}
+
+func newFanout(s *Server) *fanout {
+	return &fanout{s: s, last: map[string]uint64{}, subs: map[string]map[*subscriber]bool{}}
+}
+
+// run fans out changes until ctx is done.
+func (f *fanout) run(ctx context.Context) {
+	for {
+		ch := f.s.store.WatchCh()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+		wait := min(max(coalesceMin, time.Duration(f.n.Load())*coalescePerWatcher), coalesceMax)
+		select { // gather the rest of a burst
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		f.publish()
+	}
+}
+
+// publish sends every vnet's changes since the last round.
+func (f *fanout) publish() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for vnet, subs := range f.subs {
+		if len(subs) == 0 {
+			delete(f.subs, vnet)
+			delete(f.last, vnet)
+			continue
+		}
+		var upd *api.MapUpdate
+		var removed map[string]bool
+		var horizon bool
+		f.s.store.ReadChanges(vnet, f.last[vnet], func(t *state.Tables, idx uint64, changed []string, global, ok bool) {
+			f.last[vnet] = idx
+			if !ok {
+				horizon = true
+				return
+			}
+			upd, removed = netmap.VNetDelta(t, idx, vnet, changed, global)
+		})
+		if horizon {
+			for sub := range subs {
+				sub.lagging.Store(true)
+				signal(sub)
+			}
+			continue
+		}
+		if upd == nil {
+			continue
+		}
+		data, err := json.Marshal(upd)
+		if err != nil {
+			continue
+		}
+		data = append(data, '\n')
+		var gone []byte
+		for sub := range subs {
+			if sub.since >= upd.Index || sub.lagging.Load() {
+				continue
+			}
+			msg := data
+			if removed[sub.peerID] {
+				if gone == nil {
+					gone, _ = json.Marshal(&api.MapUpdate{Index: upd.Index, SelfRemoved: true})
+					gone = append(gone, '\n')
+				}
+				msg = gone
+			}
+			select {
+			case sub.ch <- msg:
+				sub.since = upd.Index
+			default:
+				sub.lagging.Store(true)
+				signal(sub)
+			}
+		}
+	}
+}
+
+// signal wakes a lagging watcher whose queue is full: an empty message
+// means "resynchronise"; if even that does not fit, the watcher will find
+// the lagging flag after its queue drains.
+func signal(sub *subscriber) {
+	select {
+	case sub.ch <- nil:
+	default:
+	}
+}
+
+// subscribe registers a watch and returns its first update: the full map,
+// or (resuming with since) the changes after since. nil means nothing new.
+func (f *fanout) subscribe(peerID, vnet string, since uint64) (*subscriber, *api.MapUpdate) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sub := &subscriber{peerID: peerID, vnet: vnet, ch: make(chan []byte, subQueue)}
+	upd := f.catchUpLocked(sub, since)
+	if len(f.subs[vnet]) == 0 {
+		// The first watcher of the vnet: fan out from what it holds.
+		f.subs[vnet] = map[*subscriber]bool{}
+		f.last[vnet] = sub.since
+	}
+	f.subs[vnet][sub] = true
+	f.n.Add(1)
+	return sub, upd
+}
+
+// resync gives a lagging watcher a fresh full map.
+func (f *fanout) resync(sub *subscriber) *api.MapUpdate {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for len(sub.ch) > 0 {
+		<-sub.ch
+	}
+	sub.lagging.Store(false)
+	return f.catchUpLocked(sub, 0)
+}
+
+// catchUpLocked computes what sub needs to be current, and records the
+// index it will hold; f.mu is held.
+func (f *fanout) catchUpLocked(sub *subscriber, since uint64) *api.MapUpdate {
+	var upd *api.MapUpdate
+	f.s.store.ReadChanges(sub.vnet, since, func(t *state.Tables, idx uint64, changed []string, global, ok bool) {
+		switch {
+		case since == 0 || !ok:
+			upd = netmap.Full(t, idx, sub.peerID)
+			if upd == nil {
+				upd = &api.MapUpdate{Index: idx, SelfRemoved: true}
+			}
+		case idx > since:
+			upd = netmap.Delta(t, idx, sub.peerID, changed, global)
+		}
+		sub.since = max(idx, since)
+	})
+	return upd
+}
+
+func (f *fanout) unsubscribe(sub *subscriber) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.subs[sub.vnet][sub] {
+		delete(f.subs[sub.vnet], sub)
+		f.n.Add(-1)
+	}
+}
+
 // handleNetmap streams a peer's network map as newline-delimited JSON: the
 // whole map first (or, resuming with ?since=N, only what changed after N),
-// then one delta per change that concerns the peer. A peer that falls too
-// far behind the change log gets a full map again.
+// then the deltas of its vnet as the fan-out publishes them. A peer that
+// falls behind gets a full map again.
 func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID string) {
 	var since uint64
 	if v := r.URL.Query().Get("since"); v != "" {
@@ -39,9 +228,6 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	if flusher != nil {
-		flusher.Flush()
-	}
 
 	s.touchMu.Lock()
 	s.watchN[peerID]++
@@ -55,43 +241,52 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 		s.touchMu.Unlock()
 	}()
 
+	sub, first := s.fanout.subscribe(peerID, vnet, since)
+	defer s.fanout.unsubscribe(sub)
 	enc := json.NewEncoder(w)
+	send := func(upd *api.MapUpdate) bool {
+		if upd == nil {
+			return true
+		}
+		if err := enc.Encode(upd); err != nil {
+			return false
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return !upd.SelfRemoved
+	}
+	if !send(first) {
+		return
+	}
+	if first == nil && flusher != nil {
+		flusher.Flush()
+	}
 	ka := time.NewTicker(keepaliveEvery)
 	defer ka.Stop()
 	for {
-		ch := s.store.WatchCh()
-		var upd *api.MapUpdate
-		var index uint64
-		s.store.ReadChanges(vnet, since, func(t *state.Tables, idx uint64, changed []string, global, ok bool) {
-			index = idx
-			switch {
-			case since == 0 || !ok:
-				upd = netmap.Full(t, idx, peerID)
-				if upd == nil {
-					upd = &api.MapUpdate{Index: idx, SelfRemoved: true}
+		select {
+		case <-r.Context().Done():
+			return
+		case msg := <-sub.ch:
+			if sub.lagging.Load() {
+				if !send(s.fanout.resync(sub)) {
+					return
 				}
-			case idx > since:
-				upd = netmap.Delta(t, idx, peerID, changed, global)
+				continue
 			}
-		})
-		if upd != nil {
-			if err := enc.Encode(upd); err != nil {
+			if msg == nil {
+				continue
+			}
+			if _, err := w.Write(msg); err != nil {
 				return
 			}
 			if flusher != nil {
 				flusher.Flush()
 			}
-			if upd.SelfRemoved {
+			if len(msg) < 80 && isSelfRemoved(msg) {
 				return
 			}
-		}
-		if index > since {
-			since = index
-		}
-		select {
-		case <-r.Context().Done():
-			return
-		case <-ch:
 		case <-ka.C:
 			if _, err := w.Write([]byte("\n")); err != nil {
 				return
@@ -101,4 +296,11 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 			}
 		}
 	}
+}
+
+func isSelfRemoved(msg []byte) bool {
+	var u struct {
+		SelfRemoved bool `json:"self_removed"`
+	}
+	return json.Unmarshal(msg, &u) == nil && u.SelfRemoved
 }

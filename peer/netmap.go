@@ -47,7 +47,9 @@ func (m *netMap) apply(u *api.MapUpdate) {
 		m.self = &self
 	}
 	for _, p := range u.Peers {
-		if m.self != nil && p.ID == m.self.ID {
+		if m.self != nil && p.ID == m.self.ID { // a shared delta names us among the others
+			self := p
+			m.self = &self
 			continue
 		}
 		m.peers[p.ID] = p

@@ -120,6 +120,40 @@ func Delta(t *state.Tables, index uint64, selfID string, changed []string, globa
 	return u
 }
 
+// VNetDelta is the update every watcher of vnet gets for the peers that
+// changed since its last index: computed and encoded once, shared by all.
+// Changed peers of the vnet (a receiver's own entry among them) are
+// upserts; the others are removals, also returned as a set so the removed
+// peer's own stream can be ended. It is nil when nothing concerns the vnet.
+func VNetDelta(t *state.Tables, index uint64, vnet string, changed []string, global bool) (*api.MapUpdate, map[string]bool) {
+	u := &api.MapUpdate{Index: index}
+	var removed map[string]bool
+	any := false
+	if global {
+		u.GossipKeys = cloneKeys(t.GossipKeys)
+		u.Coordinators = Coordinators(t)
+		u.STUNServers = STUNServers(t)
+		any = true
+	}
+	for _, id := range changed {
+		if p, ok := t.Peers[id]; ok && p.VNet == vnet {
+			u.Peers = append(u.Peers, Peer(p))
+			any = true
+			continue
+		}
+		u.Removed = append(u.Removed, id)
+		if removed == nil {
+			removed = map[string]bool{}
+		}
+		removed[id] = true
+		any = true
+	}
+	if !any {
+		return nil, nil
+	}
+	return u, removed
+}
+
 func compare(a, b string) int {
 	switch {
 	case a < b:
