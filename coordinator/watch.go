@@ -26,8 +26,8 @@ const keepaliveEvery = 15 * time.Second
 // watcher well within a second.
 const (
 	coalesceMin        = 20 * time.Millisecond
-	coalescePerWatcher = 30 * time.Microsecond
-	coalesceMax        = 500 * time.Millisecond
+	coalescePerWatcher = 100 * time.Microsecond
+	coalesceMax        = 400 * time.Millisecond
 )
 
 // subQueue is how many deltas may wait for a slow watcher before it is

@@ -14,6 +14,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -126,19 +127,18 @@ type simPeer struct {
 	id, cred string
 }
 
-// watcher holds one network-map stream and notes when it sees a peer ID.
+// watcher holds one network-map stream and notes when an update first
+// carries the current change's marker (a name, an endpoint, a prefix or a
+// removed peer's ID, all known before the change is made). Matching bytes
+// rather than decoding JSON keeps the simulator's own CPU small, since it
+// shares the machine with the coordinators.
 type watcher struct {
 	bytes atomic.Int64
-	mu    sync.Mutex
-	seen  map[string]time.Time // guarded by mu: peer ID -> first update naming it
+	hit   atomic.Int64 // unix nanoseconds of the first update with the marker; 0: not yet
 }
 
-func (w *watcher) saw(id string) (time.Time, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	t, ok := w.seen[id]
-	return t, ok
-}
+// marker is what the current change's update contains.
+var marker atomic.Pointer[[]byte]
 
 func simulate(n int) (*Result, error) {
 	ctx := context.Background()
@@ -246,7 +246,7 @@ func simulate(n int) (*Result, error) {
 	watchers := make([]*watcher, n)
 	var open atomic.Int64
 	for i := range n {
-		w := &watcher{seen: map[string]time.Time{}}
+		w := &watcher{}
 		watchers[i] = w
 		go watch(wctx, rotate(i), jt.Pin, peers[i].cred, since, w, &open)
 		if i%500 == 499 {
@@ -270,7 +270,7 @@ func simulate(n int) (*Result, error) {
 	}
 	// change applies one change and waits until every watcher but skip
 	// (-1: none; the removed peer's own stream just ends) has it.
-	change := func(kind string, skip int, target func() (string, error)) error {
+	change := func(kind string, skip int, mark string, do func() error) error {
 		want := len(watchers)
 		if skip >= 0 {
 			want--
@@ -279,10 +279,14 @@ func simulate(n int) (*Result, error) {
 		for _, w := range watchers {
 			before[w] = w.bytes.Load()
 		}
+		for _, w := range watchers {
+			w.hit.Store(0)
+		}
+		m := []byte(mark)
+		marker.Store(&m)
 		cpu0 := cpuMillis(pids)
 		t0 := time.Now()
-		id, err := target()
-		if err != nil {
+		if err := do(); err != nil {
 			return fmt.Errorf("%s: %w", kind, err)
 		}
 		var lat []float64
@@ -290,8 +294,8 @@ func simulate(n int) (*Result, error) {
 		for {
 			lat = lat[:0]
 			for i, w := range watchers {
-				if t, ok := w.saw(id); ok && i != skip {
-					lat = append(lat, float64(t.Sub(t0).Microseconds())/1000)
+				if h := w.hit.Load(); h != 0 && i != skip {
+					lat = append(lat, float64(time.Unix(0, h).Sub(t0).Microseconds())/1000)
 				}
 			}
 			if len(lat) == want || time.Now().After(deadline) {
@@ -315,29 +319,25 @@ func simulate(n int) (*Result, error) {
 		return nil
 	}
 	joiner := apiclient.New(urls, jt.Pin, "")
-	if err := change("join", -1, func() (string, error) {
-		var r api.JoinResponse
-		err := joiner.Do(ctx, http.MethodPost, "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: "newcomer", PublicKey: wgKey(), OmitMap: true}, &r)
-		return r.PeerID, err
+	if err := change("join", -1, `"name":"newcomer"`, func() error {
+		return joiner.Do(ctx, http.MethodPost, "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: "newcomer", PublicKey: wgKey(), OmitMap: true}, nil)
 	}); err != nil {
 		return res, err
 	}
 	mover := apiclient.New(urls, jt.Pin, peers[1].cred)
-	if err := change("endpoint change", -1, func() (string, error) {
-		return peers[1].id, mover.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: []string{"203.0.113.9:51820"}}, nil)
+	if err := change("endpoint change", -1, "203.0.113.9:51820", func() error {
+		return mover.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: []string{"203.0.113.9:51820"}}, nil)
 	}); err != nil {
 		return res, err
 	}
-	if err := change("route announced", -1, func() (string, error) {
-		var r api.JoinResponse
-		err := joiner.Do(ctx, http.MethodPost, "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: "newgw", PublicKey: wgKey(), OmitMap: true,
-			Routes: []api.Route{{Prefix: "10.1.0.0/24", Priority: 100}}}, &r)
-		return r.PeerID, err
+	if err := change("route announced", -1, "10.1.0.0/24", func() error {
+		return joiner.Do(ctx, http.MethodPost, "/v1/join", api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: "newgw", PublicKey: wgKey(), OmitMap: true,
+			Routes: []api.Route{{Prefix: "10.1.0.0/24", Priority: 100}}}, nil)
 	}); err != nil {
 		return res, err
 	}
-	if err := change("leave", 2, func() (string, error) {
-		return peers[2].id, admin.Do(ctx, http.MethodDelete, "/v1/peers/default/sim00002", nil, nil)
+	if err := change("leave", 2, peers[2].id, func() error {
+		return admin.Do(ctx, http.MethodDelete, "/v1/peers/default/sim00002", nil, nil)
 	}); err != nil {
 		return res, err
 	}
@@ -406,31 +406,15 @@ func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since 
 			if len(line) <= 1 {
 				continue
 			}
+			if m := marker.Load(); m != nil && w.hit.Load() == 0 && bytes.Contains(line, *m) {
+				w.hit.CompareAndSwap(0, time.Now().UnixNano())
+			}
 			var u struct {
-				Index   uint64                `json:"index"`
-				Self    *struct{ ID string }  `json:"self"`
-				Peers   []struct{ ID string } `json:"peers"`
-				Removed []string              `json:"removed"`
+				Index uint64 `json:"index"`
 			}
-			if json.Unmarshal(line, &u) != nil {
-				continue
+			if k := bytes.IndexByte(line, ','); k > 0 { // {"index":N,...: decode the index alone
+				json.Unmarshal(append(line[:k:k], '}'), &u)
 			}
-			now := time.Now()
-			w.mu.Lock()
-			if u.Self != nil {
-				u.Peers = append(u.Peers, struct{ ID string }{u.Self.ID})
-			}
-			for _, p := range u.Peers {
-				if _, ok := w.seen[p.ID]; !ok {
-					w.seen[p.ID] = now
-				}
-			}
-			for _, id := range u.Removed {
-				if _, ok := w.seen[id]; !ok {
-					w.seen[id] = now
-				}
-			}
-			w.mu.Unlock()
 			if u.Index > since {
 				since = u.Index
 			}
