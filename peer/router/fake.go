@@ -1,43 +1,70 @@
 package router
 
-import "sync"
+import (
+	"net/netip"
+	"slices"
+	"sync"
+)
 
-// Fake is a Router that applies plans to a model and records the commands
-// the Linux router would have run.
+// Fake is a Router that keeps a model of the OS instead of changing it: Set
+// plans against the model with MakePlan, like the Linux router, applies the
+// plan to the model and records the commands it stands for
+// ("route add 10.1.0.0/24 dev meshd0"). Make one with NewFake.
 type Fake struct {
-	Dev string
+	dev string
 
 	mu    sync.Mutex
 	state State    // guarded by mu
-	ops   []string // guarded by mu
 	up    bool     // guarded by mu
+	ops   []string // guarded by mu
 }
 
 var _ Router = (*Fake)(nil)
+
+// NewFake returns a Fake for interface dev, which starts down with
+// DefaultMTU (as a new WireGuard interface does) and nothing installed.
+func NewFake(dev string) *Fake {
+	return &Fake{dev: dev, state: State{MTU: DefaultMTU}}
+}
 
 // Up implements Router.
 func (f *Fake) Up() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.up = true
-	f.ops = append(f.ops, "link set "+f.Dev+" up")
+	if !f.up {
+		f.up = true
+		f.ops = append(f.ops, "link set "+f.dev+" up")
+	}
 	return nil
 }
 
 // Set implements Router.
 func (f *Fake) Set(cfg *Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := MakePlan(f.state, cfg)
-	f.ops = append(f.ops, p.Ops(f.Dev)...)
-	f.state = apply(f.state, cfg)
+	f.ops = append(f.ops, p.Ops(f.dev)...)
+	f.state = f.state.Apply(p)
 	return nil
 }
 
 // Close implements Router.
 func (f *Fake) Close() error { return f.Set(nil) }
 
-// Ops returns the commands recorded so far and forgets them.
+// Occupy models routes that another owner installed for dsts: Set leaves
+// those destinations alone from now on.
+func (f *Fake) Occupy(dsts ...netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state.Occupied = append(f.state.Occupied, dsts...)
+	sortPrefixes(f.state.Occupied)
+	f.state.Occupied = slices.Compact(f.state.Occupied)
+}
+
+// Ops returns the commands recorded since the last call and forgets them.
 func (f *Fake) Ops() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -46,22 +73,16 @@ func (f *Fake) Ops() []string {
 	return out
 }
 
-// State returns what the fake has installed.
+// State returns the model: what the fake has installed.
 func (f *Fake) State() State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.state
+	return f.state.Apply(Plan{}) // a copy
 }
 
-// apply is the state after cfg is fully applied.
-func apply(_ State, cfg *Config) State {
-	if cfg == nil {
-		return State{}
-	}
-	s := State{SNAT: cfg.SNAT, ClampMSS: cfg.ClampMSS, Forward: cfg.Forward}
-	s.Addrs = append(s.Addrs, cfg.Addrs...)
-	s.Routes = append(s.Routes, cfg.Routes...)
-	sortPrefixes(s.Addrs)
-	sortPrefixes(s.Routes)
-	return s
+// IsUp reports whether Up has been called.
+func (f *Fake) IsUp() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.up
 }

@@ -16,288 +16,293 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ipForward is IPv4 forwarding of the caller's network namespace.
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
 
-// linuxRouter drives the kernel through netlink and nftables.
-type linuxRouter struct {
-	dev string
-	log *slog.Logger
+// maxRounds bounds how often Set plans and applies before the OS settles.
+// One round is the rule; a second is needed when the kernel undoes part of
+// the first (deleting a primary address takes its secondaries with it, the
+// last IPv4 address takes the interface's routes).
+const maxRounds = 3
 
-	mu       sync.Mutex
-	mtu      int   // guarded by mu
-	fw       State // guarded by mu: firewall and forwarding meshd installed
-	prevFwd  []byte
-	fwdTaken bool // guarded by mu: meshd turned forwarding on
+// linuxRouter drives the kernel through netlink, nftables and /proc. It
+// reads addresses, routes and the nftables table back from the kernel on
+// every Set; forwarding is remembered, not read, so that an operator who
+// turns it off is not overruled (the agent reports such a gateway
+// unhealthy instead).
+type linuxRouter struct {
+	dev   string
+	table string // nftables table, family inet
+	log   *slog.Logger
+
+	mu          sync.Mutex
+	forward     bool                  // guarded by mu: meshd turned IPv4 forwarding on
+	prevForward []byte                // guarded by mu: ip_forward before meshd turned it on
+	skipped     map[netip.Prefix]bool // guarded by mu: skipped destinations already logged
+	changes     int                   // guarded by mu: operations carried out, for tests
 }
 
 var _ Router = (*linuxRouter)(nil)
 
-// New returns the router for interface dev, which must exist.
-func New(dev string, log *slog.Logger) (Router, error) {
-	if _, err := netlink.LinkByName(dev); err != nil {
-		return nil, fmt.Errorf("router: interface %s: %w", dev, err)
+// New returns the router for the mesh interface ifName, which must exist.
+// It changes nothing until Up or Set.
+func New(ifName string, log *slog.Logger) (Router, error) {
+	if _, err := netlink.LinkByName(ifName); err != nil {
+		return nil, fmt.Errorf("router: interface %s: %w", ifName, err)
 	}
-	r := &linuxRouter{dev: dev, log: log.With("component", "router", "interface", dev), mtu: DefaultMTU}
-	// A table left by a crashed run is removed, so the firewall state
-	// starts known.
-	if err := r.setFirewall(false, false); err != nil {
-		r.log.Debug("nftables not available", "err", err)
-	}
-	return r, nil
-}
-
-func (r *linuxRouter) link() (netlink.Link, error) {
-	l, err := netlink.LinkByName(r.dev)
-	if err != nil {
-		return nil, fmt.Errorf("interface %s: %w", r.dev, err)
-	}
-	return l, nil
+	return &linuxRouter{
+		dev:     ifName,
+		table:   TableName(ifName),
+		log:     log.With("component", "router", "interface", ifName),
+		skipped: map[netip.Prefix]bool{},
+	}, nil
 }
 
 // Up implements Router.
 func (r *linuxRouter) Up() error {
-	l, err := r.link()
+	l, err := netlink.LinkByName(r.dev)
 	if err != nil {
-		return err
+		return fmt.Errorf("router: interface %s: %w", r.dev, err)
+	}
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		return nil
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("bring up %s: %w", r.dev, err)
+		return fmt.Errorf("router: bring up %s: %w", r.dev, err)
 	}
 	return nil
 }
 
-// installed reads meshd's addresses and routes on the interface.
-func (r *linuxRouter) installed(l netlink.Link) (State, error) {
-	var s State
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return s, fmt.Errorf("list addresses of %s: %w", r.dev, err)
-	}
-	for _, a := range addrs {
-		p, ok := toPrefix(a.IPNet)
-		if !ok || p.Addr().IsLinkLocalUnicast() {
-			continue
-		}
-		s.Addrs = append(s.Addrs, p)
-	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return s, fmt.Errorf("list routes of %s: %w", r.dev, err)
-	}
-	for _, rt := range routes {
-		if p, ok := toPrefix(rt.Dst); ok {
-			s.Routes = append(s.Routes, p.Masked())
-		}
-	}
-	return s, nil
-}
-
-func toPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
-func toIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
+// Close implements Router.
+func (r *linuxRouter) Close() error { return r.Set(nil) }
 
 // Set implements Router.
 func (r *linuxRouter) Set(cfg *Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l, err := r.link()
-	if err != nil {
-		if cfg == nil {
-			return r.setFirewallState(nil) // the interface is gone with its routes
-		}
-		return err
-	}
-	if cfg != nil {
-		mtu := cfg.MTU
-		if mtu == 0 {
-			mtu = DefaultMTU
-		}
-		if l.Attrs().MTU != mtu {
-			if err := netlink.LinkSetMTU(l, mtu); err != nil {
-				return fmt.Errorf("set mtu %d on %s: %w", mtu, r.dev, err)
+	for round := 1; ; round++ {
+		l, err := netlink.LinkByName(r.dev)
+		if err != nil {
+			var notFound netlink.LinkNotFoundError
+			if cfg != nil || !errors.As(err, &notFound) {
+				return fmt.Errorf("router: interface %s: %w", r.dev, err)
 			}
+			// Gone with its addresses and routes; the firewall table and
+			// forwarding are still to undo.
+			l = nil
+		}
+		have, routes, err := r.read(l)
+		if err != nil {
+			return err
+		}
+		plan := MakePlan(have, cfg)
+		r.noteSkipped(plan.Skipped)
+		if plan.Empty() {
+			return nil
+		}
+		if round > maxRounds {
+			return fmt.Errorf("router: %s does not settle; still to do: %s", r.dev, strings.Join(plan.Ops(r.dev), "; "))
+		}
+		r.log.Debug("reconcile", "round", round, "ops", strings.Join(plan.Ops(r.dev), "; "))
+		if err := r.apply(l, have, plan, routes); err != nil {
+			return fmt.Errorf("router: %w", err)
 		}
 	}
-	have, err := r.installed(l)
+}
+
+// read returns what is installed, and the kernel's form of each of meshd's
+// routes (to delete exactly those). A nil l is an interface that is gone.
+func (r *linuxRouter) read(l netlink.Link) (State, map[netip.Prefix][]netlink.Route, error) {
+	s := State{Forward: r.forward}
+	s.SNAT, s.ClampMSS = r.readFirewall()
+	if l == nil {
+		return s, nil, nil
+	}
+	s.MTU = l.Attrs().MTU
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
-		return err
+		return s, nil, fmt.Errorf("router: list addresses of %s: %w", r.dev, err)
 	}
-	have.SNAT, have.ClampMSS, have.Forward = r.fw.SNAT, r.fw.ClampMSS, r.fw.Forward
-	plan := MakePlan(have, cfg)
-	if plan.Empty() {
-		return nil
+	for _, a := range addrs {
+		if p, ok := toPrefix(a.IPNet, false); ok && !p.Addr().IsLinkLocalUnicast() {
+			s.Addrs = append(s.Addrs, p)
+		}
 	}
+	all, err := retryDump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return s, nil, fmt.Errorf("router: list routes: %w", err)
+	}
+	routes := map[netip.Prefix][]netlink.Route{}
+	for _, rt := range all {
+		dst, ok := toPrefix(rt.Dst, true)
+		if !ok {
+			continue
+		}
+		if rt.LinkIndex == l.Attrs().Index && rt.Protocol == RouteProtocol {
+			if len(routes[dst]) == 0 {
+				src, _ := netip.AddrFromSlice(rt.Src)
+				s.Routes = append(s.Routes, Route{Dst: dst, Src: src.Unmap()})
+			}
+			routes[dst] = append(routes[dst], rt)
+			continue
+		}
+		// Routes with the key a route of meshd's would have: the kernel
+		// would let RouteReplace overwrite them.
+		if rt.Priority == defaultMetric(dst) && rt.Tos == 0 {
+			s.Occupied = append(s.Occupied, dst)
+		}
+	}
+	return s, routes, nil
+}
+
+// defaultMetric is the metric the kernel gives a route added with none.
+func defaultMetric(dst netip.Prefix) int {
+	if dst.Addr().Is4() {
+		return 0
+	}
+	return 1024 // IP6_RT_PRIO_USER
+}
+
+// retryDump runs a netlink dump again when a concurrent change interrupted
+// it (its result may then be inconsistent).
+func retryDump[T any](dump func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := dump()
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < 5 {
+			continue
+		}
+		return v, err
+	}
+}
+
+func (r *linuxRouter) noteSkipped(skipped []netip.Prefix) {
+	for p := range r.skipped {
+		if !containsPrefix(skipped, p) {
+			delete(r.skipped, p)
+		}
+	}
+	for _, p := range skipped {
+		if !r.skipped[p] {
+			r.skipped[p] = true
+			r.log.Warn("route left alone: another route for this destination exists in the main table", "prefix", p)
+		}
+	}
+}
+
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// apply carries out plan, in the order Plan.Ops lists it: addresses are
+// added before stale ones go, so the interface never loses its last
+// address (which would take every route through it along, not just
+// meshd's). It goes on after a failed step and returns all the errors.
+func (r *linuxRouter) apply(l netlink.Link, have State, plan Plan, kernel map[netip.Prefix][]netlink.Route) error {
 	var errs []error
-	for _, a := range plan.DelAddrs {
-		if err := netlink.AddrDel(l, &netlink.Addr{IPNet: toIPNet(a)}); err != nil {
-			errs = append(errs, fmt.Errorf("addr del %s: %w", a, err))
+	did := func(err error, op string, args ...any) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf(op+": %w", append(args, err)...))
+			return
 		}
+		r.changes++
 	}
-	for _, a := range plan.AddAddrs {
-		if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(a)}); err != nil {
-			errs = append(errs, fmt.Errorf("addr add %s: %w", a, err))
+	if l != nil {
+		if plan.MTU != 0 {
+			did(netlink.LinkSetMTU(l, plan.MTU), "set mtu %d on %s", plan.MTU, r.dev)
 		}
-	}
-	for _, p := range plan.DelRoutes {
-		// Scope, table and type must match the installed route, or the
-		// kernel finds nothing (or another route) to delete.
-		del := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol,
-			Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST}
-		if err := netlink.RouteDel(del); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("route del %s: %w", p, err))
+		for _, a := range plan.AddAddrs {
+			did(netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(a)}), "addr add %s dev %s", a, r.dev)
 		}
-	}
-	var src net.IP
-	if cfg != nil {
-		for _, a := range cfg.Addrs {
-			if a.Addr().Is4() {
-				src = a.Addr().AsSlice()
-				break
+		for _, rt := range plan.DelRoutes {
+			for _, k := range kernel[rt.Dst] {
+				err := netlink.RouteDel(&k)
+				if errors.Is(err, unix.ESRCH) {
+					err = nil // gone already
+				}
+				did(err, "route del %s dev %s", rt.Dst, r.dev)
 			}
 		}
-	}
-	for _, p := range plan.AddRoutes {
-		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN}
-		if p.Addr().Is4() && src != nil {
-			rt.Src = src
+		for _, rt := range append(plan.AddRoutes, plan.ChangeRoutes...) {
+			did(netlink.RouteReplace(r.kernelRoute(l, rt)), "route add %s dev %s", rt, r.dev)
 		}
-		if err := netlink.RouteReplace(rt); err != nil {
-			errs = append(errs, fmt.Errorf("route add %s: %w", p, err))
-		}
-	}
-	if plan.Forward != nil || plan.Firewall {
-		if err := r.setFirewallState(cfg); err != nil {
-			errs = append(errs, err)
+		for _, a := range plan.DelAddrs {
+			err := netlink.AddrDel(l, &netlink.Addr{IPNet: toIPNet(a)})
+			if errors.Is(err, unix.EADDRNOTAVAIL) {
+				err = nil // gone already
+			}
+			did(err, "addr del %s dev %s", a, r.dev)
 		}
 	}
-	if len(errs) == 0 {
-		r.log.Debug("reconciled", "ops", strings.Join(plan.Ops(r.dev), "; "))
+	if plan.Forward != nil {
+		did(r.setForward(*plan.Forward), "forwarding %s", onOff(*plan.Forward))
+	}
+	if plan.FirewallChanged() {
+		snat, clamp := have.SNAT, have.ClampMSS
+		if plan.SNAT != nil {
+			snat = *plan.SNAT
+		}
+		if plan.ClampMSS != nil {
+			clamp = *plan.ClampMSS
+		}
+		err := r.setFirewall(snat, clamp)
+		if err == nil {
+			r.log.Info("firewall rules", "table", "inet "+r.table, "snat", snat, "mss_clamp", clamp)
+		}
+		did(err, "nftables table inet %s (SNAT %s, MSS clamp %s; does the kernel have nf_tables?)", r.table, onOff(snat), onOff(clamp))
 	}
 	return errors.Join(errs...)
 }
 
-// setFirewallState makes forwarding and the nftables table match cfg.
-func (r *linuxRouter) setFirewallState(cfg *Config) error {
-	want := State{}
-	if cfg != nil {
-		want = State{SNAT: cfg.SNAT, ClampMSS: cfg.ClampMSS, Forward: cfg.Forward}
+func (r *linuxRouter) kernelRoute(l netlink.Link, rt Route) *netlink.Route {
+	k := &netlink.Route{
+		LinkIndex: l.Attrs().Index,
+		Dst:       toIPNet(rt.Dst),
+		Protocol:  RouteProtocol,
+		Scope:     netlink.SCOPE_LINK,
+		Table:     unix.RT_TABLE_MAIN,
+		Type:      unix.RTN_UNICAST,
 	}
-	var errs []error
-	if want.Forward != r.fw.Forward {
-		if err := r.setForward(want.Forward); err != nil {
-			errs = append(errs, err)
-		} else {
-			r.fw.Forward = want.Forward
-		}
+	if rt.Src.IsValid() {
+		k.Src = rt.Src.AsSlice()
 	}
-	if want.SNAT != r.fw.SNAT || want.ClampMSS != r.fw.ClampMSS {
-		if err := r.setFirewall(want.SNAT, want.ClampMSS); err != nil {
-			errs = append(errs, fmt.Errorf("nftables (needed for --snat and MSS clamping): %w", err))
-		} else {
-			r.fw.SNAT, r.fw.ClampMSS = want.SNAT, want.ClampMSS
-			r.log.Info("firewall rules", "snat", want.SNAT, "mss_clamp", want.ClampMSS)
-		}
-	}
-	return errors.Join(errs...)
+	return k
 }
 
-// setForward turns IPv4 forwarding on, remembering the previous value, or
-// restores that value.
+// setForward turns IPv4 forwarding on, remembering the value it had, or
+// puts that value back.
 func (r *linuxRouter) setForward(on bool) error {
 	if on {
 		prev, err := os.ReadFile(ipForward)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", ipForward, err)
+			return err
 		}
-		r.prevFwd = prev
-		if strings.TrimSpace(string(prev)) == "1" {
-			return nil
+		if strings.TrimSpace(string(prev)) != "1" {
+			if err := os.WriteFile(ipForward, []byte("1\n"), 0o644); err != nil {
+				return err
+			}
+			r.log.Info("IPv4 forwarding enabled")
 		}
-		if err := os.WriteFile(ipForward, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
-		}
-		r.log.Info("IPv4 forwarding enabled")
+		r.prevForward, r.forward = prev, true
 		return nil
 	}
-	if r.prevFwd != nil && strings.TrimSpace(string(r.prevFwd)) != "1" {
-		if err := os.WriteFile(ipForward, r.prevFwd, 0o644); err != nil {
-			return fmt.Errorf("restore forwarding: %w", err)
+	if r.prevForward != nil && strings.TrimSpace(string(r.prevForward)) != "1" {
+		if err := os.WriteFile(ipForward, r.prevForward, 0o644); err != nil {
+			return err
 		}
+		r.log.Info("IPv4 forwarding restored", "value", strings.TrimSpace(string(r.prevForward)))
 	}
+	r.prevForward, r.forward = nil, false
 	return nil
-}
-
-func (r *linuxRouter) tableName() string { return "meshd_" + r.dev }
-
-// setFirewall rebuilds meshd's nftables table in one batch: a masquerade
-// rule for mesh traffic leaving other interfaces (snat) and an MSS clamp for
-// TCP SYNs crossing the mesh interface (clamp). Neither: no table.
-func (r *linuxRouter) setFirewall(snat, clamp bool) error {
-	c, err := nftables.New()
-	if err != nil {
-		return err
-	}
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: r.tableName()}
-	// Adding then deleting removes the table whether or not it existed.
-	c.AddTable(table)
-	c.DelTable(table)
-	if snat || clamp {
-		c.AddTable(table)
-	}
-	ifname := func(name string) []byte {
-		b := make([]byte, 16)
-		copy(b, name)
-		return b
-	}
-	if snat {
-		ch := c.AddChain(&nftables.Chain{Name: "postrouting", Table: table, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.dev)},
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(r.dev)},
-			&expr.Masq{},
-		}})
-	}
-	if clamp {
-		ch := c.AddChain(&nftables.Chain{Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle})
-		for _, key := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
-			c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{
-				&expr.Meta{Key: key, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(r.dev)},
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-				// tcp flags & (syn|rst) == syn
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x06}, Xor: []byte{0}},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
-				// tcp option maxseg size set rt mtu
-				&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
-				&expr.Exthdr{SourceRegister: 1, Type: 2, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
-			}})
-		}
-	}
-	return c.Flush()
-}
-
-// Close implements Router.
-func (r *linuxRouter) Close() error {
-	return r.Set(nil)
 }
 
 // ForwardingEnabled reports whether IPv4 forwarding is on in this network
@@ -309,4 +314,118 @@ func ForwardingEnabled() (bool, error) {
 		return false, err
 	}
 	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+// Chains of meshd's table; their presence says which rules are installed.
+const (
+	snatChain  = "postrouting"
+	clampChain = "forward"
+)
+
+// readFirewall reports which of meshd's rules are installed. A kernel
+// without nf_tables has none.
+func (r *linuxRouter) readFirewall() (snat, clamp bool) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, false
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, false
+	}
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != r.table {
+			continue
+		}
+		switch ch.Name {
+		case snatChain:
+			snat = true
+		case clampChain:
+			clamp = true
+		}
+	}
+	return snat, clamp
+}
+
+// setFirewall replaces meshd's nftables table in one atomic batch with one
+// holding a masquerade rule for mesh traffic leaving through other
+// interfaces (snat) and an MSS clamp for TCP SYNs crossing the mesh
+// interface (clamp); with neither, the table is deleted.
+//
+//	table inet meshd_meshd0 {
+//		chain postrouting { type nat hook postrouting priority srcnat;
+//			iifname "meshd0" oifname != "meshd0" masquerade }
+//		chain forward { type filter hook forward priority mangle;
+//			iifname "meshd0" tcp flags & (syn|rst) == syn tcp option maxseg size set rt mtu
+//			oifname "meshd0" tcp flags & (syn|rst) == syn tcp option maxseg size set rt mtu }
+//	}
+func (r *linuxRouter) setFirewall(snat, clamp bool) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: r.table}
+	// Adding, then deleting, removes the table whether or not it existed.
+	c.AddTable(table)
+	c.DelTable(table)
+	if snat || clamp {
+		c.AddTable(table)
+	}
+	dev := make([]byte, unix.IFNAMSIZ) // as meta iifname loads it: NUL-padded
+	copy(dev, r.dev)
+	if snat {
+		ch := c.AddChain(&nftables.Chain{Name: snatChain, Table: table, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dev},
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: dev},
+			&expr.Masq{},
+		}})
+	}
+	if clamp {
+		ch := c.AddChain(&nftables.Chain{Name: clampChain, Table: table, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle})
+		for _, key := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
+			c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{
+				&expr.Meta{Key: key, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dev},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+				// tcp flags & (syn|rst) == syn
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x06}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+				// tcp option maxseg size set rt mtu (the kernel only lowers it)
+				&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+				&expr.Exthdr{SourceRegister: 1, Type: 2, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
+			}})
+		}
+	}
+	return c.Flush()
+}
+
+// toPrefix converts a kernel address or destination; masked for routes.
+func toPrefix(n *net.IPNet, masked bool) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	p := netip.PrefixFrom(a.Unmap(), ones)
+	if masked {
+		p = p.Masked()
+	}
+	return p, p.IsValid()
+}
+
+func toIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -7,9 +7,13 @@ import (
 	"log/slog"
 )
 
-// New fails: the router is Linux-only for now.
-func New(dev string, log *slog.Logger) (Router, error) {
-	return nil, errors.New("the meshd router supports Linux only")
+// ErrUnsupported is returned by New on operating systems meshd cannot
+// configure yet.
+var ErrUnsupported = errors.New("router: only Linux is supported")
+
+// New fails: the router supports Linux only.
+func New(ifName string, log *slog.Logger) (Router, error) {
+	return nil, ErrUnsupported
 }
 
 // ForwardingEnabled is unknown off Linux; it reports true.
