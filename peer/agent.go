@@ -471,10 +471,11 @@ func (a *Agent) reconcile() error {
 	if err != nil && !errors.Is(err, engine.ErrNoChanges) {
 		return err
 	}
-	if err := a.rtr.Set(d.router); err != nil {
-		return err
-	}
-	if d.router.Forward {
+	// A router error (say, no nf_tables for the MSS clamp) is reported,
+	// but health gossip and the VIP still follow the map: failover must not
+	// depend on every OS detail being in place.
+	rerr := a.rtr.Set(d.router)
+	if rerr == nil && d.router.Forward {
 		a.fwdArmed.Store(true)
 	}
 	if a.ensureGossip() {
@@ -486,7 +487,7 @@ func (a *Agent) reconcile() error {
 			time.AfterFunc(time.Until(next)+10*time.Millisecond, a.kick)
 		}
 	}
-	return nil
+	return rerr
 }
 
 // followVIP makes this gateway own the LAN VIP exactly while it is the
