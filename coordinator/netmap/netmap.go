@@ -82,40 +82,25 @@ func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
 }
 
 // Delta is the update for peer selfID given the peers that changed since its
-// last index and whether the cluster-wide part changed. It is nil when
-// nothing concerns the peer, and has SelfRemoved when the peer is gone.
+// last index and whether the cluster-wide part changed: the vnet's shared
+// delta with the peer's own entry moved into Self. It is nil when nothing
+// concerns the peer, and has SelfRemoved when the peer is gone.
 func Delta(t *state.Tables, index uint64, selfID string, changed []string, global bool) *api.MapUpdate {
 	self, ok := t.Peers[selfID]
 	if !ok {
 		return &api.MapUpdate{Index: index, SelfRemoved: true}
 	}
-	u := &api.MapUpdate{Index: index}
-	any := false
-	if global {
-		u.GossipKeys = cloneKeys(t.GossipKeys)
-		u.Coordinators = Coordinators(t)
-		u.STUNServers = STUNServers(t)
-		any = true
-	}
-	for _, id := range changed {
-		if id == selfID {
-			sp := Peer(self)
-			u.Self = &sp
-			any = true
-			continue
-		}
-		if p, ok := t.Peers[id]; ok {
-			if p.VNet == self.VNet {
-				u.Peers = append(u.Peers, Peer(p))
-				any = true
-			}
-			continue
-		}
-		u.Removed = append(u.Removed, id)
-		any = true
-	}
-	if !any {
+	u, _ := VNetDelta(t, index, self.VNet, changed, global)
+	if u == nil {
 		return nil
+	}
+	for i, p := range u.Peers {
+		if p.ID == selfID {
+			sp := p
+			u.Self = &sp
+			u.Peers = append(u.Peers[:i], u.Peers[i+1:]...)
+			break
+		}
 	}
 	return u
 }
@@ -136,9 +121,11 @@ func VNetDelta(t *state.Tables, index uint64, vnet string, changed []string, glo
 		any = true
 	}
 	for _, id := range changed {
-		if p, ok := t.Peers[id]; ok && p.VNet == vnet {
-			u.Peers = append(u.Peers, Peer(p))
-			any = true
+		if p, ok := t.Peers[id]; ok {
+			if p.VNet == vnet {
+				u.Peers = append(u.Peers, Peer(p))
+				any = true
+			}
 			continue
 		}
 		u.Removed = append(u.Removed, id)
