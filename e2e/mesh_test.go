@@ -307,6 +307,20 @@ func TestMeshEndToEnd(t *testing.T) {
 		if src, err := probeFrom(l, "hostb", "tcp", netlab.HostA+":"+port, 5*time.Second); err != nil || src != netlab.HostB {
 			t.Fatalf("site to site without coordinators: %q, %v", src, err)
 		}
+		// A peer restarted now comes back from the map it saved.
+		l.Procs["cl1"].Stop(10 * time.Second)
+		if err := l.StartPeer("cl1", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.WaitPeerUp(context.Background(), "cl1", 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Net.Ping("cl1", netlab.HostA, 10*time.Second); err != nil {
+			t.Fatalf("a peer restarted with every coordinator down: %v", err)
+		}
+		if st := status(t, l, "cl1"); st.Coordinator != "" || len(st.Peers) < 3 || st.MapIndex == 0 {
+			t.Fatalf("restarted peer: coordinator %q, %d peers, map index %d; want its saved map and no coordinator", st.Coordinator, len(st.Peers), st.MapIndex)
+		}
 	})
 }
 

@@ -248,6 +248,15 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			g.Leave(500 * time.Millisecond)
 		}
 	}()
+	if first == nil {
+		// A restart: start from the map saved last time, so the mesh comes
+		// up even with every coordinator down; the watch resumes from it.
+		saved, err := loadMap(a.cfg.StateDir)
+		if err != nil {
+			a.log.Warn("ignoring the saved network map", "err", err)
+		}
+		first = saved
+	}
 	if first != nil {
 		a.mu.Lock()
 		a.nm.apply(first)
@@ -416,6 +425,7 @@ func (a *Agent) kick() {
 func (a *Agent) reconcileLoop(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var saved uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -423,6 +433,18 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 		case <-a.changed:
 		case <-tick.C:
 			a.rotateEndpoints()
+			// Keep the map on disk, at most once a second.
+			a.mu.Lock()
+			var snap *api.MapUpdate
+			if a.nm.index != saved && a.nm.self != nil {
+				snap, saved = a.nm.snapshot(), a.nm.index
+			}
+			a.mu.Unlock()
+			if snap != nil {
+				if err := saveMap(a.cfg.StateDir, snap); err != nil {
+					a.log.Warn("save network map", "err", err)
+				}
+			}
 		}
 		if err := a.reconcile(); err != nil {
 			a.log.Warn("configure interface", "err", err)
