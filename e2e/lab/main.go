@@ -89,10 +89,15 @@ Try:
   sudo ip netns exec %sc1 env MESHD_ADMIN_TOKEN=$(cat .lab/c1/admin.token) %s peer list
   sudo ip netns exec %sc1 env MESHD_ADMIN_TOKEN=$(cat .lab/c1/admin.token) %s route lookup %s
 
+Failover: ping site A from cl1 every 10 ms, then kill the active gateway (gwa1):
+  sudo ip netns exec %scl1 ping -i 0.01 %s
+  sudo kill -9 $(cat .lab/gwa1.pid)      # gwa2 takes the route and the VIP %s
+
 Stop it with: make lab-down
 `, netlab.HostA, netlab.HostB, prefix,
 		prefix, netlab.HostA, prefix, netlab.HostB,
 		prefix, bin, prefix, l.Interface("gwa1"),
-		prefix, bin, prefix, bin, netlab.HostA)
+		prefix, bin, prefix, bin, netlab.HostA,
+		prefix, netlab.HostA, netlab.SiteAVIP)
 	return 0
 }
