@@ -323,6 +323,9 @@ func (s *Server) online(p *state.Peer, now time.Time) bool {
 	s.touchMu.Lock()
 	watching := s.watchN[p.ID] > 0
 	s.touchMu.Unlock()
+	if p.Watcher { // an agent: online while some coordinator holds its watch
+		return watching || p.WatchedBy != ""
+	}
 	return watching || now.Sub(p.LastSeen) < s.cfg.OnlineWindow
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/netmap"
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
@@ -241,6 +242,28 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 		s.touchMu.Unlock()
 	}()
 
+	// Record in the replicated state which coordinator holds the watch, so
+	// every coordinator sees a peer go offline the moment its stream drops
+	// (a SIGKILLed gateway, say). A coordinator clears only its own mark.
+	// The writes run in the background (the stream does not wait for a
+	// quorum), the end strictly after the start.
+	me := s.cfg.Name
+	marked := make(chan struct{})
+	go func() {
+		defer close(marked)
+		if _, err := s.raftApply(context.Background(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, WatchedBy: &me}}); err != nil {
+			s.log.Debug("record watch", "peer", peerID, "err", err)
+		}
+	}()
+	defer func() {
+		go func() {
+			<-marked
+			none := ""
+			if _, err := s.raftApply(context.Background(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, WatchedBy: &none, IfWatchedBy: &me}}); err != nil {
+				s.log.Debug("record watch end", "peer", peerID, "err", err)
+			}
+		}()
+	}()
 	sub, first := s.fanout.subscribe(peerID, vnet, since)
 	defer s.fanout.unsubscribe(sub)
 	enc := json.NewEncoder(w)

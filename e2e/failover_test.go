@@ -34,6 +34,16 @@ func killActiveGateway(t *testing.T, l *meshlab.Lab) time.Duration {
 	return gap
 }
 
+// coordinatorsSee checks `meshd route lookup` names gw for site A.
+func coordinatorsSee(t *testing.T, l *meshlab.Lab, gw string) {
+	t.Helper()
+	var out string
+	waitUntil(t, 10*time.Second, "the coordinators to see site A via "+gw, func() bool {
+		out, _ = l.Admin("route", "lookup", netlab.HostA, "--json")
+		return strings.Contains(out, `"active_gateway": "`+gw+`"`)
+	})
+}
+
 // restartPrimary restarts gwa1 and checks it takes the route back only
 // after the hold-down.
 func restartPrimary(t *testing.T, l *meshlab.Lab, holdDown time.Duration) {
@@ -110,7 +120,9 @@ func TestGatewayFailover(t *testing.T) {
 		// The SIGKILL cases below detect failures with the new key.
 	})
 	t.Run("SIGKILL the active gateway", func(t *testing.T) {
+		coordinatorsSee(t, l, "gwa1")
 		gap := killActiveGateway(t, l)
+		coordinatorsSee(t, l, "gwa2")
 		if gap > time.Second {
 			t.Errorf("failover gap %s; want at most 1s", gap)
 		}

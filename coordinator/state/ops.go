@@ -403,6 +403,10 @@ type PeerUpdate struct {
 	Endpoints *[]string    `json:"endpoints,omitempty"`
 	Routes    *[]api.Route `json:"routes,omitempty"`
 	Drained   *bool        `json:"drained,omitempty"`
+	// WatchedBy sets who holds the peer's watch; with IfWatchedBy, only if
+	// that is the current holder (a coordinator clears only its own).
+	WatchedBy   *string `json:"watched_by,omitempty"`
+	IfWatchedBy *string `json:"if_watched_by,omitempty"`
 }
 
 // UpdatePeer applies a PeerUpdate. Routes must stay within what the peer's
@@ -438,6 +442,13 @@ func (s *Store) UpdatePeer(u PeerUpdate) error {
 			p.Role = api.RoleGateway
 		}
 		changed = true
+	}
+	if u.WatchedBy != nil && (u.IfWatchedBy == nil || *u.IfWatchedBy == p.WatchedBy) {
+		// Not part of the network map: no delta for the other peers.
+		p.WatchedBy = *u.WatchedBy
+		if p.WatchedBy != "" {
+			p.Watcher = true
+		}
 	}
 	if u.Drained != nil && p.Drained != *u.Drained {
 		p.Drained = *u.Drained

@@ -59,6 +59,11 @@ type Peer struct {
 	LastSeen    time.Time      `json:"last_seen"`
 	// Drained: an admin moved this gateway's routes to its standbys.
 	Drained bool `json:"drained,omitempty"`
+	// WatchedBy names the coordinator holding the peer's network-map watch
+	// ("" when none); Watcher is set once the peer has ever watched, after
+	// which an agent without a watch counts as offline at once.
+	WatchedBy string `json:"watched_by,omitempty"`
+	Watcher   bool   `json:"watcher,omitempty"`
 }
 
 // Token is a join token; only the hash of its secret is kept.
