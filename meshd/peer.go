@@ -25,6 +25,7 @@ func newPeerUpCmd(g *globals) *cobra.Command {
 		logLevel string
 		lanVIP   string
 		lanCheck string
+		tokFile  string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -42,6 +43,15 @@ forward without source NAT unless --snat is given.`,
 			}
 			if cfg.Token == "" {
 				cfg.Token = strings.TrimSpace(os.Getenv("MESHD_TOKEN"))
+			}
+			if cfg.Token == "" && tokFile != "" {
+				// Read once; a peer that has joined keeps its identity in the
+				// state dir and no longer needs the file (it may be deleted).
+				b, err := os.ReadFile(tokFile)
+				if err != nil && !os.IsNotExist(err) {
+					return fmt.Errorf("--token-file: %w", err)
+				}
+				cfg.Token = strings.TrimSpace(string(b))
 			}
 			for _, r := range routes {
 				pfx, err := netip.ParsePrefix(strings.TrimSpace(r))
@@ -78,6 +88,7 @@ forward without source NAT unless --snat is given.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Token, "token", "", "join token (first run only; env MESHD_TOKEN)")
+	f.StringVar(&tokFile, "token-file", "", "read the join token from this file (first run only; the file may be removed after the join)")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/meshd", "directory for this peer's key, identity and status socket")
 	f.StringVar(&cfg.Name, "name", "", "peer name (default: the host name)")
 	f.StringVar(&cfg.Interface, "interface", peer.DefaultInterface, "WireGuard interface name")

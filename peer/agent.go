@@ -313,7 +313,7 @@ func (a *Agent) identity(ctx context.Context) (*api.MapUpdate, error) {
 		return nil, err
 	}
 	if a.cfg.Token == "" {
-		return nil, fmt.Errorf("this peer has not joined yet: give --token (state dir %s has no identity)", a.cfg.StateDir)
+		return nil, fmt.Errorf("this peer has not joined yet: give --token or --token-file (state dir %s has no identity)", a.cfg.StateDir)
 	}
 	eps := a.endpointsToReport(ctx, nil)
 	// The map comes from the watch opened right after; leaving it out of
