@@ -99,7 +99,7 @@ forward without source NAT unless --snat is given.`,
 	f.Uint16Var(&port, "listen-port", peer.DefaultListenPort, "WireGuard UDP port")
 	f.IntVar(&cfg.MTU, "mtu", engine.DefaultMTU, "MTU of the WireGuard interface")
 	f.StringVar(&lanVIP, "lan-vip", "", "virtual IP/LEN the active gateway of an HA pair owns on --lan-dev (LAN hosts route through it)")
-	f.StringVar(&cfg.LANDev, "lan-dev", "", "LAN interface of this gateway (for --lan-vip and --lan-check)")
+	f.StringVar(&cfg.LANDev, "lan-dev", "", "LAN interface of this gateway for --lan-vip and --lan-check (default: the interface with an address in the VIP's subnet)")
 	f.StringVar(&lanCheck, "lan-check", "", "LAN address this gateway must reach (ARP) to carry its routes")
 	f.DurationVar(&cfg.HoldDown, "hold-down", health.DefaultHoldDown, "how long a recovered gateway must stay healthy before it takes its routes back")
 	f.IntVar(&cfg.GossipPort, "gossip-port", health.DefaultPort, "health gossip port on the overlay address (UDP and TCP, inside the tunnels)")

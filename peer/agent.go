@@ -134,7 +134,15 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if (cfg.LANVIP.IsValid() || cfg.LANCheck.IsValid()) && cfg.LANDev == "" {
-		return nil, errors.New("--lan-vip and --lan-check need --lan-dev (the LAN interface)")
+		addr := cfg.LANVIP.Addr()
+		if !addr.IsValid() {
+			addr = cfg.LANCheck
+		}
+		dev, err := lanDevFor(addr)
+		if err != nil {
+			return nil, err
+		}
+		cfg.LANDev = dev
 	}
 	if cfg.Name == "" {
 		h, err := os.Hostname()
@@ -763,4 +771,39 @@ func localNets(exclude string) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// lanDevFor finds the one interface with an IPv4 address whose subnet holds
+// addr: the LAN interface when --lan-dev is not given.
+func lanDevFor(addr netip.Addr) (string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.To4() == nil {
+				continue
+			}
+			p, err := netip.ParsePrefix(ipn.String())
+			if err == nil && p.Bits() < 32 && p.Masked().Contains(addr) {
+				found = append(found, ifc.Name)
+				break
+			}
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return "", fmt.Errorf("no interface has an address in the subnet of %s: give --lan-dev (the LAN interface)", addr)
+	default:
+		return "", fmt.Errorf("interfaces %s all have addresses in the subnet of %s: give --lan-dev", strings.Join(found, ", "), addr)
+	}
 }
