@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin/meshd
 
-.PHONY: build test e2e soak bench bench-scale lab lab-down lint fuzz
+.PHONY: build test e2e soak bench bench-scale lab lab-down lab-docker lab-docker-check lab-docker-down lab-docker-bin lint fuzz
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./meshd
@@ -13,6 +13,7 @@ test: lint
 	@if [ "$$(id -u)" = 0 ]; then ./scripts/deps.sh; fi
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) lab-docker-check; else echo "skipping lab-docker-check (needs root)"; fi
 
 # fuzz: a few seconds of each fuzz target (the token parser, the FSM decoder).
 fuzz:
@@ -53,3 +54,23 @@ lab: build
 
 lab-down:
 	$(GO) run ./e2e/lab down
+
+# lab-docker: the same topology with docker-compose (docker-compose.yml), as
+# root. Installs docker.io, docker-compose and busybox-static when missing,
+# starts dockerd when none runs, builds the image and starts the lab.
+BUSYBOX ?= /bin/busybox
+lab-docker-bin: build
+	./scripts/docker-deps.sh
+	cp -f $(BUSYBOX) bin/busybox
+
+lab-docker: lab-docker-bin
+	$(GO) run ./e2e/dockerlab up
+
+# lab-docker-check: start the docker lab, check reachability, source IPs
+# and a gateway failover, then remove it (also on failure) and stop the
+# dockerd that docker-deps.sh started, if it did.
+lab-docker-check: lab-docker-bin
+	$(GO) run ./e2e/dockerlab check; rc=$$?; ./scripts/docker-deps.sh stop; exit $$rc
+
+lab-docker-down:
+	$(GO) run ./e2e/dockerlab down
