@@ -132,7 +132,13 @@ func (c *compose) up(ctx context.Context) error {
 			return fmt.Errorf("%s is missing: run `make lab-docker` (it builds it)", f)
 		}
 	}
-	fmt.Println("building the lab image (meshd-lab:dev)")
+	fmt.Println("building the images: meshd:dev (deploy/Dockerfile) and the lab's meshd-lab:dev")
+	if err := runCmd("docker", "build", "-q", "-t", "meshd:dev", "-f", "deploy/Dockerfile", "bin"); err != nil {
+		return err
+	}
+	if out, err := exec.CommandContext(ctx, "docker", "run", "--rm", "--network", "none", "meshd:dev", "coordinator", "keygen").Output(); err != nil || len(bytes.TrimSpace(out)) == 0 {
+		return fmt.Errorf("the meshd:dev image does not run meshd: %v", err)
+	}
 	if _, err := c.run(ctx, "build", "init"); err != nil {
 		return err
 	}
