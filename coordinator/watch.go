@@ -31,6 +31,15 @@ const (
 	coalesceMax        = 400 * time.Millisecond
 )
 
+// While writes keep coming (a fleet joining at once), a round waits for a
+// pause of quietGap, up to burstMax after its first change: the fan-out of
+// a burst then costs one write per watcher instead of one per window, and
+// does not take the CPU the write path needs while the burst lasts.
+const (
+	quietGap = 25 * time.Millisecond
+	burstMax = time.Second
+)
+
 // subQueue is how many deltas may wait for a slow watcher before it is
 // dropped to a fresh full map.
 const subQueue = 64
@@ -69,13 +78,34 @@ func (f *fanout) run(ctx context.Context) {
 			return
 		case <-ch:
 		}
+		first := time.Now()
 		wait := min(max(coalesceMin, time.Duration(f.n.Load())*coalescePerWatcher), coalesceMax)
-		select { // gather the rest of a burst
-		case <-ctx.Done():
+		if !sleepCtx(ctx, wait) { // gather the rest of a burst
 			return
-		case <-time.After(wait):
+		}
+		for idx := f.s.store.Index(); time.Since(first) < burstMax; {
+			if !sleepCtx(ctx, min(quietGap, burstMax-time.Since(first))) {
+				return
+			}
+			now := f.s.store.Index()
+			if now == idx {
+				break
+			}
+			idx = now
 		}
 		f.publish()
+	}
+}
+
+// sleepCtx waits d; false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

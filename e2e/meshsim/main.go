@@ -38,6 +38,9 @@ import (
 
 func main() { os.Exit(run()) }
 
+// afterBurst is the change made after the burst of joins.
+const afterBurst = "after burst"
+
 // Result is one run at one N.
 type Result struct {
 	N             int            `json:"n"`
@@ -51,9 +54,16 @@ type Result struct {
 	BurstCPUMillis   float64 `json:"burst_cpu_ms"`
 	// BurstSimCPUMillis is the simulator's own CPU during the burst: it
 	// shares the machine with the coordinators.
-	BurstSimCPUMillis float64          `json:"burst_sim_cpu_ms"`
-	BurstSeconds      float64          `json:"burst_s"`
-	Coordinators      []CoordinatorUse `json:"coordinators"`
+	BurstSimCPUMillis float64 `json:"burst_sim_cpu_ms"`
+	BurstSeconds      float64 `json:"burst_s"`
+	// BurstDelivered is the time from the burst's start until every watcher
+	// had all of it: an endpoint change made after the last join, reaching
+	// every watcher (each stream is in order).
+	BurstDelivered *ChangeResult `json:"burst_delivered"`
+	// BurstBytesPerWatcher is what each watcher received from the burst's
+	// start until it had all of it.
+	BurstBytesPerWatcher float64          `json:"burst_bytes_per_watcher"`
+	Coordinators         []CoordinatorUse `json:"coordinators"`
 }
 
 // ChangeResult is one change fanned out to every watcher.
@@ -115,8 +125,12 @@ func printResult(r *Result) {
 	for _, c := range r.Changes {
 		fmt.Printf("%-16s %8.1f %8.1f %8.1f %12.0f %10d %14.0f\n", c.Kind, c.P50Millis, c.P99Millis, c.MaxMillis, c.BytesPerPeer, c.Reached, c.CoordCPUMillis)
 	}
-	fmt.Printf("1,000 joins with %d watches open: %.0f joins/s over %.1f s; CPU: coordinators %.0f ms, simulator %.0f ms\n",
+	fmt.Printf("1,000 joins with %d watches open: %.0f joins/s over %.2f s; CPU: coordinators %.0f ms, simulator %.0f ms\n",
 		r.N, r.BurstJoinsPerSec, r.BurstSeconds, r.BurstCPUMillis, r.BurstSimCPUMillis)
+	if d := r.BurstDelivered; d != nil {
+		fmt.Printf("every watcher had the whole burst %.2f s after the last join (p50 %.2f s), %.0f bytes each\n",
+			d.MaxMillis/1000, d.P50Millis/1000, r.BurstBytesPerWatcher)
+	}
 	for _, c := range r.Coordinators {
 		fmt.Printf("coordinator %s RSS %.0f MiB\n", c.Name, c.RSSMB)
 	}
@@ -317,7 +331,11 @@ func simulate(n int) (*Result, error) {
 		if len(lat) > 0 {
 			cr.P50Millis, cr.P99Millis, cr.MaxMillis = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
 		}
-		res.Changes = append(res.Changes, cr)
+		if kind == afterBurst {
+			res.BurstDelivered = &cr
+		} else {
+			res.Changes = append(res.Changes, cr)
+		}
 		if len(lat) < want {
 			return fmt.Errorf("%s reached only %d of %d watchers within 60s", kind, len(lat), want)
 		}
@@ -350,6 +368,13 @@ func simulate(n int) (*Result, error) {
 	// coordinators' CPU.
 	const burst = 1000
 	cpu0, sim0 := cpuMillis(pids), cpuMillis(map[string]int{"self": os.Getpid()})
+	totalBytes := func() (n int64) {
+		for _, w := range watchers {
+			n += w.bytes.Load()
+		}
+		return n
+	}
+	bytes0 := totalBytes()
 	bstart := time.Now()
 	var bnext atomic.Int64
 	var berr atomic.Value
@@ -381,6 +406,14 @@ func simulate(n int) (*Result, error) {
 	res.BurstJoinsPerSec = burst / res.BurstSeconds
 	res.BurstCPUMillis = cpuMillis(pids) - cpu0
 	res.BurstSimCPUMillis = cpuMillis(map[string]int{"self": os.Getpid()}) - sim0
+	fmt.Fprintf(os.Stderr, "burst: %d joins in %.2f s; waiting for every watcher to have them\n", burst, res.BurstSeconds)
+	// peers[2] left above; its stream has ended.
+	if err := change(afterBurst, 2, "203.0.113.10:51820", func() error {
+		return mover.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: []string{"203.0.113.10:51820"}}, nil)
+	}); err != nil {
+		return res, err
+	}
+	res.BurstBytesPerWatcher = float64(totalBytes()-bytes0) / float64(len(watchers))
 	for _, nd := range c.Nodes {
 		res.Coordinators = append(res.Coordinators, CoordinatorUse{Name: nd.Name, RSSMB: rssMiB(nd.Proc.Pid())})
 	}

@@ -12,8 +12,12 @@ func TestSmallSimulation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Changes) != 4 || r.FullMapBytes == 0 || r.BurstJoinsPerSec <= 0 {
-		t.Fatalf("got %+v; want four changes, a full map and a burst rate", r)
+	if len(r.Changes) != 4 || r.FullMapBytes == 0 || r.BurstJoinsPerSec <= 0 || r.BurstDelivered == nil {
+		t.Fatalf("got %+v; want four changes, a full map, a burst rate and its delivery", r)
+	}
+	// 1,000 joins of at least ~100 bytes each reached every watcher.
+	if r.BurstBytesPerWatcher < 100_000 {
+		t.Errorf("each watcher got %.0f bytes of the burst; want all 1,000 joins", r.BurstBytesPerWatcher)
 	}
 	for _, c := range r.Changes {
 		if c.BytesPerPeer <= 0 || c.BytesPerPeer > 1024 || c.MaxMillis <= 0 {
