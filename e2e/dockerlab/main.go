@@ -229,7 +229,7 @@ func (c *compose) waitMesh(ctx context.Context) error {
 			}
 			n := 0
 			for _, q := range st.Peers {
-				if !q.LastHandshake.IsZero() {
+				if q.LastHandshake != nil && !q.LastHandshake.IsZero() {
 					n++
 				}
 			}
