@@ -308,8 +308,13 @@ func (s *Server) Store() *state.Store { return s.store }
 func (s *Server) Raft() *raft.Raft { return s.raft }
 
 // AdminToken is the admin credential for this cluster with the given URLs.
-func (s *Server) AdminToken(urls []string) string {
-	t := &token.Token{Kind: token.KindAdmin, Pin: s.pin, ID: "admin", Secret: s.cfg.ClusterKey.AdminSecret(), URLs: urls}
+func (s *Server) AdminToken(urls []string) string { return AdminToken(s.cfg.ClusterKey, urls) }
+
+// AdminToken is the cluster's admin credential naming the coordinators at
+// urls: it follows from the cluster key alone, so a holder of the key can
+// make it without reading a coordinator's data dir.
+func AdminToken(key clusterkey.Key, urls []string) string {
+	t := &token.Token{Kind: token.KindAdmin, Pin: key.APICA().Pin(), ID: "admin", Secret: key.AdminSecret(), URLs: urls}
 	return t.String()
 }
 

@@ -57,6 +57,11 @@ func startSingle(t testing.TB) (*Server, *apiclient.Client) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The same credential follows from the key and the URLs alone
+			// (meshd coordinator admin-token).
+			if offline := AdminToken(key, tok.URLs); offline != strings.TrimSpace(string(b)) {
+				t.Fatalf("AdminToken(key, %v) = %q; admin.token holds %q", tok.URLs, offline, b)
+			}
 			return srv, apiclient.New(tok.URLs, tok.Pin, strings.TrimSpace(string(b)))
 		}
 		if time.Now().After(deadline) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -83,6 +84,36 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 			return err
 		},
 	})
+	var atKey string
+	var atURLs []string
+	at := &cobra.Command{
+		Use:   "admin-token",
+		Short: "Print the admin credential for the coordinators at --url, made from the cluster key",
+		Long: `Print the admin credential (what DATA_DIR/admin.token holds) for the
+coordinators at --url, made from the cluster key alone: useful where a
+coordinator's data dir is out of reach, such as a container without a shell.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if atKey == "" || len(atURLs) == 0 {
+				return fmt.Errorf("--cluster-key-file and --url are required")
+			}
+			for _, u := range atURLs {
+				pu, err := url.Parse(u)
+				if err != nil || pu.Scheme != "https" || pu.Host == "" {
+					return fmt.Errorf("--url %q is not an https://HOST:PORT URL", u)
+				}
+			}
+			key, err := clusterkey.Load(atKey)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(g.out, coordinator.AdminToken(key, atURLs))
+			return err
+		},
+	}
+	at.Flags().StringVar(&atKey, "cluster-key-file", "", "file with the shared cluster secret")
+	at.Flags().StringSliceVar(&atURLs, "url", nil, "coordinator API URLs the credential names (comma separated or repeated)")
+	cmd.AddCommand(at)
 	return cmd
 }
 
