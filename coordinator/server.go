@@ -270,11 +270,17 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           s.routes(),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		Handler: s.routes(),
+		// Full-size records from the first byte: a network map or a burst's
+		// delta is sent in 16 KiB records instead of starting at one
+		// segment's worth, which costs a write per record per watcher.
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, DynamicRecordSizingDisabled: true},
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          nil,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}
 	return s, nil
 }
@@ -308,13 +314,18 @@ func (s *Server) Store() *state.Store { return s.store }
 func (s *Server) Raft() *raft.Raft { return s.raft }
 
 // AdminToken is the admin credential for this cluster with the given URLs.
-func (s *Server) AdminToken(urls []string) string { return AdminToken(s.cfg.ClusterKey, urls) }
+func (s *Server) AdminToken(urls []string) string { return adminToken(s.cfg.ClusterKey, s.pin, urls) }
 
 // AdminToken is the cluster's admin credential naming the coordinators at
 // urls: it follows from the cluster key alone, so a holder of the key can
 // make it without reading a coordinator's data dir.
 func AdminToken(key clusterkey.Key, urls []string) string {
-	t := &token.Token{Kind: token.KindAdmin, Pin: key.APICA().Pin(), ID: "admin", Secret: key.AdminSecret(), URLs: urls}
+	return adminToken(key, key.APICA().Pin(), urls)
+}
+
+// adminToken takes the pin, which is costly to derive, ready-made.
+func adminToken(key clusterkey.Key, pin [32]byte, urls []string) string {
+	t := &token.Token{Kind: token.KindAdmin, Pin: pin, ID: "admin", Secret: key.AdminSecret(), URLs: urls}
 	return t.String()
 }
 

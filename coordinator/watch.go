@@ -2,7 +2,9 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -31,13 +33,17 @@ const (
 	coalesceMax        = 400 * time.Millisecond
 )
 
-// While writes keep coming (a fleet joining at once), a round waits for a
-// pause of quietGap, up to burstMax after its first change: the fan-out of
-// a burst then costs one write per watcher instead of one per window, and
-// does not take the CPU the write path needs while the burst lasts.
+// A window with burstEntries or more log entries is a burst of writes (a
+// fleet joining at once): the round then waits until the log has been
+// still for quietGap, up to burstMax after its first change. The fan-out of
+// a burst then costs one write per watcher, after the burst, instead of
+// taking the CPU the write path needs while it lasts. quietGap rides out a
+// slow disk sync or a GC pause in the middle of a burst.
 const (
-	quietGap = 25 * time.Millisecond
-	burstMax = time.Second
+	burstEntries = 20
+	quietGap     = 200 * time.Millisecond
+	burstTick    = 25 * time.Millisecond
+	burstMax     = 2 * time.Second
 )
 
 // subQueue is how many deltas may wait for a slow watcher before it is
@@ -78,20 +84,20 @@ func (f *fanout) run(ctx context.Context) {
 			return
 		case <-ch:
 		}
-		first := time.Now()
+		first, start := time.Now(), f.s.store.Index()
 		wait := min(max(coalesceMin, time.Duration(f.n.Load())*coalescePerWatcher), coalesceMax)
 		if !sleepCtx(ctx, wait) { // gather the rest of a burst
 			return
 		}
-		for idx := f.s.store.Index(); time.Since(first) < burstMax; {
-			if !sleepCtx(ctx, min(quietGap, burstMax-time.Since(first))) {
-				return
+		if idx := f.s.store.Index(); idx-start >= burstEntries {
+			for still := time.Now(); time.Since(still) < quietGap && time.Since(first) < burstMax; {
+				if !sleepCtx(ctx, burstTick) {
+					return
+				}
+				if now := f.s.store.Index(); now != idx {
+					idx, still = now, time.Now()
+				}
 			}
-			now := f.s.store.Index()
-			if now == idx {
-				break
-			}
-			idx = now
 		}
 		f.publish()
 	}
@@ -315,6 +321,7 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 	if first == nil && flusher != nil {
 		flusher.Flush()
 	}
+	limitSendBuffer(r.Context())
 	ka := time.NewTicker(keepaliveEvery)
 	defer ka.Stop()
 	for {
@@ -348,6 +355,27 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 				flusher.Flush()
 			}
 		}
+	}
+}
+
+// connKey is the request-context key of the client's connection.
+type connKey struct{}
+
+// watchSendBuffer bounds the kernel's send buffer of a watch once its first
+// map is out. Deltas are encoded once and shared by every watcher, so what
+// a slow reader has not taken yet stays in that one copy instead of in
+// thousands of autotuned socket buffers: a burst of joins fanned out to
+// 10,000 watchers otherwise drives the host into TCP memory pressure,
+// which stalls every socket. (Linux doubles the value for its bookkeeping.)
+const watchSendBuffer = 64 << 10
+
+func limitSendBuffer(ctx context.Context) {
+	c, _ := ctx.Value(connKey{}).(net.Conn)
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tcp, ok := c.(*net.TCPConn); ok {
+		tcp.SetWriteBuffer(watchSendBuffer)
 	}
 }
 

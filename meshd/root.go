@@ -22,6 +22,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
 
 // run executes the command line and returns the process exit code.
 func run(args []string) int {
+	startPprof()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRoot(os.Stdout, os.Stderr)

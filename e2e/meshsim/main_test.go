@@ -1,6 +1,18 @@
 package main
 
-import "testing"
+import (
+	"os"
+	"testing"
+)
+
+// TestMain doubles as the watcher process (fleet.go), which the simulator
+// starts from its own executable.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(watchChild())
+	}
+	os.Exit(m.Run())
+}
 
 // TestSmallSimulation runs the simulator end to end at a small N: every
 // change reaches every watcher and the figures are sane.
