@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"github.com/meshd/meshd/pkg/tlspin"
 	"io"
 	"log/slog"
@@ -284,4 +286,78 @@ func testLogLevel(t testing.TB) slog.Level {
 		return slog.LevelWarn
 	}
 	return slog.LevelDebug
+}
+
+// TestWatchCompressedDelta: a watch opened with ?compress=1 gets a large
+// delta as one deflated line that expands to the same update a plain
+// watch gets.
+func TestWatchCompressedDelta(t *testing.T) {
+	srv, admin := startSingle(t)
+	ctx := context.Background()
+	var tok api.CreateTokenResponse
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: 3, AllowRoutes: []string{"10.0.0.0/8"}}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	open := func(name, query string) *bufio.Reader {
+		j, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: name, PublicKey: wgKey(), OmitMap: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := apiclient.New(admin.URLs(), srv.Pin(), j.Credential).Stream(ctx, "/v1/netmap"+query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		rd := bufio.NewReaderSize(resp.Body, 1<<16)
+		if _, err := rd.ReadBytes('\n'); err != nil { // the full map
+			t.Fatal(err)
+		}
+		return rd
+	}
+	zw := open("zipped", "?compress=1")
+	pw := open("plain", "")
+	var routes []api.Route
+	for i := range 200 {
+		routes = append(routes, api.Route{Prefix: fmt.Sprintf("10.%d.%d.0/24", i/100, i%100), Priority: 100})
+	}
+	if _, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: "biggw", PublicKey: wgKey(), Routes: routes, OmitMap: true}); err != nil {
+		t.Fatal(err)
+	}
+	// next reads lines until one carries biggw.
+	next := func(rd *bufio.Reader) (raw, expanded []byte) {
+		for {
+			line, err := rd.ReadBytes('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			exp, err := api.ExpandLine(bytes.TrimSpace(line))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(exp, []byte(`"biggw"`)) {
+				return line, exp
+			}
+		}
+	}
+	zraw, zexp := next(zw)
+	praw, pexp := next(pw)
+	if !api.IsCompressedLine(zraw) || api.IsCompressedLine(praw) {
+		t.Fatalf("compressed watch got %.40q, plain watch %.40q; want a {\"z\":...} line only on the first", zraw, praw)
+	}
+	if !bytes.Equal(zexp, bytes.TrimSpace(pexp)) {
+		t.Fatal("the compressed line does not expand to the update the plain watch got")
+	}
+	if len(zraw)*2 > len(praw) {
+		t.Errorf("compressed line %d bytes, plain %d; want less than half", len(zraw), len(praw))
+	}
+	var upd api.MapUpdate
+	if err := json.Unmarshal(zexp, &upd); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range upd.Peers {
+		if p.Name == "biggw" && len(p.Routes) == 200 {
+			return
+		}
+	}
+	t.Fatalf("expanded update (%d peers) lacks biggw with 200 routes", len(upd.Peers))
 }

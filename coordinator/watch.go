@@ -66,6 +66,7 @@ type fanout struct {
 // subscriber is one open watch.
 type subscriber struct {
 	peerID, vnet string
+	compress     bool        // it asked for large updates deflated (api.CompressLine)
 	ch           chan []byte // encoded updates
 	since        uint64      // guarded by fanout.mu: index the watcher holds
 	lagging      atomic.Bool // its queue overflowed: send it a full map
@@ -151,12 +152,20 @@ func (f *fanout) publish() {
 			continue
 		}
 		data = append(data, '\n')
-		var gone []byte
+		var gone, zdata []byte
 		for sub := range subs {
 			if sub.since >= upd.Index || sub.lagging.Load() {
 				continue
 			}
 			msg := data
+			if sub.compress && len(data) >= api.CompressMin {
+				if zdata == nil { // once per round, for every watcher that asked
+					if zdata, err = api.CompressLine(data[:len(data)-1]); err != nil {
+						zdata = data
+					}
+				}
+				msg = zdata
+			}
 			if removed[sub.peerID] {
 				if gone == nil {
 					gone, _ = json.Marshal(&api.MapUpdate{Index: upd.Index, SelfRemoved: true})
@@ -187,10 +196,10 @@ func signal(sub *subscriber) {
 
 // subscribe registers a watch and returns its first update: the full map,
 // or (resuming with since) the changes after since. nil means nothing new.
-func (f *fanout) subscribe(peerID, vnet string, since uint64) (*subscriber, *api.MapUpdate) {
+func (f *fanout) subscribe(peerID, vnet string, since uint64, compress bool) (*subscriber, *api.MapUpdate) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	sub := &subscriber{peerID: peerID, vnet: vnet, ch: make(chan []byte, subQueue)}
+	sub := &subscriber{peerID: peerID, vnet: vnet, compress: compress, ch: make(chan []byte, subQueue)}
 	upd := f.catchUpLocked(sub, since)
 	if len(f.subs[vnet]) == 0 {
 		// The first watcher of the vnet: fan out from what it holds.
@@ -244,7 +253,8 @@ func (f *fanout) unsubscribe(sub *subscriber) {
 // handleNetmap streams a peer's network map as newline-delimited JSON: the
 // whole map first (or, resuming with ?since=N, only what changed after N),
 // then the deltas of its vnet as the fan-out publishes them. A peer that
-// falls behind gets a full map again.
+// falls behind gets a full map again. With ?compress=1, deltas of
+// api.CompressMin bytes or more come deflated (api.CompressLine).
 func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID string) {
 	var since uint64
 	if v := r.URL.Query().Get("since"); v != "" {
@@ -300,7 +310,7 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 			}
 		}()
 	}()
-	sub, first := s.fanout.subscribe(peerID, vnet, since)
+	sub, first := s.fanout.subscribe(peerID, vnet, since, r.URL.Query().Get(api.WatchCompressParam) == "1")
 	defer s.fanout.unsubscribe(sub)
 	enc := json.NewEncoder(w)
 	send := func(upd *api.MapUpdate) bool {

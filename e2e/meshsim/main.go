@@ -484,7 +484,7 @@ func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since 
 	defer cl.CloseIdle()
 	opened := false
 	for ctx.Err() == nil {
-		resp, err := cl.Stream(ctx, "/v1/netmap?since="+strconv.FormatUint(since, 10))
+		resp, err := cl.Stream(ctx, "/v1/netmap?"+api.WatchCompressParam+"=1&since="+strconv.FormatUint(since, 10))
 		if err != nil {
 			time.Sleep(200 * time.Millisecond) // retry pace after a failed open
 			continue
@@ -502,6 +502,11 @@ func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since 
 			}
 			if len(line) <= 1 {
 				continue
+			}
+			// A large delta comes deflated; a peer expands it (so does
+			// each simulated one).
+			if line, err = api.ExpandLine(bytes.TrimSpace(line)); err != nil {
+				break
 			}
 			if m := marker.Load(); m != nil && w.hit.Load() == 0 && bytes.Contains(line, *m) {
 				w.hit.CompareAndSwap(0, time.Now().UnixNano())

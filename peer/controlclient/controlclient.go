@@ -152,9 +152,10 @@ func (c *Client) Heartbeat(ctx context.Context, endpoints []string) error {
 func (c *Client) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	path := "/v1/netmap"
+	// Large deltas (a fleet joining at once) come deflated.
+	path := "/v1/netmap?" + api.WatchCompressParam + "=1"
 	if since > 0 {
-		path += "?since=" + strconv.FormatUint(since, 10)
+		path += "&since=" + strconv.FormatUint(since, 10)
 	}
 	resp, err := c.api.Stream(ctx, path)
 	if err != nil {
@@ -168,12 +169,16 @@ func (c *Client) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate
 	idle := time.AfterFunc(WatchIdleTimeout, cancel)
 	defer idle.Stop()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 256<<20)
+	sc.Buffer(make([]byte, 64<<10), api.MaxUpdateBytes)
 	for sc.Scan() {
 		idle.Reset(WatchIdleTimeout)
 		line := sc.Bytes()
 		if len(line) == 0 {
 			continue
+		}
+		line, err := api.ExpandLine(line)
+		if err != nil {
+			return fmt.Errorf("network map: %w", err)
 		}
 		var upd api.MapUpdate
 		if err := json.Unmarshal(line, &upd); err != nil {
