@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -289,6 +290,10 @@ func TestMeshEndToEnd(t *testing.T) {
 		}
 		select {
 		case <-l.Procs["cl2"].Done():
+			var ee *exec.ExitError
+			if err := l.Procs["cl2"].Err(); !errors.As(err, &ee) || ee.ExitCode() != 3 {
+				t.Errorf("the removed peer's agent ended with %v; want exit status 3", err)
+			}
 		case <-time.After(10 * time.Second):
 			t.Error("the removed peer's agent kept running")
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/peer"
+	"github.com/meshd/meshd/peer/controlclient"
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/pkg/api"
@@ -34,7 +36,10 @@ func newPeerUpCmd(g *globals) *cobra.Command {
 identity (WireGuard key, overlay address, credential) is kept in --state-dir,
 so later runs need no token and come back with the same key and address.
 A gateway announces its site's subnets with --advertise-routes; gateways
-forward without source NAT unless --snat is given.`,
+forward without source NAT unless --snat is given.
+
+Exit status 3: this peer was removed from the mesh or its credential was
+refused; restarting will not help (join again with a new token).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			lvl, ok := logging.ParseLevel(logLevel)
@@ -83,7 +88,14 @@ forward without source NAT unless --snat is given.`,
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			err = a.Run(cmd.Context())
+			if errors.Is(err, controlclient.ErrRemoved) || errors.Is(err, controlclient.ErrCredentialRefused) {
+				// Restarting cannot help: a distinct status lets a service
+				// manager stop trying (systemd RestartPreventExitStatus).
+				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
+				return exitError{code: exitRemoved}
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -106,6 +118,10 @@ forward without source NAT unless --snat is given.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
+
+// exitRemoved is peer up's exit status when the peer was removed or its
+// credential refused.
+const exitRemoved = 3
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var dir string
