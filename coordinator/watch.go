@@ -33,14 +33,14 @@ const (
 	coalesceMax        = 400 * time.Millisecond
 )
 
-// A window with burstEntries or more log entries is a burst of writes (a
-// fleet joining at once): the round then waits until the log has been
-// still for quietGap, up to burstMax after its first change. The fan-out of
-// a burst then costs one write per watcher, after the burst, instead of
-// taking the CPU the write path needs while it lasts. quietGap rides out a
-// slow disk sync or a GC pause in the middle of a burst.
+// A window with burstChanges or more network-map changes is a burst of
+// writes (a fleet joining at once): the round then waits until no change
+// has come for quietGap, up to burstMax after its first change. The
+// fan-out of a burst then costs one write per watcher, after the burst,
+// instead of taking the CPU the write path needs while it lasts. quietGap
+// rides out a slow disk sync or a GC pause in the middle of a burst.
 const (
-	burstEntries = 20
+	burstChanges = 20
 	quietGap     = 200 * time.Millisecond
 	burstTick    = 25 * time.Millisecond
 	burstMax     = 2 * time.Second
@@ -85,18 +85,18 @@ func (f *fanout) run(ctx context.Context) {
 			return
 		case <-ch:
 		}
-		first, start := time.Now(), f.s.store.Index()
+		first, start := time.Now(), f.s.store.MapChanges()
 		wait := min(max(coalesceMin, time.Duration(f.n.Load())*coalescePerWatcher), coalesceMax)
 		if !sleepCtx(ctx, wait) { // gather the rest of a burst
 			return
 		}
-		if idx := f.s.store.Index(); idx-start >= burstEntries {
+		if n := f.s.store.MapChanges(); n-start >= burstChanges {
 			for still := time.Now(); time.Since(still) < quietGap && time.Since(first) < burstMax; {
 				if !sleepCtx(ctx, burstTick) {
 					return
 				}
-				if now := f.s.store.Index(); now != idx {
-					idx, still = now, time.Now()
+				if now := f.s.store.MapChanges(); now != n {
+					n, still = now, time.Now()
 				}
 			}
 		}

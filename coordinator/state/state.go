@@ -133,7 +133,9 @@ type Store struct {
 	// horizon: a watcher that saw index >= horizon can be caught up from
 	// changes; one that saw less needs a full map.
 	horizon uint64
-	notify  chan struct{}
+	// recorded counts the network-map changes recorded so far.
+	recorded uint64
+	notify   chan struct{}
 }
 
 // New returns an empty store.
@@ -268,6 +270,16 @@ func (s *Store) record(vnet, peerID string) {
 		s.changes = append(s.changes[:0:0], s.changes[drop:]...)
 	}
 	s.changes = append(s.changes, Change{Index: s.index, VNet: vnet, PeerID: peerID})
+	s.recorded++
+}
+
+// MapChanges counts the network-map changes applied so far: a peer joined,
+// changed or left, or something every map carries. Writes that change no
+// map (watch marks, last-seen times) do not count.
+func (s *Store) MapChanges() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.recorded
 }
 
 // snapshot is the serialized form: the tables and the index they reflect.

@@ -98,6 +98,9 @@ type ChangeResult struct {
 	BytesPerPeer   float64 `json:"bytes_per_watcher"`
 	Reached        int     `json:"reached"`
 	CoordCPUMillis float64 `json:"coordinator_cpu_ms"`
+	// WatchersCPUMillis is the watcher process's CPU over the same time:
+	// N simulated peers receiving, decrypting and decoding the change.
+	WatchersCPUMillis float64 `json:"watchers_cpu_ms"`
 }
 
 // CoordinatorUse is one coordinator's footprint after the run.
@@ -157,8 +160,8 @@ func printResult(r *Result) {
 	fmt.Printf("1,000 joins with %d watches open: %.0f joins/s over %.2f s; CPU: coordinators %.0f ms, joining clients %.0f ms, watchers %.0f ms\n",
 		r.N, r.BurstJoinsPerSec, r.BurstSeconds, r.BurstCPUMillis, r.BurstSimCPUMillis, r.BurstWatchersCPUMillis)
 	if d := r.BurstDelivered; d != nil {
-		fmt.Printf("every watcher had the whole burst %.2f s after the last join (p50 %.2f s), %.0f bytes each\n",
-			d.MaxMillis/1000, d.P50Millis/1000, r.BurstBytesPerWatcher)
+		fmt.Printf("every watcher had the whole burst %.2f s after the last join (p50 %.2f s), %.0f bytes each;\n  CPU meanwhile: coordinators %.0f ms, the %d simulated peers %.0f ms\n",
+			d.MaxMillis/1000, d.P50Millis/1000, r.BurstBytesPerWatcher, d.CoordCPUMillis, r.N, d.WatchersCPUMillis)
 	}
 	for _, c := range r.Coordinators {
 		fmt.Printf("coordinator %s RSS %.0f MiB (joined, no watch: %.0f MiB; every watch open: %.0f MiB)\n", c.Name, c.RSSMB, c.RSSBeforeWatchesMB, c.RSSWatchesMB)
@@ -330,7 +333,7 @@ func simulate(n int) (*Result, error) {
 		if err := fl.mark(mark); err != nil {
 			return err
 		}
-		cpu0 := cpuMillis(pids)
+		cpu0, wcpu0 := cpuMillis(pids), cpuMillis(map[string]int{"w": fl.pid()})
 		t0 := time.Now()
 		if err := do(); err != nil {
 			return fmt.Errorf("%s: %w", kind, err)
@@ -362,7 +365,8 @@ func simulate(n int) (*Result, error) {
 		}
 		bytes := bytes1 - bytes0
 		slices.Sort(lat)
-		cr := ChangeResult{Kind: kind, Reached: len(lat), BytesPerPeer: float64(bytes) / float64(n), CoordCPUMillis: cpuMillis(pids) - cpu0}
+		cr := ChangeResult{Kind: kind, Reached: len(lat), BytesPerPeer: float64(bytes) / float64(n), CoordCPUMillis: cpuMillis(pids) - cpu0,
+			WatchersCPUMillis: cpuMillis(map[string]int{"w": fl.pid()}) - wcpu0}
 		if len(lat) > 0 {
 			cr.P50Millis, cr.P99Millis, cr.MaxMillis = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
 		}
