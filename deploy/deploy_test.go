@@ -29,6 +29,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -250,35 +251,15 @@ func loadManifests(t *testing.T) []object {
 }
 
 func reflectName(obj any) string {
-	switch o := obj.(type) {
-	case *corev1.Namespace:
-		return o.Name
-	case *corev1.Service:
-		return o.Name
-	case *corev1.PersistentVolumeClaim:
-		return o.Name
-	case *appsv1.StatefulSet:
-		return o.Name
-	case *appsv1.Deployment:
-		return o.Name
-	case *policyv1.PodDisruptionBudget:
-		return o.Name
+	if m, ok := obj.(metav1.Object); ok {
+		return m.GetName()
 	}
 	return ""
 }
 
 func namespaceOf(obj any) string {
-	switch o := obj.(type) {
-	case *corev1.Service:
-		return o.Namespace
-	case *corev1.PersistentVolumeClaim:
-		return o.Namespace
-	case *appsv1.StatefulSet:
-		return o.Namespace
-	case *appsv1.Deployment:
-		return o.Namespace
-	case *policyv1.PodDisruptionBudget:
-		return o.Namespace
+	if m, ok := obj.(metav1.Object); ok {
+		return m.GetNamespace()
 	}
 	return ""
 }

@@ -338,6 +338,17 @@ func (c *compose) activeGateway(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("cl1 has no route for %s", siteA)
 }
 
+// waitActive waits until cl1 routes site A through gw.
+func (c *compose) waitActive(ctx context.Context, gw string, d time.Duration) error {
+	return poll(ctx, d, func() error {
+		g, err := c.activeGateway(ctx)
+		if err == nil && g != gw {
+			err = fmt.Errorf("cl1 routes site A through %s, want %s", g, gw)
+		}
+		return err
+	})
+}
+
 var seqRE = regexp.MustCompile(`seq=(\d+)`)
 
 // failover SIGKILLs site A's active gateway while cl1 pings hosta every
@@ -375,13 +386,7 @@ func (c *compose) failover(ctx context.Context, ip map[string]string) error {
 	if _, err := c.run(ctx, "kill", "-s", "SIGKILL", active); err != nil {
 		return err
 	}
-	if err := poll(ctx, 10*time.Second, func() error {
-		g, err := c.activeGateway(ctx)
-		if err == nil && g != standby {
-			err = fmt.Errorf("cl1 still routes site A through %s", g)
-		}
-		return err
-	}); err != nil {
+	if err := c.waitActive(ctx, standby, 10*time.Second); err != nil {
 		return err
 	}
 	out := <-pingOut
@@ -406,13 +411,7 @@ func (c *compose) failover(ctx context.Context, ip map[string]string) error {
 	if _, err := c.run(ctx, "start", active); err != nil {
 		return err
 	}
-	if err := poll(ctx, 30*time.Second, func() error {
-		g, err := c.activeGateway(ctx)
-		if err == nil && g != active {
-			err = fmt.Errorf("site A still goes through %s", g)
-		}
-		return err
-	}); err != nil {
+	if err := c.waitActive(ctx, active, 30*time.Second); err != nil {
 		return err
 	}
 	if err := c.ping(ctx, "cl1", hostA); err != nil {
