@@ -24,8 +24,8 @@ func TestSmallSimulation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Changes) != 4 || r.FullMapBytes == 0 || len(r.Bursts) != 2 {
-		t.Fatalf("got %+v; want four changes, a full map and two bursts", r)
+	if len(r.Changes) != 4 || r.FullMapBytes == 0 || len(r.Bursts) != 4 || len(r.BaselineBursts) != 3 || r.BurstJoinsPerSec <= 0 || r.BaselineJoinsPerSec <= 0 {
+		t.Fatalf("got %+v; want four changes, a full map, four bursts with watches and three without", r)
 	}
 	for _, b := range r.Bursts {
 		// Every watcher had every join: each carries at least a random
