@@ -329,7 +329,7 @@ func (s *Server) online(p *state.Peer, now time.Time) bool {
 	return watching || now.Sub(p.LastSeen) < s.cfg.OnlineWindow
 }
 
-func peerView(p *state.Peer, online bool) api.Peer {
+func peerView(p *state.Peer, online bool, now time.Time) api.Peer {
 	v := api.Peer{
 		ID: p.ID, Name: p.Name, VNet: p.VNet, Role: p.Role, PublicKey: p.PublicKey,
 		OverlayIP: p.OverlayIP.String(), Online: online, Routes: []api.Route{},
@@ -338,6 +338,9 @@ func peerView(p *state.Peer, online bool) api.Peer {
 	}
 	for _, r := range p.Routes {
 		v.Routes = append(v.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
+	}
+	if online && p.Watcher {
+		v.LastSeen = now // its watch is open: seen now
 	}
 	return v
 }
@@ -351,7 +354,7 @@ func (s *Server) handleListPeers(w http.ResponseWriter, r *http.Request) {
 		_, known = t.VNets[vnet]
 		for _, p := range t.Peers {
 			if vnet == "" || p.VNet == vnet {
-				out = append(out, peerView(p, s.online(p, now)))
+				out = append(out, peerView(p, s.online(p, now), now))
 			}
 		}
 	})

@@ -494,7 +494,7 @@ func (s *Server) expireAndReap(ctx context.Context) {
 			}
 		}
 		for _, p := range t.Peers {
-			if p.Ephemeral && now.Sub(p.LastSeen) > s.cfg.EphemeralGrace {
+			if p.Ephemeral && p.WatchedBy == "" && now.Sub(p.LastSeen) > s.cfg.EphemeralGrace {
 				reap = true
 				break
 			}
@@ -566,12 +566,17 @@ func (s *Server) touchLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		now := s.now()
+		// Peers whose watch this node holds are online through their watch
+		// mark; their LastSeen is written when the watch ends. Writing it
+		// for every watcher every few seconds would put a log entry the
+		// size of the fleet into Raft each time.
 		s.touchMu.Lock()
 		seen := s.touched
 		s.touched = map[string]time.Time{}
-		for id := range s.watchN {
-			seen[id] = now
+		for id := range seen {
+			if s.watchN[id] > 0 {
+				delete(seen, id)
+			}
 		}
 		s.touchMu.Unlock()
 		if len(seen) == 0 {

@@ -304,8 +304,8 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 	defer func() {
 		go func() {
 			<-marked
-			none := ""
-			if _, err := s.raftApply(context.Background(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, WatchedBy: &none, IfWatchedBy: &me}}); err != nil {
+			none, seen := "", s.now()
+			if _, err := s.raftApply(context.Background(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, WatchedBy: &none, IfWatchedBy: &me, Seen: &seen}}); err != nil {
 				s.log.Debug("record watch end", "peer", peerID, "err", err)
 			}
 		}()

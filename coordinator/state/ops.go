@@ -407,6 +407,9 @@ type PeerUpdate struct {
 	// that is the current holder (a coordinator clears only its own).
 	WatchedBy   *string `json:"watched_by,omitempty"`
 	IfWatchedBy *string `json:"if_watched_by,omitempty"`
+	// Seen, when later than the peer's LastSeen, replaces it: the end of a
+	// watch carries the time it ended.
+	Seen *time.Time `json:"seen,omitempty"`
 }
 
 // UpdatePeer applies a PeerUpdate. Routes must stay within what the peer's
@@ -449,6 +452,9 @@ func (s *Store) UpdatePeer(u PeerUpdate) error {
 		if p.WatchedBy != "" {
 			p.Watcher = true
 		}
+	}
+	if u.Seen != nil && u.Seen.After(p.LastSeen) {
+		p.LastSeen = *u.Seen // not part of the network map
 	}
 	if u.Drained != nil && p.Drained != *u.Drained {
 		p.Drained = *u.Drained
@@ -506,13 +512,14 @@ func (s *Store) ExpireTokens(now time.Time) int {
 }
 
 // ReapEphemeral removes ephemeral peers not seen for longer than grace and
-// returns their ids, sorted.
+// returns their ids, sorted. A peer whose watch a coordinator holds is
+// being seen now, whatever its LastSeen (which records when a watch ended).
 func (s *Store) ReapEphemeral(now time.Time, grace time.Duration) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var gone []string
 	for id, p := range s.t.Peers {
-		if p.Ephemeral && now.Sub(p.LastSeen) > grace {
+		if p.Ephemeral && p.WatchedBy == "" && now.Sub(p.LastSeen) > grace {
 			gone = append(gone, id)
 		}
 	}

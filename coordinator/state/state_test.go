@@ -3,6 +3,7 @@ package state
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,5 +114,39 @@ func TestSnapshotRoundTripEveryTable(t *testing.T) {
 	}
 	if id, ok := r.PeerIDByName(api.DefaultVNet, "gw1"); !ok || id != "p1" {
 		t.Fatalf("indexes not rebuilt: got %q %v", id, ok)
+	}
+}
+
+// TestReapEphemeralSparesWatchedPeers: an ephemeral peer offline past the
+// grace goes; one whose watch a coordinator holds stays, however old its
+// LastSeen (it is written when a watch ends, not while one is open).
+func TestReapEphemeralSparesWatchedPeers(t *testing.T) {
+	s := setup(t)
+	if err := s.CreateToken(TokenSpec{ID: "eph", SecretHash: hash('e'), VNet: api.DefaultVNet, Uses: 2, Expires: t0.Add(time.Hour), Ephemeral: true}, t0); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"gone", "watched"} {
+		if _, err := s.Join(JoinSpec{TokenID: "eph", SecretHash: hash('e'), PeerID: id, Name: id, PublicKey: key(), CredHash: hash('c')}, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1 := "c1"
+	if err := s.UpdatePeer(PeerUpdate{PeerID: "watched", WatchedBy: &c1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.ReapEphemeral(t0.Add(time.Hour), 10*time.Minute); !slices.Equal(got, []string{"gone"}) {
+		t.Fatalf("reaped %v; want [gone]", got)
+	}
+	// The watch ends at t0+50m, carrying that time: the peer is offline
+	// from then, and goes only once the grace has passed after it.
+	none, ended := "", t0.Add(50*time.Minute)
+	if err := s.UpdatePeer(PeerUpdate{PeerID: "watched", WatchedBy: &none, Seen: &ended}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.ReapEphemeral(t0.Add(55*time.Minute), 10*time.Minute); len(got) != 0 {
+		t.Fatalf("reaped %v 5 minutes after its watch ended; want none within the 10-minute grace", got)
+	}
+	if got := s.ReapEphemeral(t0.Add(61*time.Minute), 10*time.Minute); !slices.Equal(got, []string{"watched"}) {
+		t.Fatalf("reaped %v 11 minutes after its watch ended; want [watched]", got)
 	}
 }
