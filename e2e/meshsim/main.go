@@ -283,12 +283,6 @@ func simulate(n int) (*Result, error) {
 	res.JoinsPerSec = float64(n) / time.Since(start).Seconds()
 	fmt.Fprintf(os.Stderr, "\rjoined %d peers in %s\n", n, time.Since(start).Round(time.Millisecond))
 
-	// The index every watcher resumes from: after all joins, on every node.
-	var st api.ClusterStatus
-	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
-		return nil, err
-	}
-	since := st.LastAppliedIndex
 
 	// A full map for one new watcher, timed.
 	fullStart := time.Now()
@@ -380,6 +374,14 @@ func simulate(n int) (*Result, error) {
 		}
 		res.BaselineBursts = append(res.BaselineBursts, b)
 	}
+
+	// The index every watcher resumes from: after all joins, the baseline
+	// bursts' included.
+	var st api.ClusterStatus
+	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+		return nil, err
+	}
+	since := st.LastAppliedIndex
 
 	rssBefore := map[string]float64{}
 	for _, nd := range c.Nodes {
