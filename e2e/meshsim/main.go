@@ -283,7 +283,6 @@ func simulate(n int) (*Result, error) {
 	res.JoinsPerSec = float64(n) / time.Since(start).Seconds()
 	fmt.Fprintf(os.Stderr, "\rjoined %d peers in %s\n", n, time.Since(start).Round(time.Millisecond))
 
-
 	// A full map for one new watcher, timed.
 	fullStart := time.Now()
 	pc := apiclient.New(urls, jt.Pin, peers[0].cred)
