@@ -33,17 +33,19 @@ const (
 	coalesceMax        = 400 * time.Millisecond
 )
 
-// A window with burstChanges or more network-map changes is a burst of
-// writes (a fleet joining at once): the round then waits until no change
-// has come for quietGap, up to burstMax after its first change. The
-// fan-out of a burst then costs one write per watcher, after the burst,
-// instead of taking the CPU the write path needs while it lasts. quietGap
-// rides out a slow disk sync or a GC pause in the middle of a burst.
+// With burstWatchers or more watchers, a window with burstChanges or more
+// network-map changes is a burst of writes (a fleet joining at once): the
+// round then waits until no change has come for quietGap, up to burstMax
+// after its first change. The fan-out of a burst then costs one write per
+// watcher, after the burst, instead of taking the CPU the write path needs
+// while it lasts. quietGap rides out a slow disk sync or a GC pause in the
+// middle of a burst.
 const (
-	burstChanges = 20
-	quietGap     = 200 * time.Millisecond
-	burstTick    = 25 * time.Millisecond
-	burstMax     = 2 * time.Second
+	burstWatchers = 100 // below this, fan-out is cheap: no need to wait
+	burstChanges  = 20
+	quietGap      = 200 * time.Millisecond
+	burstTick     = 25 * time.Millisecond
+	burstMax      = 2 * time.Second
 )
 
 // writeSlots bounds how many watch streams a coordinator writes to at
@@ -106,7 +108,7 @@ func (f *fanout) run(ctx context.Context) {
 		if !sleepCtx(ctx, wait) { // gather the rest of a burst
 			return
 		}
-		if n := f.s.store.MapChanges(); n-start >= burstChanges {
+		if n := f.s.store.MapChanges(); n-start >= burstChanges && f.n.Load() >= burstWatchers {
 			for still := time.Now(); time.Since(still) < quietGap && time.Since(first) < burstMax; {
 				if !sleepCtx(ctx, burstTick) {
 					return
