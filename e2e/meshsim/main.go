@@ -66,9 +66,10 @@ type Result struct {
 	// computing and encoding the map (compute.go).
 	FullMapComputeMillis float64        `json:"full_map_compute_ms"`
 	Changes              []ChangeResult `json:"changes"`
-	// BaselineBursts are 1,000 joins made three times with all N peers
-	// joined and no watch open; Bursts 100 joins, then 1,000 three times,
-	// with all N watches open. The rates are the medians of the 1,000s.
+	// BaselineBursts are 1,000 joins (-burst) made three times with all N
+	// peers joined and no watch open; Bursts 100 joins, then 1,000 three
+	// times, with all N watches open. The rates are the medians of the
+	// 1,000s.
 	BaselineBursts      []BurstResult    `json:"baseline_bursts"`
 	Bursts              []BurstResult    `json:"bursts"`
 	BaselineJoinsPerSec float64          `json:"baseline_joins_per_s"`
@@ -124,6 +125,7 @@ type CoordinatorUse struct {
 
 func run() int {
 	ns := flag.String("n", "1000", "comma-separated peer counts")
+	burst := flag.Int("burst", 1000, "joins per burst (a tenth of it for the small burst)")
 	out := flag.String("out", "", "write results as JSON to this file")
 	merge := flag.String("results", "", "merge the figures into this bench results file (bench/results.json)")
 	flag.Parse()
@@ -134,7 +136,7 @@ func run() int {
 			fmt.Fprintf(os.Stderr, "meshsim: bad -n %q\n", s)
 			return 2
 		}
-		r, err := simulate(n)
+		r, err := simulate(n, *burst)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "meshsim: N=%d: %v\n", n, err)
 			return 1
@@ -178,8 +180,10 @@ func printResult(r *Result) {
 				d.MaxMillis/1000, d.P50Millis/1000, b.BytesPerWatcher, d.CoordCPUMillis, r.N, d.WatchersCPUMillis)
 		}
 	}
-	fmt.Printf("1,000-join bursts, median: %.0f joins/s with every watch open, %.0f with none (ratio %.2f)\n",
-		r.BurstJoinsPerSec, r.BaselineJoinsPerSec, r.BurstJoinsPerSec/r.BaselineJoinsPerSec)
+	if len(r.Bursts) > 0 {
+		fmt.Printf("%d-join bursts, median: %.0f joins/s with every watch open, %.0f with none (ratio %.2f)\n",
+			r.Bursts[len(r.Bursts)-1].Joins, r.BurstJoinsPerSec, r.BaselineJoinsPerSec, r.BurstJoinsPerSec/r.BaselineJoinsPerSec)
+	}
 	for _, c := range r.Coordinators {
 		fmt.Printf("coordinator %s RSS %.0f MiB (joined, no watch: %.0f MiB; every watch open: %.0f MiB)\n", c.Name, c.RSSMB, c.RSSBeforeWatchesMB, c.RSSWatchesMB)
 	}
@@ -208,7 +212,9 @@ type watcher struct {
 // marker is what the current change's update contains.
 var marker atomic.Pointer[[]byte]
 
-func simulate(n int) (*Result, error) {
+// simulate runs the whole simulation at n peers, with bursts of burst
+// joins (and one of burst/10).
+func simulate(n, burst int) (*Result, error) {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "meshsim-")
 	if err != nil {
@@ -234,7 +240,7 @@ func simulate(n int) (*Result, error) {
 		return nil, err
 	}
 	var tok api.CreateTokenResponse
-	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: n + 8000, TTL: "2h", AllowRoutes: []string{"10.0.0.0/8"}}, &tok); err != nil {
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: n + 7*burst + 100, TTL: "2h", AllowRoutes: []string{"10.0.0.0/8"}}, &tok); err != nil {
 		return nil, err
 	}
 	jt, err := token.ParseKind(tok.Token, token.KindJoin)
@@ -367,7 +373,7 @@ func simulate(n int) (*Result, error) {
 		return b, nil
 	}
 	for k := range 3 {
-		b, err := joinBurst(1000, fmt.Sprintf("base%d", k), nil)
+		b, err := joinBurst(burst, fmt.Sprintf("base%d", k), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -487,7 +493,7 @@ func simulate(n int) (*Result, error) {
 	}
 	// Bursts with every watch open: 100 joins, then 1,000 three times,
 	// each followed by its delivery to every watcher.
-	for k, count := range []int{100, 1000, 1000, 1000} {
+	for k, count := range []int{max(1, burst/10), burst, burst, burst} {
 		stopProf := func() {}
 		if k == 1 {
 			stopProf = profileBurst(pids)
@@ -517,7 +523,7 @@ func simulate(n int) (*Result, error) {
 		b.BytesPerWatcher = float64(bytes1-bytes0) / float64(n)
 		res.Bursts = append(res.Bursts, b)
 	}
-	res.BurstJoinsPerSec, res.BaselineJoinsPerSec = medianRate(res.Bursts, 1000), medianRate(res.BaselineBursts, 1000)
+	res.BurstJoinsPerSec, res.BaselineJoinsPerSec = medianRate(res.Bursts, burst), medianRate(res.BaselineBursts, burst)
 	for _, nd := range c.Nodes {
 		res.Coordinators = append(res.Coordinators, CoordinatorUse{Name: nd.Name, RSSMB: rssMiB(nd.Proc.Pid()),
 			RSSBeforeWatchesMB: rssBefore[nd.Name], RSSWatchesMB: rssOpen[nd.Name]})
@@ -702,7 +708,7 @@ func mergeResults(path string, results []Result) error {
 		fig := map[string]any{
 			"value": p99 / 1000, "unit": "s (p99, worst change)",
 			"target":      "N = 10,000: p99 <= 1 s, <= 1 KiB per watcher per change, full map <= 100 ms to compute, RSS <= 1 GiB, >= 2,000 joins/s with every watch open",
-			"pass":        p99 <= 1000 && bytes <= 1024 && r.FullMapComputeMillis <= 100 && rss <= 1024 && r.BurstJoinsPerSec >= 2000,
+			"pass":        p99 <= 1000 && bytes <= 1024 && r.FullMapComputeMillis <= 100 && rss <= 1024 && r.BurstJoinsPerSec >= 2000 && len(r.Bursts) > 0 && r.Bursts[len(r.Bursts)-1].Joins == 1000,
 			"how":         fmt.Sprintf("meshsim: %d simulated peers (real tokens, keys, TLS) on a 3-node loopback cluster, one network-map watch each spread over the coordinators; per change (join, endpoint change, route announcement, leave) the time until every watcher has it; then 100 joins and 3 x 1,000 joins with every watch open (medians), against 3 x 1,000 joins with none before the watches opened", r.N),
 			"extra":       r,
 			"measured_at": time.Now().UTC(),

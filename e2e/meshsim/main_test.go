@@ -20,7 +20,9 @@ func TestSmallSimulation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	r, err := simulate(30)
+	// Small bursts keep it light: it runs beside the timing-sensitive
+	// network-namespace tests.
+	r, err := simulate(30, 50)
 	if err != nil {
 		t.Fatal(err)
 	}
