@@ -77,6 +77,7 @@ func TestGatewayFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("drain and undrain under a ping stream", func(t *testing.T) {
+		waitSettled(t, l)
 		for _, step := range []struct{ verb, want string }{{"drain", "gwa2"}, {"undrain", "gwa1"}} {
 			ping, err := l.StartPing("cl1", netlab.HostA, 3*time.Second)
 			if err != nil {
@@ -146,15 +147,33 @@ func TestGatewayFailover(t *testing.T) {
 	})
 }
 
+// waitSettled waits until site A is carried by gwa1 and cl1, gwa1 and gwa2
+// all see both gateways of the pair healthy: no hold-down left from the
+// lab's start or an earlier fault (a member a busy host declared dead once
+// is held down when it comes back), so each scenario starts from a steady
+// pair.
+func waitSettled(t *testing.T, l *meshlab.Lab) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, "site A carried by gwa1 with both gateways healthy in every view", func() bool {
+		if gw, _ := l.ActiveGateway("cl1", netlab.SiteA); gw != "gwa1" {
+			return false
+		}
+		for _, ns := range []string{"cl1", "gwa1", "gwa2"} {
+			out, err := l.Net.Exec(ns, l.Opts.Bin, "status", "--json", "--state-dir", l.StateDir(ns))
+			if err != nil || !strings.Contains(string(out), "gwa1(200) healthy") || !strings.Contains(string(out), "gwa2(100) healthy") {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // moveOn applies fault to gwa1 and checks that site A moves to gwa2 within
 // a second or two while cl1 pings hosta, then undoes it and waits for the
 // failback.
 func moveOn(t *testing.T, l *meshlab.Lab, what string, maxGap time.Duration, fault, undo []string) {
 	t.Helper()
-	waitUntil(t, 30*time.Second, "site A to be carried by gwa1", func() bool {
-		gw, _ := l.ActiveGateway("cl1", netlab.SiteA)
-		return gw == "gwa1"
-	})
+	waitSettled(t, l)
 	ping, err := l.StartPing("cl1", netlab.HostA, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
