@@ -397,6 +397,7 @@ func simulate(n, burst int) (*Result, error) {
 		return nil, err
 	}
 	defer fl.close()
+	watchPid := map[string]int{"watchers": fl.pid()} // for cpuMillis
 	rssOpen := map[string]float64{}
 	var grew float64
 	for _, nd := range c.Nodes {
@@ -421,7 +422,7 @@ func simulate(n, burst int) (*Result, error) {
 		if err := fl.mark(mark); err != nil {
 			return err
 		}
-		cpu0, wcpu0 := cpuMillis(pids), cpuMillis(map[string]int{"w": fl.pid()})
+		cpu0, wcpu0 := cpuMillis(pids), cpuMillis(watchPid)
 		t0 := time.Now()
 		if err := do(); err != nil {
 			return fmt.Errorf("%s: %w", kind, err)
@@ -454,7 +455,7 @@ func simulate(n, burst int) (*Result, error) {
 		bytes := bytes1 - bytes0
 		slices.Sort(lat)
 		cr := ChangeResult{Kind: kind, Reached: len(lat), BytesPerPeer: float64(bytes) / float64(n), CoordCPUMillis: cpuMillis(pids) - cpu0,
-			WatchersCPUMillis: cpuMillis(map[string]int{"w": fl.pid()}) - wcpu0}
+			WatchersCPUMillis: cpuMillis(watchPid) - wcpu0}
 		if len(lat) > 0 {
 			cr.P50Millis, cr.P99Millis, cr.MaxMillis = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
 		}
@@ -502,7 +503,7 @@ func simulate(n, burst int) (*Result, error) {
 		if err != nil {
 			return res, err
 		}
-		b, err := joinBurst(count, fmt.Sprintf("burst%d", k), map[string]int{"watchers": fl.pid()})
+		b, err := joinBurst(count, fmt.Sprintf("burst%d", k), watchPid)
 		stopProf()
 		if err != nil {
 			return res, err
