@@ -30,6 +30,7 @@ type testNode struct {
 	name   string
 	srv    *Server
 	trans  *raft.InmemTransport
+	logs   *raft.InmemStore
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -71,11 +72,12 @@ func startCluster(t *testing.T, size int) *testCluster {
 		}
 	}
 	for _, n := range c.nodes {
+		n.logs = raft.NewInmemStore()
 		srv, err := New(Config{
 			Name: n.name, ClusterKey: key,
 			APIListen: "127.0.0.1:0", InitialCluster: members,
 			RaftTransport: n.trans,
-			RaftStores:    &RaftStores{Log: raft.NewInmemStore(), Stable: raft.NewInmemStore(), Snapshot: raft.NewInmemSnapshotStore()},
+			RaftStores:    &RaftStores{Log: n.logs, Stable: raft.NewInmemStore(), Snapshot: raft.NewInmemSnapshotStore()},
 			Logger:        logging.New(testWriter{t}, 0),
 		})
 		if err != nil {

@@ -164,6 +164,11 @@ type Server struct {
 	touchMu sync.Mutex
 	touched map[string]time.Time // guarded by touchMu: peer id -> last heard
 	watchN  map[string]int       // guarded by touchMu: open watches per peer
+	// markDirty: peers whose watch started or ended here since the last
+	// batch of watch marks (marks.go), with the time it ended (zero:
+	// started); guarded by touchMu. markKick wakes the batcher.
+	markDirty map[string]time.Time
+	markKick  chan struct{}
 
 	closeOnce sync.Once
 
@@ -187,6 +192,9 @@ func New(cfg Config) (_ *Server, err error) {
 		store:   state.New(),
 		touched: map[string]time.Time{},
 		watchN:  map[string]int{},
+
+		markDirty: map[string]time.Time{},
+		markKick:  make(chan struct{}, 1),
 	}
 	defer func() {
 		if err != nil {
@@ -342,7 +350,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.adminTokenLoop, s.fanout.run} {
+	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.fanout.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/netmap"
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
@@ -294,40 +293,11 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 
-	s.touchMu.Lock()
-	s.watchN[peerID]++
-	s.touchMu.Unlock()
-	defer func() {
-		s.touchMu.Lock()
-		if s.watchN[peerID]--; s.watchN[peerID] <= 0 {
-			delete(s.watchN, peerID)
-		}
-		s.touched[peerID] = s.now()
-		s.touchMu.Unlock()
-	}()
-
-	// Record in the replicated state which coordinator holds the watch, so
-	// every coordinator sees a peer go offline the moment its stream drops
-	// (a SIGKILLed gateway, say). A coordinator clears only its own mark.
-	// The writes run in the background (the stream does not wait for a
-	// quorum), the end strictly after the start.
-	me := s.cfg.Name
-	marked := make(chan struct{})
-	go func() {
-		defer close(marked)
-		if _, err := s.raftApply(context.Background(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, WatchedBy: &me}}); err != nil {
-			s.log.Debug("record watch", "peer", peerID, "err", err)
-		}
-	}()
-	defer func() {
-		go func() {
-			<-marked
-			none, seen := "", s.now()
-			if _, err := s.raftApply(context.Background(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, WatchedBy: &none, IfWatchedBy: &me, Seen: &seen}}); err != nil {
-				s.log.Debug("record watch end", "peer", peerID, "err", err)
-			}
-		}()
-	}()
+	// Which coordinator holds the watch goes into the replicated state in
+	// batches (marks.go), so every coordinator sees a peer go offline the
+	// moment its stream drops (a SIGKILLed gateway, say).
+	s.watchStarted(peerID)
+	defer s.watchEnded(peerID)
 	sub, first := s.fanout.subscribe(peerID, vnet, since, r.URL.Query().Get(api.WatchCompressParam) == "1")
 	defer s.fanout.unsubscribe(sub)
 	rc := http.NewResponseController(w)

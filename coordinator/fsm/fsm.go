@@ -38,6 +38,7 @@ const (
 	ExpireTokensType
 	ReapEphemeralType
 	RotateGossipKeyType
+	MarkWatchesType
 )
 
 // Command bodies.
@@ -87,6 +88,12 @@ type (
 	RotateGossipKey struct {
 		Key []byte `json:"key"`
 	}
+	// MarkWatches is one coordinator's batch of watch starts and ends.
+	MarkWatches struct {
+		Coordinator string               `json:"coordinator"`
+		Held        []string             `json:"held,omitempty"`
+		Released    map[string]time.Time `json:"released,omitempty"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -106,6 +113,7 @@ var newBody = map[MessageType]func() any{
 	ExpireTokensType:        func() any { return new(ExpireTokens) },
 	ReapEphemeralType:       func() any { return new(ReapEphemeral) },
 	RotateGossipKeyType:     func() any { return new(RotateGossipKey) },
+	MarkWatchesType:         func() any { return new(MarkWatches) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -230,6 +238,9 @@ func (f *FSM) apply(l *raft.Log) any {
 		r.IDs = f.store.ReapEphemeral(c.Now, c.Grace)
 	case RotateGossipKeyType:
 		err = f.store.RotateGossipKey(body.(*RotateGossipKey).Key)
+	case MarkWatchesType:
+		c := body.(*MarkWatches)
+		f.store.MarkWatches(c.Coordinator, c.Held, c.Released)
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/meshd/meshd/pkg/logging"
 )
 
+const hash64 = "0000000000000000000000000000000000000000000000000000000000000000"
+
 func TestApplyAndSnapshotRoundTrip(t *testing.T) {
 	st := state.New()
 	f := New(st, logging.Discard())
@@ -26,6 +28,9 @@ func TestApplyAndSnapshotRoundTrip(t *testing.T) {
 		{CreateVNetType, &CreateVNet{Name: "clash", Overlay: "100.112.4.0/24", Now: now}, api.CodeOverlap},
 		{CreateVNetType, &CreateVNet{Name: "site", Overlay: "100.113.0.0/16", Now: now}, api.CodeConflict},
 		{RegisterCoordinatorType, &RegisterCoordinator{Coordinator: state.Coordinator{Name: "c1", RaftAddr: "127.0.0.1:1", APIURL: "https://127.0.0.1:2"}}, ""},
+		{CreateTokenType, &CreateToken{Spec: state.TokenSpec{ID: "tok", SecretHash: hash64, VNet: api.DefaultVNet, Uses: 1, Expires: now.Add(time.Hour)}, Now: now}, ""},
+		{JoinPeerType, &JoinPeer{Spec: state.JoinSpec{TokenID: "tok", SecretHash: hash64, PeerID: "p1", Name: "p1", PublicKey: "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", CredHash: hash64}, Now: now}, ""},
+		{MarkWatchesType, &MarkWatches{Coordinator: "c1", Held: []string{"p1", "unknown"}}, ""},
 	}
 	for i, c := range cmds {
 		data, err := Encode(c.t, c.body)
@@ -51,6 +56,11 @@ func TestApplyAndSnapshotRoundTrip(t *testing.T) {
 	}
 	if string(other.Dump()) != string(st.Dump()) {
 		t.Fatalf("restore changed the state:\n got %s\nwant %s", other.Dump(), st.Dump())
+	}
+	var by string
+	other.Read(func(t *state.Tables, _ uint64) { by = t.Peers["p1"].WatchedBy })
+	if by != "c1" {
+		t.Fatalf("restored watch mark %q; want c1", by)
 	}
 	if other.Index() != st.Index() {
 		t.Fatalf("got index %d; want %d", other.Index(), st.Index())
@@ -84,6 +94,7 @@ func FuzzDecode(f *testing.F) {
 		{CreateVNetType, &CreateVNet{Name: "a", Overlay: "10.0.0.0/8"}},
 		{JoinPeerType, &JoinPeer{Spec: state.JoinSpec{Name: "p", Routes: []api.Route{{Prefix: "10.1.0.0/24", Priority: 5}}}}},
 		{TouchPeersType, &TouchPeers{Seen: map[string]time.Time{"x": {}}}},
+		{MarkWatchesType, &MarkWatches{Coordinator: "c1", Held: []string{"a"}, Released: map[string]time.Time{"b": {}}}},
 	} {
 		d, err := Encode(c.t, c.b)
 		if err != nil {

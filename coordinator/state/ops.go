@@ -405,6 +405,8 @@ type PeerUpdate struct {
 	Drained   *bool        `json:"drained,omitempty"`
 	// WatchedBy sets who holds the peer's watch; with IfWatchedBy, only if
 	// that is the current holder (a coordinator clears only its own).
+	// Coordinators now write watch marks in batches (MarkWatches); these
+	// stay for log entries written before that.
 	WatchedBy   *string `json:"watched_by,omitempty"`
 	IfWatchedBy *string `json:"if_watched_by,omitempty"`
 	// Seen, when later than the peer's LastSeen, replaces it: the end of a
@@ -464,6 +466,33 @@ func (s *Store) UpdatePeer(u PeerUpdate) error {
 		s.record(p.VNet, p.ID)
 	}
 	return nil
+}
+
+// MarkWatches records, for one coordinator, the watches it holds now and
+// the ones that ended there (with the time each ended). A release clears
+// the mark only when coord still holds it: a peer that moved to another
+// coordinator keeps that one's mark. Unknown ids are skipped (the peer may
+// have been removed meanwhile). It changes no map.
+func (s *Store) MarkWatches(coord string, held []string, released map[string]time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range held {
+		if p, ok := s.t.Peers[id]; ok {
+			p.WatchedBy, p.Watcher = coord, true
+		}
+	}
+	for id, ended := range released {
+		p, ok := s.t.Peers[id]
+		if !ok {
+			continue
+		}
+		if p.WatchedBy == coord {
+			p.WatchedBy = ""
+		}
+		if ended.After(p.LastSeen) {
+			p.LastSeen = ended
+		}
+	}
 }
 
 // TouchPeers records when peers were last heard from. Unknown ids are

@@ -130,23 +130,65 @@ func TestReapEphemeralSparesWatchedPeers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c1 := "c1"
-	if err := s.UpdatePeer(PeerUpdate{PeerID: "watched", WatchedBy: &c1}); err != nil {
-		t.Fatal(err)
-	}
+	s.MarkWatches("c1", []string{"watched"}, nil)
 	if got := s.ReapEphemeral(t0.Add(time.Hour), 10*time.Minute); !slices.Equal(got, []string{"gone"}) {
 		t.Fatalf("reaped %v; want [gone]", got)
 	}
 	// The watch ends at t0+50m, carrying that time: the peer is offline
 	// from then, and goes only once the grace has passed after it.
-	none, ended := "", t0.Add(50*time.Minute)
-	if err := s.UpdatePeer(PeerUpdate{PeerID: "watched", WatchedBy: &none, Seen: &ended}); err != nil {
-		t.Fatal(err)
-	}
+	s.MarkWatches("c1", nil, map[string]time.Time{"watched": t0.Add(50 * time.Minute)})
 	if got := s.ReapEphemeral(t0.Add(55*time.Minute), 10*time.Minute); len(got) != 0 {
 		t.Fatalf("reaped %v 5 minutes after its watch ended; want none within the 10-minute grace", got)
 	}
 	if got := s.ReapEphemeral(t0.Add(61*time.Minute), 10*time.Minute); !slices.Equal(got, []string{"watched"}) {
 		t.Fatalf("reaped %v 11 minutes after its watch ended; want [watched]", got)
+	}
+}
+
+// TestMarkWatches: a coordinator marks the watches it holds and clears only
+// its own marks; a release carries the time the watch ended.
+func TestMarkWatches(t *testing.T) {
+	ended := t0.Add(time.Minute)
+	for _, tt := range []struct {
+		name         string
+		marks        func(s *Store)
+		wantBy       string
+		wantWatcher  bool
+		wantLastSeen time.Time
+	}{
+		{"never watched", func(s *Store) {}, "", false, t0},
+		{"held", func(s *Store) { s.MarkWatches("c1", []string{"p1"}, nil) }, "c1", true, t0},
+		{"held then released", func(s *Store) {
+			s.MarkWatches("c1", []string{"p1"}, nil)
+			s.MarkWatches("c1", nil, map[string]time.Time{"p1": ended})
+		}, "", true, ended},
+		{"moved: the old holder's release leaves the new mark", func(s *Store) {
+			s.MarkWatches("c1", []string{"p1"}, nil)
+			s.MarkWatches("c2", []string{"p1"}, nil)
+			s.MarkWatches("c1", nil, map[string]time.Time{"p1": ended})
+		}, "c2", true, ended},
+		{"an older end time does not move last seen back", func(s *Store) {
+			s.MarkWatches("c1", nil, map[string]time.Time{"p1": t0.Add(-time.Hour)})
+		}, "", false, t0},
+		{"unknown peers are skipped", func(s *Store) {
+			s.MarkWatches("c1", []string{"nope"}, map[string]time.Time{"gone": ended})
+		}, "", false, t0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := setup(t)
+			if _, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p1", Name: "p1", PublicKey: key(), CredHash: hash('c')}, t0); err != nil {
+				t.Fatal(err)
+			}
+			before := s.MapChanges()
+			tt.marks(s)
+			var p Peer
+			s.Read(func(tb *Tables, _ uint64) { p = *tb.Peers["p1"] })
+			if p.WatchedBy != tt.wantBy || p.Watcher != tt.wantWatcher || !p.LastSeen.Equal(tt.wantLastSeen) {
+				t.Fatalf("got watched_by %q watcher %v last_seen %v; want %q %v %v", p.WatchedBy, p.Watcher, p.LastSeen, tt.wantBy, tt.wantWatcher, tt.wantLastSeen)
+			}
+			if got := s.MapChanges(); got != before {
+				t.Fatalf("map changes went from %d to %d; want none (marks are not in any map)", before, got)
+			}
+		})
 	}
 }

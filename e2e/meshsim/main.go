@@ -48,6 +48,9 @@ func main() {
 	os.Exit(run())
 }
 
+// keepDir (-keep) leaves each run's working directory in place.
+var keepDir bool
+
 // afterBurst is the kind of the change made after a burst of joins.
 const afterBurst = "after burst"
 
@@ -128,6 +131,7 @@ func run() int {
 	burst := flag.Int("burst", 1000, "joins per burst (a tenth of it for the small burst)")
 	out := flag.String("out", "", "write results as JSON to this file")
 	merge := flag.String("results", "", "merge the figures into this bench results file (bench/results.json)")
+	flag.BoolVar(&keepDir, "keep", false, "keep each run's working directory (coordinator logs and data dirs) and print where it is")
 	flag.Parse()
 	var results []Result
 	for _, s := range strings.Split(*ns, ",") {
@@ -220,7 +224,11 @@ func simulate(n, burst int) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	if keepDir {
+		defer fmt.Fprintf(os.Stderr, "N=%d: coordinator logs and data dirs kept in %s\n", n, dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	c, err := harness.NewCluster(dir, 3)
 	if err != nil {
 		return nil, err
@@ -495,10 +503,7 @@ func simulate(n, burst int) (*Result, error) {
 	// Bursts with every watch open: 100 joins, then 1,000 three times,
 	// each followed by its delivery to every watcher.
 	for k, count := range []int{max(1, burst/10), burst, burst, burst} {
-		stopProf := func() {}
-		if k == 1 {
-			stopProf = profileBurst(pids)
-		}
+		stopProf := profileBurst(pids, k)
 		bytes0, err := fl.bytes()
 		if err != nil {
 			return res, err
@@ -583,8 +588,9 @@ func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since 
 
 // profileBurst fetches a CPU profile of each coordinator while the burst
 // runs, when MESHD_PPROF_DIR is set (meshd then serves pprof and writes its
-// address there): DIR/burst-NAME.prof. The returned func waits for them.
-func profileBurst(pids map[string]int) func() {
+// address there): DIR/burst-K-NAME.prof for the k-th burst. The returned
+// func waits for them.
+func profileBurst(pids map[string]int, k int) func() {
 	dir := os.Getenv("MESHD_PPROF_DIR")
 	if dir == "" {
 		return func() {}
@@ -604,7 +610,7 @@ func profileBurst(pids map[string]int) func() {
 			}
 			defer resp.Body.Close()
 			b, _ := io.ReadAll(resp.Body)
-			os.WriteFile(filepath.Join(dir, "burst-"+name+".prof"), b, 0o644)
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("burst-%d-%s.prof", k, name)), b, 0o644)
 		}()
 	}
 	return wg.Wait
