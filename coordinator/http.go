@@ -149,6 +149,7 @@ func (s *Server) handleClusterStatus(w http.ResponseWriter, r *http.Request) {
 	st := api.ClusterStatus{LastAppliedIndex: s.store.Index(), Server: s.cfg.Name, Members: []api.Member{}}
 	_, leaderID := s.raft.LeaderWithID()
 	st.Leader = string(leaderID)
+	st.Term, _ = strconv.ParseUint(s.raft.Stats()["term"], 10, 64)
 	cf := s.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		writeError(w, api.Errorf(api.CodeUnavailable, "read raft configuration: %v", err))

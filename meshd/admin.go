@@ -75,7 +75,7 @@ func newClusterCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(g.out, st)
 			}
-			fmt.Fprintf(g.out, "leader: %s   last applied index: %d (as seen by %s)\n", dash(st.Leader), st.LastAppliedIndex, st.Server)
+			fmt.Fprintf(g.out, "leader: %s   term: %d   last applied index: %d (as seen by %s)\n", dash(st.Leader), st.Term, st.LastAppliedIndex, st.Server)
 			return g.table("NAME\tROLE\tRAFT\tAPI", func(w *tabwriter.Writer) {
 				for _, m := range st.Members {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.Name, m.Role, m.RaftAddr, dash(m.APIURL))

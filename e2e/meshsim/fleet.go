@@ -134,6 +134,12 @@ func (f *fleet) hits() ([]int64, error) {
 
 func (f *fleet) pid() int { return f.cmd.Process.Pid }
 
+// kill ends the child at once (SIGKILL), dropping every watch together.
+func (f *fleet) kill() {
+	f.cmd.Process.Kill()
+	f.cmd.Wait()
+}
+
 // close ends the child: its stdin closes, then it is killed by PID if it
 // has not exited within 5 s.
 func (f *fleet) close() {

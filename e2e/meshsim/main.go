@@ -9,7 +9,8 @@
 //
 // Watchers resume from the index after the joins (?since=), as peers that
 // already hold the map do; the cost of a full map for one new watcher is
-// measured separately.
+// measured separately. At the end every watch is dropped at once and the
+// fleet reconnects, each timed until every coordinator's peer list agrees.
 package main
 
 import (
@@ -48,8 +49,12 @@ func main() {
 	os.Exit(run())
 }
 
-// keepDir (-keep) leaves each run's working directory in place.
-var keepDir bool
+// keepDir (-keep) leaves each run's working directory in place; binPath
+// (-bin) is the meshd the coordinators run.
+var (
+	keepDir bool
+	binPath string
+)
 
 // afterBurst is the kind of the change made after a burst of joins.
 const afterBurst = "after burst"
@@ -81,6 +86,25 @@ type Result struct {
 	// WatcherKiB is how much the coordinators' RSS grew per open, idle
 	// watch (all three together, divided by N).
 	WatcherKiB float64 `json:"rss_per_watcher_kib"`
+	// WatchesOpenSeconds is how long the N watches took to open.
+	WatchesOpenSeconds float64 `json:"watches_open_s"`
+	// Drop is every watch cut at once; Reconnect the fleet opening them
+	// all again (resuming from its index).
+	Drop      *MassResult `json:"all_watches_dropped"`
+	Reconnect *MassResult `json:"fleet_reconnects"`
+	// RaftTerms is how many Raft terms began from the first watch opening
+	// to the end of the run: 0 when the leader kept its lease throughout.
+	RaftTerms uint64 `json:"raft_terms_during_watches"`
+}
+
+// MassResult is every simulated peer's watch ending or starting at once.
+type MassResult struct {
+	// Seconds until every coordinator's peer list showed every simulated
+	// peer offline (or online), from the cut (or the reconnect's start).
+	Seconds float64 `json:"s"`
+	// RaftEntries is how far the log grew meanwhile: the watch marks.
+	RaftEntries    uint64  `json:"raft_entries"`
+	CoordCPUMillis float64 `json:"coordinator_cpu_ms"`
 }
 
 // ChangeResult is one change fanned out to every watcher.
@@ -131,6 +155,7 @@ func run() int {
 	burst := flag.Int("burst", 1000, "joins per burst (a tenth of it for the small burst)")
 	out := flag.String("out", "", "write results as JSON to this file")
 	merge := flag.String("results", "", "merge the figures into this bench results file (bench/results.json)")
+	flag.StringVar(&binPath, "bin", "", "meshd binary the coordinators run (default: built from this tree); to compare two versions")
 	flag.BoolVar(&keepDir, "keep", false, "keep each run's working directory (coordinator logs and data dirs) and print where it is")
 	flag.Parse()
 	var results []Result
@@ -188,6 +213,14 @@ func printResult(r *Result) {
 		fmt.Printf("%d-join bursts, median: %.0f joins/s with every watch open, %.0f with none (ratio %.2f)\n",
 			r.Bursts[len(r.Bursts)-1].Joins, r.BurstJoinsPerSec, r.BaselineJoinsPerSec, r.BurstJoinsPerSec/r.BaselineJoinsPerSec)
 	}
+	fmt.Printf("%d watches opened in %.1f s\n", r.N, r.WatchesOpenSeconds)
+	if d := r.Drop; d != nil {
+		fmt.Printf("every watch dropped at once: every coordinator listed them offline after %.2f s; %d Raft entries; coordinator CPU %.0f ms\n", d.Seconds, d.RaftEntries, d.CoordCPUMillis)
+	}
+	if d := r.Reconnect; d != nil {
+		fmt.Printf("the fleet reconnecting: every coordinator listed them online after %.2f s; %d Raft entries; coordinator CPU %.0f ms\n", d.Seconds, d.RaftEntries, d.CoordCPUMillis)
+	}
+	fmt.Printf("Raft terms begun from the first watch to the end: %d (0: the leader kept its lease)\n", r.RaftTerms)
 	for _, c := range r.Coordinators {
 		fmt.Printf("coordinator %s RSS %.0f MiB (joined, no watch: %.0f MiB; every watch open: %.0f MiB)\n", c.Name, c.RSSMB, c.RSSBeforeWatchesMB, c.RSSWatchesMB)
 	}
@@ -232,6 +265,9 @@ func simulate(n, burst int) (*Result, error) {
 	c, err := harness.NewCluster(dir, 3)
 	if err != nil {
 		return nil, err
+	}
+	if binPath != "" {
+		c.Bin = binPath
 	}
 	defer c.Close()
 	if err := c.StartAll(); err != nil {
@@ -400,11 +436,18 @@ func simulate(n, burst int) (*Result, error) {
 	for _, nd := range c.Nodes {
 		rssBefore[nd.Name] = rssMiB(nd.Proc.Pid())
 	}
+	term0 := st.Term
+	openStart := time.Now()
 	fl, err := startFleet(fleetConfig{URLs: urls, Pin: jt.Pin[:], Creds: creds, Since: since})
 	if err != nil {
 		return nil, err
 	}
-	defer fl.close()
+	defer func() { // fl is replaced when the fleet reconnects
+		if fl != nil {
+			fl.close()
+		}
+	}()
+	res.WatchesOpenSeconds = time.Since(openStart).Seconds()
 	watchPid := map[string]int{"watchers": fl.pid()} // for cpuMillis
 	rssOpen := map[string]float64{}
 	var grew float64
@@ -530,11 +573,94 @@ func simulate(n, burst int) (*Result, error) {
 		res.Bursts = append(res.Bursts, b)
 	}
 	res.BurstJoinsPerSec, res.BaselineJoinsPerSec = medianRate(res.Bursts, burst), medianRate(res.BaselineBursts, burst)
+
+	// Every watch dropped at once (the watcher process SIGKILLed, as a
+	// network cut or a crash would), then the fleet reconnecting.
+	simIDs := map[string]bool{}
+	for i, p := range peers {
+		if i != 2 { // removed above
+			simIDs[p.id] = true
+		}
+	}
+	if res.Drop, err = massChange(ctx, c, simIDs, false, func() error { fl.kill(); return nil }); err != nil {
+		return res, fmt.Errorf("all watches dropped: %w", err)
+	}
+	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+		return res, err
+	}
+	creds = slices.Delete(creds, 2, 3)
+	if res.Reconnect, err = massChange(ctx, c, simIDs, true, func() error {
+		fl, err = startFleet(fleetConfig{URLs: urls, Pin: jt.Pin[:], Creds: creds, Since: st.LastAppliedIndex})
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("fleet reconnecting: %w", err)
+	}
+	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+		return res, err
+	}
+	res.RaftTerms = st.Term - term0
 	for _, nd := range c.Nodes {
 		res.Coordinators = append(res.Coordinators, CoordinatorUse{Name: nd.Name, RSSMB: rssMiB(nd.Proc.Pid()),
 			RSSBeforeWatchesMB: rssBefore[nd.Name], RSSWatchesMB: rssOpen[nd.Name]})
 	}
 	return res, nil
+}
+
+// massChange runs do (every watch ending or starting) and waits until every
+// coordinator lists every peer of ids as online (or offline), polling each
+// coordinator's peer list.
+func massChange(ctx context.Context, c *harness.Cluster, ids map[string]bool, online bool, do func() error) (*MassResult, error) {
+	pids := map[string]int{}
+	var clients []*apiclient.Client
+	for _, nd := range c.Nodes {
+		pids[nd.Name] = nd.Proc.Pid()
+		cl, err := c.Admin(nd.URL())
+		if err != nil {
+			return nil, err
+		}
+		clients = append(clients, cl)
+	}
+	index := func() (uint64, error) {
+		var st api.ClusterStatus
+		err := clients[0].Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st)
+		return st.LastAppliedIndex, err
+	}
+	i0, err := index()
+	if err != nil {
+		return nil, err
+	}
+	cpu0, t0 := cpuMillis(pids), time.Now()
+	if err := do(); err != nil {
+		return nil, err
+	}
+	deadline := t0.Add(2 * time.Minute)
+	for k := 0; k < len(clients); {
+		var list []api.Peer
+		if err := clients[k].Do(ctx, http.MethodGet, "/v1/peers?vnet="+api.DefaultVNet, nil, &list); err != nil {
+			return nil, err
+		}
+		wrong := 0
+		for _, p := range list {
+			if ids[p.ID] && p.Online != online {
+				wrong++
+			}
+		}
+		if wrong == 0 {
+			k++ // this coordinator agrees; on to the next
+			continue
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s still lists %d peers with online=%v after %s", c.Nodes[k].Name, wrong, !online, time.Since(t0).Round(time.Second))
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+	r := &MassResult{Seconds: time.Since(t0).Seconds(), CoordCPUMillis: cpuMillis(pids) - cpu0}
+	i1, err := index()
+	if err != nil {
+		return nil, err
+	}
+	r.RaftEntries = i1 - i0
+	return r, nil
 }
 
 // watch holds one stream and records, per peer ID, when an update first
@@ -716,7 +842,7 @@ func mergeResults(path string, results []Result) error {
 			"value": p99 / 1000, "unit": "s (p99, worst change)",
 			"target":      "N = 10,000: p99 <= 1 s, <= 1 KiB per watcher per change, full map <= 100 ms to compute, RSS <= 1 GiB, >= 2,000 joins/s with every watch open",
 			"pass":        p99 <= 1000 && bytes <= 1024 && r.FullMapComputeMillis <= 100 && rss <= 1024 && r.BurstJoinsPerSec >= 2000 && len(r.Bursts) > 0 && r.Bursts[len(r.Bursts)-1].Joins == 1000,
-			"how":         fmt.Sprintf("meshsim: %d simulated peers (real tokens, keys, TLS) on a 3-node loopback cluster, one network-map watch each spread over the coordinators; per change (join, endpoint change, route announcement, leave) the time until every watcher has it; then 100 joins and 3 x 1,000 joins with every watch open (medians), against 3 x 1,000 joins with none before the watches opened", r.N),
+			"how":         fmt.Sprintf("meshsim: %d simulated peers (real tokens, keys, TLS) on a 3-node loopback cluster, one network-map watch each spread over the coordinators; per change (join, endpoint change, route announcement, leave) the time until every watcher has it; then 100 joins and 3 x 1,000 joins with every watch open (medians), against 3 x 1,000 joins with none before the watches opened; then every watch dropped at once (the watcher process SIGKILLed) until every coordinator lists every peer offline, and the fleet reconnecting until every coordinator lists them online", r.N),
 			"extra":       r,
 			"measured_at": time.Now().UTC(),
 		}

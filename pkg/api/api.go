@@ -261,7 +261,11 @@ type ClusterStatus struct {
 	Leader           string   `json:"leader"`
 	Members          []Member `json:"members"`
 	LastAppliedIndex uint64   `json:"last_applied_index"`
-	Server           string   `json:"server"`
+	// Term is the Raft term the answering coordinator is in: it grows by
+	// one (or more) with every election, so two readings tell whether the
+	// leadership changed in between.
+	Term   uint64 `json:"term"`
+	Server string `json:"server"`
 }
 
 // Gateway is one gateway carrying a route.
