@@ -282,7 +282,10 @@ func New(cfg Config) (_ *Server, err error) {
 		// Full-size records from the first byte: a network map or a burst's
 		// delta is sent in 16 KiB records instead of starting at one
 		// segment's worth, which costs a write per record per watcher.
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, DynamicRecordSizingDisabled: true},
+		// Handshakes are completed a few at a time (handshake.go) before
+		// the server sees a connection; "h2" for browsers on the dashboard.
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, DynamicRecordSizingDisabled: true,
+			NextProtos: []string{"h2", "http/1.1"}},
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          nil,
@@ -344,7 +347,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		err := s.http.ServeTLS(s.apiLn, "", "")
+		err := s.http.Serve(newHandshakeListener(s.apiLn, s.http.TLSConfig, handshakeSlots))
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("serve api: %w", err)
 		}

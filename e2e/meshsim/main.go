@@ -56,6 +56,17 @@ var (
 	binPath string
 )
 
+// The phases Raft terms are counted in (Result.TermsBy).
+const (
+	phaseOpen      = "the watches opened"
+	phaseChanges   = "single changes went out"
+	phaseBursts    = "bursts of joins went out"
+	phaseDrop      = "every watch dropped"
+	phaseReconnect = "the fleet reconnected"
+)
+
+var phases = []string{phaseOpen, phaseChanges, phaseBursts, phaseDrop, phaseReconnect}
+
 // afterBurst is the kind of the change made after a burst of joins.
 const afterBurst = "after burst"
 
@@ -94,7 +105,10 @@ type Result struct {
 	Reconnect *MassResult `json:"fleet_reconnects"`
 	// RaftTerms is how many Raft terms began from the first watch opening
 	// to the end of the run: 0 when the leader kept its lease throughout.
-	RaftTerms uint64 `json:"raft_terms_during_watches"`
+	// TermsBy splits them by phase (watches opening, changes, bursts,
+	// drop, reconnect).
+	RaftTerms uint64            `json:"raft_terms_during_watches"`
+	TermsBy   map[string]uint64 `json:"raft_terms_by_phase"`
 }
 
 // MassResult is every simulated peer's watch ending or starting at once.
@@ -220,7 +234,13 @@ func printResult(r *Result) {
 	if d := r.Reconnect; d != nil {
 		fmt.Printf("the fleet reconnecting: every coordinator listed them online after %.2f s; %d Raft entries; coordinator CPU %.0f ms\n", d.Seconds, d.RaftEntries, d.CoordCPUMillis)
 	}
-	fmt.Printf("Raft terms begun from the first watch to the end: %d (0: the leader kept its lease)\n", r.RaftTerms)
+	fmt.Printf("Raft terms begun from the first watch to the end: %d (0: the leader kept its lease)", r.RaftTerms)
+	for _, ph := range phases {
+		if k := r.TermsBy[ph]; k > 0 {
+			fmt.Printf("; %d while %s", k, ph)
+		}
+	}
+	fmt.Println()
 	for _, c := range r.Coordinators {
 		fmt.Printf("coordinator %s RSS %.0f MiB (joined, no watch: %.0f MiB; every watch open: %.0f MiB)\n", c.Name, c.RSSMB, c.RSSBeforeWatchesMB, c.RSSWatchesMB)
 	}
@@ -417,7 +437,9 @@ func simulate(n, burst int) (*Result, error) {
 		return b, nil
 	}
 	for k := range 3 {
+		stopProf := profileBurst(pids, fmt.Sprintf("base%d", k))
 		b, err := joinBurst(burst, fmt.Sprintf("base%d", k), nil)
+		stopProf()
 		if err != nil {
 			return nil, err
 		}
@@ -436,7 +458,17 @@ func simulate(n, burst int) (*Result, error) {
 	for _, nd := range c.Nodes {
 		rssBefore[nd.Name] = rssMiB(nd.Proc.Pid())
 	}
-	term0 := st.Term
+	res.TermsBy = map[string]uint64{}
+	term0, termAt := st.Term, st.Term
+	// phaseEnds notes how many terms began in the phase that just ended.
+	phaseEnds := func(phase string) error {
+		var now api.ClusterStatus
+		if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &now); err != nil {
+			return err
+		}
+		res.TermsBy[phase], termAt = now.Term-termAt, now.Term
+		return nil
+	}
 	openStart := time.Now()
 	fl, err := startFleet(fleetConfig{URLs: urls, Pin: jt.Pin[:], Creds: creds, Since: since})
 	if err != nil {
@@ -456,6 +488,9 @@ func simulate(n, burst int) (*Result, error) {
 		grew += rssOpen[nd.Name] - rssBefore[nd.Name]
 	}
 	res.WatcherKiB = grew * 1024 / float64(n)
+	if err := phaseEnds(phaseOpen); err != nil {
+		return nil, err
+	}
 
 	// Changes.
 	var delivered *ChangeResult // the last afterBurst change
@@ -543,10 +578,13 @@ func simulate(n, burst int) (*Result, error) {
 	}); err != nil {
 		return res, err
 	}
+	if err := phaseEnds(phaseChanges); err != nil {
+		return res, err
+	}
 	// Bursts with every watch open: 100 joins, then 1,000 three times,
 	// each followed by its delivery to every watcher.
 	for k, count := range []int{max(1, burst/10), burst, burst, burst} {
-		stopProf := profileBurst(pids, k)
+		stopProf := profileBurst(pids, fmt.Sprintf("watched%d", k))
 		bytes0, err := fl.bytes()
 		if err != nil {
 			return res, err
@@ -574,6 +612,9 @@ func simulate(n, burst int) (*Result, error) {
 	}
 	res.BurstJoinsPerSec, res.BaselineJoinsPerSec = medianRate(res.Bursts, burst), medianRate(res.BaselineBursts, burst)
 
+	if err := phaseEnds(phaseBursts); err != nil {
+		return res, err
+	}
 	// Every watch dropped at once (the watcher process SIGKILLed, as a
 	// network cut or a crash would), then the fleet reconnecting.
 	simIDs := map[string]bool{}
@@ -585,6 +626,9 @@ func simulate(n, burst int) (*Result, error) {
 	if res.Drop, err = massChange(ctx, c, simIDs, false, func() error { fl.kill(); return nil }); err != nil {
 		return res, fmt.Errorf("all watches dropped: %w", err)
 	}
+	if err := phaseEnds(phaseDrop); err != nil {
+		return res, err
+	}
 	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
 		return res, err
 	}
@@ -595,10 +639,10 @@ func simulate(n, burst int) (*Result, error) {
 	}); err != nil {
 		return res, fmt.Errorf("fleet reconnecting: %w", err)
 	}
-	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+	if err := phaseEnds(phaseReconnect); err != nil {
 		return res, err
 	}
-	res.RaftTerms = st.Term - term0
+	res.RaftTerms = termAt - term0
 	for _, nd := range c.Nodes {
 		res.Coordinators = append(res.Coordinators, CoordinatorUse{Name: nd.Name, RSSMB: rssMiB(nd.Proc.Pid()),
 			RSSBeforeWatchesMB: rssBefore[nd.Name], RSSWatchesMB: rssOpen[nd.Name]})
@@ -714,9 +758,10 @@ func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since 
 
 // profileBurst fetches a CPU profile of each coordinator while the burst
 // runs, when MESHD_PPROF_DIR is set (meshd then serves pprof and writes its
-// address there): DIR/burst-K-NAME.prof for the k-th burst. The returned
-// func waits for them.
-func profileBurst(pids map[string]int, k int) func() {
+// address there): DIR/burst-TAG-NAME.prof (TAG: base0..2 for the bursts
+// with no watch open, watched0..3 for those with every watch open). The
+// returned func waits for them.
+func profileBurst(pids map[string]int, tag string) func() {
 	dir := os.Getenv("MESHD_PPROF_DIR")
 	if dir == "" {
 		return func() {}
@@ -736,7 +781,7 @@ func profileBurst(pids map[string]int, k int) func() {
 			}
 			defer resp.Body.Close()
 			b, _ := io.ReadAll(resp.Body)
-			os.WriteFile(filepath.Join(dir, fmt.Sprintf("burst-%d-%s.prof", k, name)), b, 0o644)
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("burst-%s-%s.prof", tag, name)), b, 0o644)
 		}()
 	}
 	return wg.Wait
