@@ -633,12 +633,14 @@ func simulate(n, burst int) (*Result, error) {
 		return res, err
 	}
 	creds = slices.Delete(creds, 2, 3)
+	stopProf := profile(pids, "reconnect", 5)
 	if res.Reconnect, err = massChange(ctx, c, simIDs, true, func() error {
 		fl, err = startFleet(fleetConfig{URLs: urls, Pin: jt.Pin[:], Creds: creds, Since: st.LastAppliedIndex})
 		return err
 	}); err != nil {
 		return res, fmt.Errorf("fleet reconnecting: %w", err)
 	}
+	stopProf()
 	if err := phaseEnds(phaseReconnect); err != nil {
 		return res, err
 	}
@@ -759,9 +761,13 @@ func watch(ctx context.Context, urls []string, pin [32]byte, cred string, since 
 // profileBurst fetches a CPU profile of each coordinator while the burst
 // runs, when MESHD_PPROF_DIR is set (meshd then serves pprof and writes its
 // address there): DIR/burst-TAG-NAME.prof (TAG: base0..2 for the bursts
-// with no watch open, watched0..3 for those with every watch open). The
+// with no watch open, watched0..3 for those with every watch open; the
+// first 5 s of the fleet reconnecting are DIR/burst-reconnect-NAME.prof). The
 // returned func waits for them.
-func profileBurst(pids map[string]int, tag string) func() {
+func profileBurst(pids map[string]int, tag string) func() { return profile(pids, tag, 1) }
+
+// profile is profileBurst over secs seconds.
+func profile(pids map[string]int, tag string, secs int) func() {
 	dir := os.Getenv("MESHD_PPROF_DIR")
 	if dir == "" {
 		return func() {}
@@ -775,7 +781,7 @@ func profileBurst(pids map[string]int, tag string) func() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := http.Get("http://" + string(addr) + "/debug/pprof/profile?seconds=1")
+			resp, err := http.Get("http://" + string(addr) + fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
 			if err != nil {
 				return
 			}
