@@ -55,8 +55,7 @@ func (s *Server) watchEnded(peerID string) {
 	if s.watchN[peerID]--; s.watchN[peerID] <= 0 {
 		delete(s.watchN, peerID)
 	}
-	s.touched[peerID] = now
-	s.markDirty[peerID] = now
+	s.markDirty[peerID] = now // its release carries the end as last seen
 	s.touchMu.Unlock()
 	s.kickMarks()
 }
@@ -114,16 +113,14 @@ func (s *Server) takeMarks() (held []string, released map[string]time.Time) {
 }
 
 // writeMarks writes held and released in commands of at most markChunk
-// peers. What it could not write goes back into the dirty set, unless the
-// peer's watch started or ended again meanwhile (the newer entry wins).
+// peers. What it could not write goes back into the dirty set.
 func (s *Server) writeMarks(ctx context.Context, held []string, released map[string]time.Time) error {
 	ids := slices.Sorted(maps.Keys(released))
 	for len(held) > 0 || len(ids) > 0 {
 		c := &fsm.MarkWatches{Coordinator: s.cfg.Name}
 		n := min(len(held), markChunk)
 		c.Held, held = held[:n], held[n:]
-		if n < markChunk && len(ids) > 0 {
-			k := min(len(ids), markChunk-n)
+		if k := min(len(ids), markChunk-n); k > 0 {
 			c.Released = make(map[string]time.Time, k)
 			for _, id := range ids[:k] {
 				c.Released[id] = released[id]
@@ -131,22 +128,28 @@ func (s *Server) writeMarks(ctx context.Context, held []string, released map[str
 			ids = ids[k:]
 		}
 		if _, err := s.raftApply(ctx, fsm.MarkWatchesType, c); err != nil {
-			s.touchMu.Lock()
-			defer s.touchMu.Unlock()
-			for _, id := range slices.Concat(c.Held, held) {
-				if _, ok := s.markDirty[id]; !ok {
-					s.markDirty[id] = time.Time{}
-				}
-			}
-			for _, id := range slices.Concat(slices.Collect(maps.Keys(c.Released)), ids) {
-				if _, ok := s.markDirty[id]; !ok {
-					s.markDirty[id] = released[id]
-				}
-			}
+			s.requeueMarks(slices.Concat(c.Held, held), slices.Concat(slices.Collect(maps.Keys(c.Released)), ids), released)
 			return err
 		}
 	}
 	return nil
+}
+
+// requeueMarks puts unwritten marks back into the dirty set, unless the
+// peer's watch started or ended again meanwhile (the newer entry wins).
+func (s *Server) requeueMarks(held, releasedIDs []string, released map[string]time.Time) {
+	s.touchMu.Lock()
+	defer s.touchMu.Unlock()
+	for _, id := range held {
+		if _, ok := s.markDirty[id]; !ok {
+			s.markDirty[id] = time.Time{}
+		}
+	}
+	for _, id := range releasedIDs {
+		if _, ok := s.markDirty[id]; !ok {
+			s.markDirty[id] = released[id]
+		}
+	}
 }
 
 // resyncMarks queues every peer whose replicated mark disagrees with the

@@ -65,7 +65,7 @@ func newClusterCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "cluster", Short: "Inspect the coordinator cluster"}
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show the coordinators, which one leads, and the last applied index",
+		Short: "Show the coordinators, which one leads, the Raft term and the last applied index",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var st api.ClusterStatus

@@ -448,8 +448,8 @@ func simulate(n, burst int) (*Result, error) {
 
 	// The index every watcher resumes from: after all joins, the baseline
 	// bursts' included.
-	var st api.ClusterStatus
-	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+	st, err := clusterStatus(ctx, admin)
+	if err != nil {
 		return nil, err
 	}
 	since := st.LastAppliedIndex
@@ -459,14 +459,15 @@ func simulate(n, burst int) (*Result, error) {
 		rssBefore[nd.Name] = rssMiB(nd.Proc.Pid())
 	}
 	res.TermsBy = map[string]uint64{}
-	term0, termAt := st.Term, st.Term
+	termAt := st.Term
 	// phaseEnds notes how many terms began in the phase that just ended.
 	phaseEnds := func(phase string) error {
-		var now api.ClusterStatus
-		if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &now); err != nil {
+		now, err := clusterStatus(ctx, admin)
+		if err != nil {
 			return err
 		}
 		res.TermsBy[phase], termAt = now.Term-termAt, now.Term
+		res.RaftTerms += res.TermsBy[phase]
 		return nil
 	}
 	openStart := time.Now()
@@ -629,7 +630,7 @@ func simulate(n, burst int) (*Result, error) {
 	if err := phaseEnds(phaseDrop); err != nil {
 		return res, err
 	}
-	if err := admin.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+	if st, err = clusterStatus(ctx, admin); err != nil {
 		return res, err
 	}
 	creds = slices.Delete(creds, 2, 3)
@@ -644,7 +645,6 @@ func simulate(n, burst int) (*Result, error) {
 	if err := phaseEnds(phaseReconnect); err != nil {
 		return res, err
 	}
-	res.RaftTerms = termAt - term0
 	for _, nd := range c.Nodes {
 		res.Coordinators = append(res.Coordinators, CoordinatorUse{Name: nd.Name, RSSMB: rssMiB(nd.Proc.Pid()),
 			RSSBeforeWatchesMB: rssBefore[nd.Name], RSSWatchesMB: rssOpen[nd.Name]})
@@ -666,12 +666,7 @@ func massChange(ctx context.Context, c *harness.Cluster, ids map[string]bool, on
 		}
 		clients = append(clients, cl)
 	}
-	index := func() (uint64, error) {
-		var st api.ClusterStatus
-		err := clients[0].Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st)
-		return st.LastAppliedIndex, err
-	}
-	i0, err := index()
+	st0, err := clusterStatus(ctx, clients[0])
 	if err != nil {
 		return nil, err
 	}
@@ -701,12 +696,19 @@ func massChange(ctx context.Context, c *harness.Cluster, ids map[string]bool, on
 		time.Sleep(100 * time.Millisecond) // polling interval, bounded by the deadline
 	}
 	r := &MassResult{Seconds: time.Since(t0).Seconds(), CoordCPUMillis: cpuMillis(pids) - cpu0}
-	i1, err := index()
+	st1, err := clusterStatus(ctx, clients[0])
 	if err != nil {
 		return nil, err
 	}
-	r.RaftEntries = i1 - i0
+	r.RaftEntries = st1.LastAppliedIndex - st0.LastAppliedIndex
 	return r, nil
+}
+
+// clusterStatus asks cl for the cluster's status (leader, term, index).
+func clusterStatus(ctx context.Context, cl *apiclient.Client) (api.ClusterStatus, error) {
+	var st api.ClusterStatus
+	err := cl.Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st)
+	return st, err
 }
 
 // watch holds one stream and records, per peer ID, when an update first
