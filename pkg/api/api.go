@@ -219,6 +219,10 @@ type MapPeer struct {
 	Tags      []string `json:"tags,omitempty"`
 	// Drained gateways carry their routes only when no other can.
 	Drained bool `json:"drained,omitempty"`
+	// Relay is the peer's relayed address (host:port of its TURN
+	// allocation): packets sent there through a relay reach it when no
+	// direct path does.
+	Relay string `json:"relay,omitempty"`
 }
 
 // MapUpdate is one message of a network-map watch. Full means Peers is the
@@ -246,6 +250,29 @@ type MapUpdate struct {
 // replaces its reported endpoints.
 type HeartbeatRequest struct {
 	Endpoints []string `json:"endpoints"`
+	// Relay, when not nil, replaces the peer's relayed address (host:port
+	// of its TURN allocation; "" clears it).
+	Relay *string `json:"relay,omitempty"`
+}
+
+// RelayServer is one TURN server (RFC 8656) a peer may allocate a relayed
+// address on, with a TURN REST credential: Username is
+// "EXPIRY_UNIX:PEER_ID" and Password is base64(HMAC-SHA1(secret,
+// Username)), the form coturn's use-auth-secret checks.
+type RelayServer struct {
+	// URL is turn:HOST:PORT?transport=udp, turn:HOST:PORT?transport=tcp
+	// or turns:HOST:PORT?transport=tcp (TLS; a coordinator's is pinned like
+	// its API).
+	URL      string `json:"url"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// RelayConfig answers GET /v1/relay: the relays a peer may use and until
+// when its credential is good. Peers fetch a new one before Expires.
+type RelayConfig struct {
+	Servers []RelayServer `json:"servers"`
+	Expires time.Time     `json:"expires"`
 }
 
 // Member is one coordinator.
