@@ -1,7 +1,10 @@
 // Package fsm is the coordinators' Raft state machine: every log entry is a
 // one-byte command type followed by a JSON body, applied to a state.Store.
 // A body that does not decode means the replicas have diverged and Apply
-// panics rather than guess.
+// panics rather than guess. Fields a body does not know are ignored, so a
+// coordinator applies entries written by a newer one that added fields
+// (a rolling upgrade); new fields are omitted when empty, so entries that
+// do not use them encode as before.
 package fsm
 
 import (
@@ -135,7 +138,8 @@ func Encode(t MessageType, body any) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Decode parses a log entry into its type and a pointer to its body.
+// Decode parses a log entry into its type and a pointer to its body,
+// ignoring fields the body does not have.
 func Decode(data []byte) (MessageType, any, error) {
 	if len(data) < 2 || len(data) > MaxCommandBytes {
 		return 0, nil, fmt.Errorf("%w: %d bytes", ErrDecode, len(data))
@@ -147,7 +151,6 @@ func Decode(data []byte) (MessageType, any, error) {
 	}
 	body := mk()
 	dec := json.NewDecoder(bytes.NewReader(data[1:]))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(body); err != nil {
 		return 0, nil, fmt.Errorf("%w: type %d: %v", ErrDecode, t, err)
 	}

@@ -17,7 +17,7 @@ func Peer(p *state.Peer) api.MapPeer {
 	m := api.MapPeer{
 		ID: p.ID, Name: p.Name, Role: p.Role, PublicKey: p.PublicKey,
 		OverlayIP: p.OverlayIP.String(), Endpoints: slices.Clone(p.Endpoints),
-		Tags: slices.Clone(p.Tags), Drained: p.Drained,
+		Tags: slices.Clone(p.Tags), Drained: p.Drained, Relay: p.Relay,
 	}
 	for _, r := range p.Routes {
 		m.Routes = append(m.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
@@ -48,6 +48,46 @@ func STUNServers(t *state.Tables) []string {
 		}
 	}
 	sort.Strings(out)
+	return out
+}
+
+// RelayURLs lists the TURN URLs of the coordinators' built-in relays:
+// turn:HOST:PORT?transport=udp on the STUN address of every coordinator
+// that allocates relayed addresses, then turns:HOST:PORT?transport=tcp for
+// every one that serves TURN over TLS, each group sorted by coordinator
+// name. Coordinators that report no relay (older versions, relaying off)
+// are left out.
+func RelayURLs(t *state.Tables) (udp, tls []string) {
+	names := make([]string, 0, len(t.Coordinators))
+	for n := range t.Coordinators {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c := t.Coordinators[n]
+		if c.RelayIP == "" {
+			continue
+		}
+		if c.STUNAddr != "" {
+			udp = append(udp, "turn:"+c.STUNAddr+"?transport=udp")
+		}
+		if c.RelayTLSAddr != "" {
+			tls = append(tls, "turns:"+c.RelayTLSAddr+"?transport=tcp")
+		}
+	}
+	return udp, tls
+}
+
+// RelayIPs lists the addresses the coordinators' relays allocate relayed
+// addresses on: the only addresses a relay forwards to.
+func RelayIPs(t *state.Tables) []netip.Addr {
+	var out []netip.Addr
+	for _, c := range t.Coordinators {
+		if a, err := netip.ParseAddr(c.RelayIP); err == nil && !slices.Contains(out, a.Unmap()) {
+			out = append(out, a.Unmap())
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
 	return out
 }
 

@@ -89,6 +89,18 @@ func ValidEndpoints(eps []string) error {
 	return nil
 }
 
+// ValidRelay checks a reported relayed address: ip:port, or "" (none).
+func ValidRelay(r string) error {
+	if r == "" {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(r)
+	if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() {
+		return api.Errorf(api.CodeInvalidArgument, "relayed address %q is not an ip:port", r)
+	}
+	return nil
+}
+
 func overlaps(a, b netip.Prefix) bool { return a.Overlaps(b) }
 
 // Bootstrap creates the default vnet and the gossip keyring once; later calls
@@ -403,6 +415,8 @@ type PeerUpdate struct {
 	Endpoints *[]string    `json:"endpoints,omitempty"`
 	Routes    *[]api.Route `json:"routes,omitempty"`
 	Drained   *bool        `json:"drained,omitempty"`
+	// Relay replaces the peer's relayed address ("" clears it).
+	Relay *string `json:"relay,omitempty"`
 	// WatchedBy sets who holds the peer's watch; with IfWatchedBy, only if
 	// that is the current holder (a coordinator clears only its own).
 	// Coordinators now write watch marks in batches (MarkWatches); these
@@ -419,6 +433,11 @@ type PeerUpdate struct {
 func (s *Store) UpdatePeer(u PeerUpdate) error {
 	if u.Endpoints != nil {
 		if err := ValidEndpoints(*u.Endpoints); err != nil {
+			return err
+		}
+	}
+	if u.Relay != nil {
+		if err := ValidRelay(*u.Relay); err != nil {
 			return err
 		}
 	}
@@ -457,6 +476,10 @@ func (s *Store) UpdatePeer(u PeerUpdate) error {
 	}
 	if u.Seen != nil && u.Seen.After(p.LastSeen) {
 		p.LastSeen = *u.Seen // not part of the network map
+	}
+	if u.Relay != nil && p.Relay != *u.Relay {
+		p.Relay = *u.Relay
+		changed = true
 	}
 	if u.Drained != nil && p.Drained != *u.Drained {
 		p.Drained = *u.Drained

@@ -59,6 +59,9 @@ type Peer struct {
 	LastSeen    time.Time      `json:"last_seen"`
 	// Drained: an admin moved this gateway's routes to its standbys.
 	Drained bool `json:"drained,omitempty"`
+	// Relay is the peer's relayed address (ip:port of its TURN
+	// allocation); "" when it has none.
+	Relay string `json:"relay,omitempty"`
 	// WatchedBy names the coordinator holding the peer's network-map watch
 	// ("" when none); Watcher is set once the peer has ever watched, after
 	// which an agent without a watch counts as offline at once.
@@ -89,6 +92,14 @@ type Coordinator struct {
 	// STUNAddr is where the coordinator answers STUN (host:port); empty
 	// when it does not.
 	STUNAddr string `json:"stun_addr,omitempty"`
+	// RelayIP is the address of the relayed addresses its TURN server
+	// allocates (TURN runs on STUNAddr); empty when it allocates none
+	// (relaying off, an external relay configured, or a version without
+	// one).
+	RelayIP string `json:"relay_ip,omitempty"`
+	// RelayTLSAddr is where it serves TURN over TLS (host:port); empty
+	// when it does not.
+	RelayTLSAddr string `json:"relay_tls_addr,omitempty"`
 }
 
 // Tables is the replicated state. Readers get it through Read and must not

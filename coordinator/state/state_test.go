@@ -95,7 +95,12 @@ func TestSnapshotRoundTripEveryTable(t *testing.T) {
 	if _, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p1", Name: "gw1", PublicKey: key(), CredHash: hash('c'), Endpoints: []string{"192.0.2.1:51820"}}, t0); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RegisterCoordinator(Coordinator{Name: "c1", RaftAddr: "127.0.0.1:1", APIURL: "https://127.0.0.1:2"}); err != nil {
+	relay := "198.51.100.7:49170"
+	if err := s.UpdatePeer(PeerUpdate{PeerID: "p1", Relay: &relay}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RegisterCoordinator(Coordinator{Name: "c1", RaftAddr: "127.0.0.1:1", APIURL: "https://127.0.0.1:2",
+		STUNAddr: "127.0.0.1:3478", RelayIP: "127.0.0.1", RelayTLSAddr: "127.0.0.1:5349"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.RotateGossipKey(make([]byte, 32)); err != nil {
@@ -114,6 +119,62 @@ func TestSnapshotRoundTripEveryTable(t *testing.T) {
 	}
 	if id, ok := r.PeerIDByName(api.DefaultVNet, "gw1"); !ok || id != "p1" {
 		t.Fatalf("indexes not rebuilt: got %q %v", id, ok)
+	}
+	var got Peer
+	var c Coordinator
+	r.Read(func(t *Tables, _ uint64) { got, c = *t.Peers["p1"], *t.Coordinators["c1"] })
+	if got.Relay != relay || c.RelayIP != "127.0.0.1" || c.RelayTLSAddr != "127.0.0.1:5349" {
+		t.Fatalf("restored relay %q, coordinator %+v; want %s and the relay addresses", got.Relay, c, relay)
+	}
+}
+
+// TestUpdatePeerRelay: a peer's relayed address is set, kept, cleared and
+// validated like its endpoints; only a real change reaches the map.
+func TestUpdatePeerRelay(t *testing.T) {
+	s := setup(t)
+	if _, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p1", Name: "p1", PublicKey: key(), CredHash: hash('c')}, t0); err != nil {
+		t.Fatal(err)
+	}
+	str := func(s string) *string { return &s }
+	for _, tt := range []struct {
+		name    string
+		relay   *string
+		code    string
+		want    string
+		changed bool
+	}{
+		{"set", str("192.0.2.10:50000"), "", "192.0.2.10:50000", true},
+		{"unchanged", str("192.0.2.10:50000"), "", "192.0.2.10:50000", false},
+		{"absent leaves it", nil, "", "192.0.2.10:50000", false},
+		{"ipv6", str("[2001:db8::1]:3479"), "", "[2001:db8::1]:3479", true},
+		{"no port", str("192.0.2.10"), api.CodeInvalidArgument, "[2001:db8::1]:3479", false},
+		{"port zero", str("192.0.2.10:0"), api.CodeInvalidArgument, "[2001:db8::1]:3479", false},
+		{"unspecified", str("0.0.0.0:50000"), api.CodeInvalidArgument, "[2001:db8::1]:3479", false},
+		{"host name", str("relay.example.net:3478"), api.CodeInvalidArgument, "[2001:db8::1]:3479", false},
+		{"cleared", str(""), "", "", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before, dump := s.MapChanges(), s.Dump()
+			err := s.UpdatePeer(PeerUpdate{PeerID: "p1", Relay: tt.relay})
+			if tt.code != "" {
+				if !api.IsCode(err, tt.code) {
+					t.Fatalf("got %v; want code %s", err, tt.code)
+				}
+				if string(s.Dump()) != string(dump) {
+					t.Fatal("a refused update changed the state")
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			s.Read(func(tb *Tables, _ uint64) { got = tb.Peers["p1"].Relay })
+			if got != tt.want {
+				t.Fatalf("got relay %q; want %q", got, tt.want)
+			}
+			if changed := s.MapChanges() != before; changed != tt.changed {
+				t.Fatalf("map changed %v; want %v", changed, tt.changed)
+			}
+		})
 	}
 }
 
