@@ -8,6 +8,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v nft >/dev/null || need+=(nftables)
+command -v sysctl >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing packages: ${need[*]} (run as root to install them)" >&2
