@@ -127,9 +127,9 @@ const (
 
 // Interface names in a NAT topology.
 const (
-	natWANIf = "wan0" // a router's outside leg
-	natLANIf = "lan0" // a router's LAN leg
-	natHost  = "eth0" // a host's only interface
+	natWANIf  = "wan0" // a router's outside leg
+	natLANIf  = "lan0" // a router's LAN leg
+	natHostIf = "eth0" // a host's only interface
 )
 
 // NATHostSpec is one host of a NAT topology.
@@ -333,8 +333,8 @@ func BuildNAT(l *Lab, specs []NATHostSpec) (*NATTopology, error) {
 		}
 		t.Hosts[i] = h
 	}
-	for n, g := range groups {
-		n++ // router N has 198.19.N.0/24 and 198.18.0.(100+N)
+	for i, g := range groups {
+		n := i + 1 // router N has 198.19.N.0/24 and 198.18.0.(100+N)
 		wan := fmt.Sprintf("198.18.0.%d", 100+n)
 		lanNet := fmt.Sprintf("198.19.%d.0/24", n)
 		lanGW := fmt.Sprintf("198.19.%d.1", n)
@@ -377,7 +377,7 @@ func BuildNAT(l *Lab, specs []NATHostSpec) (*NATTopology, error) {
 			if err := l.AddNS(s.Name); err != nil {
 				return nil, err
 			}
-			if err := b.attach(s.Name, natHost, addr+"/24", "lans", lanBr); err != nil {
+			if err := b.attach(s.Name, natHostIf, addr+"/24", "lans", lanBr); err != nil {
 				return nil, err
 			}
 			if _, err := run("ip", "-n", l.NS(s.Name), "route", "add", "default", "via", lanGW); err != nil {
@@ -397,7 +397,7 @@ func (b *natBuilder) public(name, addr string) (NATHost, error) {
 	if err := b.l.AddNS(name); err != nil {
 		return NATHost{}, err
 	}
-	if err := b.attach(name, natHost, addr+"/24", "wan", "br0"); err != nil {
+	if err := b.attach(name, natHostIf, addr+"/24", "wan", "br0"); err != nil {
 		return NATHost{}, err
 	}
 	return NATHost{Name: name, NS: b.l.NS(name), Kind: Public, Addr: addr, WAN: addr}, nil
