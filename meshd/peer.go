@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -108,7 +110,7 @@ refused; restarting will not help (join again with a new token).`,
 	f.IntVar(&priority, "gateway-priority", 100, "priority of this gateway's routes; the highest healthy one carries a route")
 	f.BoolVar(&cfg.SNAT, "snat", false, "masquerade mesh traffic leaving this gateway (LAN hosts then see the gateway's address)")
 	f.StringVar(&cfg.WGMode, "wg-mode", engine.ModeAuto, "WireGuard engine: auto, kernel or userspace")
-	f.Uint16Var(&port, "listen-port", peer.DefaultListenPort, "WireGuard UDP port")
+	f.Uint16Var(&port, "listen-port", 0, "WireGuard UDP port (default: 51820 on a gateway; on a client a random port, kept in the state dir, so clients behind one NAT keep their own mappings)")
 	f.IntVar(&cfg.MTU, "mtu", engine.DefaultMTU, "MTU of the WireGuard interface")
 	f.StringVar(&lanVIP, "lan-vip", "", "virtual IP/LEN the active gateway of an HA pair owns on --lan-dev (LAN hosts route through it)")
 	f.StringVar(&cfg.LANDev, "lan-dev", "", "LAN interface of this gateway for --lan-vip and --lan-check (default: the interface with an address in the VIP's subnet)")
@@ -142,15 +144,19 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if coord == "" {
 				coord = "none (running on the last network map)"
 			}
-			fmt.Fprintf(g.out, "coordinator %s  map index %d  endpoints %s\n\n", coord, st.MapIndex, join(st.Endpoints))
+			fmt.Fprintf(g.out, "coordinator %s  map index %d  listen port %d\nendpoints %s  relay %s\n\n", coord, st.MapIndex, st.ListenPort, join(st.Endpoints), dash(st.Relay))
 			w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PEER\tOVERLAY IP\tENDPOINT\tLAST HANDSHAKE\tONLINE\tRX\tTX\tROUTES")
+			fmt.Fprintln(w, "PEER\tOVERLAY IP\tPATH\tENDPOINT\tRTT\tLAST HANDSHAKE\tONLINE\tRX\tTX\tROUTES")
 			for _, p := range st.Peers {
 				hs := "never"
 				if p.LastHandshake != nil {
 					hs = p.LastHandshake.Format("15:04:05")
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%d\t%d\t%s\n", p.Name, p.OverlayIP, dash(p.Endpoint), hs, p.Online, p.RxBytes, p.TxBytes, join(p.Routes))
+				rtt := "-"
+				if p.RTTMs > 0 {
+					rtt = fmt.Sprintf("%.1fms", p.RTTMs)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%t\t%d\t%d\t%s\n", p.Name, p.OverlayIP, dash(p.Path), dash(p.Endpoint), rtt, hs, p.Online, p.RxBytes, p.TxBytes, join(p.Routes))
 			}
 			if len(st.Routes) > 0 {
 				fmt.Fprintln(w, "\nROUTE\tACTIVE GATEWAY\tWHY")
@@ -166,6 +172,112 @@ func newStatusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dir, "state-dir", "/var/lib/meshd", "state dir of the peer to ask")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func newPingCmd(g *globals) *cobra.Command {
+	var (
+		dir   string
+		count int
+		until bool
+	)
+	cmd := &cobra.Command{
+		Use:   "ping PEER",
+		Short: "Probe a peer (name or overlay IP) on every path; say which answered (direct or relay) and the round-trip time",
+		Long: `Probe a peer through the mesh on every path at once (its direct
+candidates and its relayed address) and print the first that answers:
+"direct" with the peer's address, or "relay" with its relayed address.
+--count repeats; --until-direct stops at the first direct answer and
+fails if none comes.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if count < 1 {
+				return fmt.Errorf("--count %d: must be 1 or more", count)
+			}
+			var results []*api.PingResult
+			for i := range count {
+				r, err := peer.QueryPing(cmd.Context(), dir, args[0])
+				if err != nil {
+					return err
+				}
+				results = append(results, r)
+				if !g.json {
+					fmt.Fprintf(g.out, "pong from %s (%s) via %s %s in %.2fms\n", r.Peer, r.OverlayIP, r.Path, r.Endpoint, r.RTTMs)
+				}
+				if until && r.Path == api.PathDirect {
+					break
+				}
+				if i < count-1 {
+					select {
+					case <-cmd.Context().Done():
+						return cmd.Context().Err()
+					case <-time.After(time.Second):
+					}
+				}
+			}
+			if g.json {
+				if err := printJSON(g.out, results[len(results)-1]); err != nil {
+					return err
+				}
+			}
+			if until && results[len(results)-1].Path != api.PathDirect {
+				return fmt.Errorf("no direct path to %s after %d probes", args[0], len(results))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "state-dir", "/var/lib/meshd", "state dir of the local peer")
+	cmd.Flags().IntVarP(&count, "count", "c", 1, "number of probes, one a second")
+	cmd.Flags().BoolVar(&until, "until-direct", false, "stop at the first direct answer; fail if none comes within --count probes")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func newNetcheckCmd(g *globals) *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "netcheck",
+		Short: "Say what the local network allows: UDP, the reflexive address, whether the NAT maps per destination, relay latencies",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := peer.QueryNetcheck(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, r)
+			}
+			fmt.Fprintf(g.out, "UDP: %t (listen port %d)\n", r.UDP, r.ListenPort)
+			var srvs []string
+			for s := range r.Reflexive {
+				srvs = append(srvs, s)
+			}
+			slices.Sort(srvs)
+			for _, s := range srvs {
+				fmt.Fprintf(g.out, "  seen by %s as %s\n", s, r.Reflexive[s])
+			}
+			fmt.Fprintf(g.out, "mapping varies by destination: %t", r.MappingVariesByDest)
+			if r.MappingVariesByDest {
+				fmt.Fprint(g.out, " (symmetric NAT: peers behind filtering NATs are reached through the relay)")
+			}
+			fmt.Fprintf(g.out, "\nrelay: %s on %s\n", dash(r.Relay), dash(r.RelayServer))
+			var urls []string
+			for u := range r.RelayLatencyMs {
+				urls = append(urls, u)
+			}
+			slices.Sort(urls)
+			for _, u := range urls {
+				if ms := r.RelayLatencyMs[u]; ms < 0 {
+					fmt.Fprintf(g.out, "  %s: no answer\n", u)
+				} else {
+					fmt.Fprintf(g.out, "  %s: %.2fms\n", u, ms)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "state-dir", "/var/lib/meshd", "state dir of the local peer")
 	addJSONFlag(cmd, g)
 	return cmd
 }

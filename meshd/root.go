@@ -76,6 +76,8 @@ MESHD_ADMIN_TOKEN, the contents of a coordinator's DATA_DIR/admin.token.`,
 		newRouteCmd(g),
 		newGossipCmd(g),
 		newStatusCmd(g),
+		newPingCmd(g),
+		newNetcheckCmd(g),
 	)
 	return root
 }

@@ -13,6 +13,7 @@ package peer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/controlclient"
 	"github.com/meshd/meshd/peer/endpoints"
 	"github.com/meshd/meshd/peer/engine"
@@ -35,12 +37,19 @@ import (
 	"github.com/meshd/meshd/peer/vip"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/tlspin"
 )
 
 // Defaults of Config.
 const (
-	DefaultInterface  = "meshd0"
+	DefaultInterface = "meshd0"
+	// DefaultListenPort is a gateway's WireGuard port (the one to forward
+	// on a NAT in front of it). A client picks a random port once and
+	// keeps it in its state dir (ListenPortFile), so two clients behind
+	// one NAT do not compete for one port mapping.
 	DefaultListenPort = 51820
+	// ListenPortFile in the state dir holds a client's random port.
+	ListenPortFile = "listen-port"
 	// HeartbeatEvery is how often the agent tells the coordinators it is
 	// alive and refreshes its endpoints.
 	HeartbeatEvery = 10 * time.Second
@@ -106,6 +115,14 @@ type Agent struct {
 	gossipKeys [][]byte                  // guarded by mu: the keyring gossip uses
 	changed    chan struct{}             // signals the reconcile loop
 
+	// bind is the userspace engine's socket layer: paths, probes, relay;
+	// nil with the kernel engine or an injected one.
+	bind      *bind.Conn
+	ownEngine bool
+	// relayReported is the relayed address last reported; guarded by mu.
+	relayReported string
+	hbKick        chan struct{} // asks the heartbeat loop to report now
+
 	vip   vip.VIP     // nil without --lan-vip
 	lanOK atomic.Bool // the LAN check passes (true without one)
 	// fwdArmed: the router has turned forwarding on, so finding it off
@@ -123,9 +140,6 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if len(cfg.Interface) > 15 {
 		return nil, fmt.Errorf("interface name %q is longer than 15 characters", cfg.Interface)
-	}
-	if cfg.ListenPort == 0 {
-		cfg.ListenPort = DefaultListenPort
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = engine.DefaultMTU
@@ -151,11 +165,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
 	}
-	if cfg.NewEngine == nil {
-		cfg.NewEngine = func(name string) (engine.Engine, error) {
-			return engine.New(cfg.WGMode, name, cfg.MTU, cfg.Logger)
-		}
-	}
+	ownEngine := cfg.NewEngine == nil
 	if cfg.NewRouter == nil {
 		cfg.NewRouter = func(name string) (router.Router, error) { return router.New(name, cfg.Logger) }
 	}
@@ -175,10 +185,26 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
+	if cfg.ListenPort == 0 {
+		if len(cfg.Routes) > 0 {
+			cfg.ListenPort = DefaultListenPort
+		} else {
+			p, err := loadOrPickPort(filepath.Join(cfg.StateDir, ListenPortFile))
+			if err != nil {
+				return nil, err
+			}
+			cfg.ListenPort = p
+		}
+	}
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent"),
 		pick: map[string]int{}, pickSince: map[string]time.Time{}, lastEP: map[string]netip.AddrPort{},
-		changed: make(chan struct{}, 1),
+		changed: make(chan struct{}, 1), hbKick: make(chan struct{}, 1), ownEngine: ownEngine,
+	}
+	if ownEngine {
+		a.cfg.NewEngine = func(name string) (engine.Engine, error) {
+			return engine.New(a.cfg.WGMode, name, a.cfg.MTU, a.cfg.Logger, a.bind)
+		}
 	}
 	priv, err := loadOrCreateKey(filepath.Join(cfg.StateDir, controlclient.KeyFile))
 	if err != nil {
@@ -186,6 +212,22 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.priv = priv
 	return a, nil
+}
+
+// loadOrPickPort reads a client's listen port from path, or picks a random
+// one in 41642-60999 and keeps it there.
+func loadOrPickPort(path string) (uint16, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		var p uint16
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &p); err == nil && p != 0 {
+			return p, nil
+		}
+	}
+	p := uint16(41642 + rand.N(60999-41642+1))
+	if err := controlclient.WriteFile(path, []byte(fmt.Sprintf("%d\n", p))); err != nil {
+		return 0, fmt.Errorf("write listen port: %w", err)
+	}
+	return p, nil
 }
 
 // loadOrCreateKey keeps the WireGuard private key in the state dir; it never
@@ -225,6 +267,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.log = a.log.With("peer", a.id.Name, "vnet", a.id.VNet)
 	if a.cc, err = controlclient.New(a.id); err != nil {
 		return err
+	}
+	if a.ownEngine && a.cfg.WGMode != engine.ModeKernel {
+		pin := a.cc.Pin()
+		a.bind = bind.New(bind.Config{PrivateKey: a.priv, Logger: a.cfg.Logger, Exclude: []string{a.cfg.Interface},
+			TLSConfig: func(string) *tls.Config { return tlspin.ClientConfig(pin) }})
+		defer a.bind.Shutdown()
+	} else if a.cfg.WGMode == engine.ModeKernel {
+		a.log.Warn("kernel WireGuard: no relay and no hole punching; peers are reached at their announced endpoints only")
 	}
 	if a.eng, err = a.cfg.NewEngine(a.cfg.Interface); err != nil {
 		return err
@@ -287,6 +337,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	loops := []func(context.Context) error{a.watchLoop, a.heartbeatLoop, a.reconcileLoop}
 	if len(a.cfg.Routes) > 0 {
 		loops = append(loops, a.selfCheckLoop)
+	}
+	if a.bind != nil {
+		loops = append(loops, a.relayLoop, a.discoveryLoop)
 	}
 	for _, loop := range loops {
 		wg.Add(1)
@@ -470,11 +523,22 @@ func (a *Agent) reconcile() error {
 	if g != nil {
 		healthy = func(id string) bool { return g.Healthy(id, now) }
 	}
+	nets := localNets(a.cfg.Interface)
 	d := compute(&a.nm, buildOptions{
 		privateKey: a.priv, listenPort: a.cfg.ListenPort, mtu: a.cfg.MTU,
-		localNets: localNets(a.cfg.Interface), snat: a.cfg.SNAT, endpointPick: a.pick,
-		healthy: healthy, selfUnhealthy: !a.lanOK.Load(),
+		localNets: nets, snat: a.cfg.SNAT, endpointPick: a.pick,
+		healthy: healthy, selfUnhealthy: !a.lanOK.Load(), noEndpoints: a.bind != nil,
 	})
+	var paths []bind.PeerConfig
+	var stunServers []netip.AddrPort
+	if a.bind != nil {
+		paths = pathConfigs(&a.nm, nets)
+		for _, s := range a.nm.stunServers {
+			if ap, err := netip.ParseAddrPort(s); err == nil {
+				stunServers = append(stunServers, ap)
+			}
+		}
+	}
 	if a.want != nil {
 		logRouteChanges(a.log, a.want.routes, d.routes)
 	}
@@ -497,6 +561,11 @@ func (a *Agent) reconcile() error {
 		}
 	}
 	a.mu.Unlock()
+	if a.bind != nil {
+		// Paths first: WireGuard's first handshake must find one.
+		a.bind.SetSTUNServers(stunServers)
+		a.bind.SetPeers(paths)
+	}
 	err := a.eng.Reconfig(d.wg)
 	if err != nil && !errors.Is(err, engine.ErrNoChanges) {
 		return err
@@ -659,6 +728,9 @@ func (a *Agent) selfCheckLoop(ctx context.Context) error {
 // rotateEndpoints moves a peer that has never completed a handshake on its
 // chosen endpoint to its next one (a LAN address that is not shared, say).
 func (a *Agent) rotateEndpoints() {
+	if a.bind != nil {
+		return // the bind probes every endpoint and picks
+	}
 	st, err := a.eng.Status()
 	if err != nil {
 		return
@@ -688,39 +760,155 @@ func (a *Agent) rotateEndpoints() {
 	}
 }
 
-// heartbeatLoop reports liveness and endpoints.
+// heartbeatLoop reports liveness, endpoints and the relayed address:
+// every HeartbeatEvery, and at once when the bind's discovery changes.
 func (a *Agent) heartbeatLoop(ctx context.Context) error {
 	tick := time.NewTicker(HeartbeatEvery)
 	defer tick.Stop()
 	for {
 		a.mu.Lock()
 		stun := a.nm.stunServers
-		reported := a.endpoints
+		reported, reportedRelay := a.endpoints, a.relayReported
 		a.mu.Unlock()
-		eps := a.endpointsToReport(ctx, stun)
+		var eps []string
+		var relay *string
+		if a.bind != nil {
+			d := a.bind.Discovery()
+			eps = a.filterEndpoints(addrStrings(d.Endpoints()))
+			if r := addrString(d.Relay); r != reportedRelay {
+				relay = &r
+			}
+		} else {
+			eps = a.endpointsToReport(ctx, stun)
+		}
 		var send []string
 		if eps != nil && !slices.Equal(eps, reported) {
 			send = eps
 		}
-		err := a.cc.Heartbeat(ctx, send)
+		err := a.cc.Heartbeat(ctx, send, relay)
 		switch {
 		case errors.Is(err, controlclient.ErrCredentialRefused):
 			a.log.Error("stopping", "reason", err)
 			return err
 		case err != nil:
 			a.log.Debug("heartbeat", "err", err)
-		case send != nil:
+		default:
 			a.mu.Lock()
-			a.endpoints = send
+			if send != nil {
+				a.endpoints = send
+			}
+			if relay != nil {
+				a.relayReported = *relay
+			}
 			a.mu.Unlock()
-			a.log.Info("endpoints reported", "endpoints", send)
+			if send != nil || relay != nil {
+				a.log.Info("endpoints reported", "endpoints", send, "relay", relay)
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-a.hbKick:
+			if err != nil {
+				// Do not hammer coordinators that refuse; the ticker retries.
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+			}
 		}
 	}
+}
+
+// discoveryLoop reports at once what the bind learns of this host's
+// reachability (a new reflexive address, a relay allocation, a move to
+// another network), after a short pause that lets a burst settle.
+func (a *Agent) discoveryLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.bind.Changed():
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		select {
+		case a.hbKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// relayLoop keeps the bind supplied with relays and a fresh credential.
+func (a *Agent) relayLoop(ctx context.Context) error {
+	for {
+		wait := 5 * time.Second
+		rc, err := a.cc.Relay(ctx)
+		switch {
+		case errors.Is(err, controlclient.ErrCredentialRefused):
+			a.log.Error("stopping", "reason", err)
+			return err
+		case err != nil:
+			a.log.Debug("relay credentials", "err", err)
+		default:
+			a.bind.SetRelays(*rc)
+			if left := time.Until(rc.Expires); left > 0 {
+				wait = max(left/2, 10*time.Second)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+func addrString(a netip.AddrPort) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func addrStrings(as []netip.AddrPort) []string {
+	out := make([]string, 0, len(as))
+	for _, a := range as {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// pathConfigs lists every peer's candidates for the bind: its announced
+// endpoints (those on a shared LAN first) and its relayed address.
+func pathConfigs(m *netMap, nets []netip.Prefix) []bind.PeerConfig {
+	out := make([]bind.PeerConfig, 0, len(m.peers))
+	for _, p := range m.peers {
+		key, err := wgcfg.ParseKey(p.PublicKey)
+		if err != nil {
+			continue
+		}
+		pc := bind.PeerConfig{Key: key}
+		var eps []netip.AddrPort
+		for _, e := range p.Endpoints {
+			if ap, err := netip.ParseAddrPort(e); err == nil {
+				eps = append(eps, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
+		}
+		pc.Endpoints = bind.RankDirect(eps, nets)
+		if ap, err := netip.ParseAddrPort(p.Relay); err == nil {
+			pc.Relay = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		out = append(out, pc)
+	}
+	return out
 }
 
 // endpointsToReport discovers this peer's endpoints, leaving out addresses
@@ -728,7 +916,12 @@ func (a *Agent) heartbeatLoop(ctx context.Context) error {
 // and a tunnel over the LAN between the two gateways of a site would keep
 // them gossiping when one has lost its uplink, hiding the failure.
 func (a *Agent) endpointsToReport(ctx context.Context, stun []string) []string {
-	eps := a.cfg.Endpoints(ctx, stun)
+	return a.filterEndpoints(a.cfg.Endpoints(ctx, stun))
+}
+
+// filterEndpoints leaves out addresses inside the subnets this peer
+// announces (see endpointsToReport).
+func (a *Agent) filterEndpoints(eps []string) []string {
 	if len(a.cfg.Routes) == 0 || eps == nil {
 		return eps
 	}

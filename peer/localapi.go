@@ -8,12 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
@@ -45,6 +47,14 @@ func (a *Agent) serveLocal(ctx context.Context) (net.Listener, error) {
 		}
 		json.NewEncoder(w).Encode(st)
 	})
+	mux.HandleFunc("POST /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.Ping(r.Context(), r.URL.Query().Get("peer"))
+		writeLocal(w, res, err)
+	})
+	mux.HandleFunc("GET /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.Netcheck(r.Context())
+		writeLocal(w, res, err)
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	go func() {
@@ -67,6 +77,12 @@ func (a *Agent) Status() (*api.LocalStatus, error) {
 	for _, s := range st {
 		byKey[s.PublicKey] = s
 	}
+	var paths map[wgcfg.Key]bind.PathStatus
+	relay := ""
+	if a.bind != nil {
+		paths = a.bind.Paths()
+		relay = addrString(a.bind.Discovery().Relay)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := &api.LocalStatus{
@@ -74,6 +90,7 @@ func (a *Agent) Status() (*api.LocalStatus, error) {
 		Interface:    a.cfg.Interface,
 		ListenPort:   int(a.cfg.ListenPort),
 		Endpoints:    slices.Clone(a.endpoints),
+		Relay:        relay,
 		Coordinator:  a.connected,
 		MapIndex:     a.nm.index,
 		Coordinators: slices.Clone(a.nm.coordinators),
@@ -99,6 +116,12 @@ func (a *Agent) Status() (*api.LocalStatus, error) {
 			if !ep.IsValid() {
 				ep = p.Endpoint
 			}
+			if ps, ok := paths[p.PublicKey]; ok {
+				ep = ps.Addr
+				lp.Path, lp.RTTMs = ps.Path, float64(ps.RTT.Microseconds())/1000
+			} else if paths == nil && ep.IsValid() {
+				lp.Path = api.PathDirect
+			}
 			if ep.IsValid() {
 				lp.Endpoint = ep.String()
 			}
@@ -114,8 +137,102 @@ func (a *Agent) Status() (*api.LocalStatus, error) {
 	return out, nil
 }
 
+func writeLocal(w http.ResponseWriter, v any, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		code := http.StatusInternalServerError
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			code = ae.Status()
+		} else {
+			ae = api.Errorf(api.CodeInternal, "%v", err)
+		}
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(api.ErrorBody{Error: ae})
+		return
+	}
+	json.NewEncoder(w).Encode(v)
+}
+
+// Ping probes every path to the peer named name (or with that overlay
+// address) and reports the first that answers.
+func (a *Agent) Ping(ctx context.Context, name string) (*api.PingResult, error) {
+	if a.bind == nil {
+		return nil, api.Errorf(api.CodeInvalidArgument, "ping needs the userspace engine (this peer runs --wg-mode kernel)")
+	}
+	a.mu.Lock()
+	var found *api.MapPeer
+	for _, p := range a.nm.peers {
+		if p.Name == name || p.OverlayIP == name {
+			found = &p
+			break
+		}
+	}
+	a.mu.Unlock()
+	if found == nil {
+		return nil, api.Errorf(api.CodeNotFound, "no peer %q in this peer's network map", name)
+	}
+	key, err := wgcfg.ParseKey(found.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	r, err := a.bind.Ping(ctx, key)
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "ping %s: %v", found.Name, err)
+	}
+	return &api.PingResult{Peer: found.Name, OverlayIP: found.OverlayIP, Path: r.Path, Endpoint: r.Addr.String(),
+		RTTMs: float64(r.RTT.Microseconds()) / 1000}, nil
+}
+
+// Netcheck reports what the local network allows, as the bind has learned
+// it, with the latency to each relay measured now.
+func (a *Agent) Netcheck(ctx context.Context) (*api.Netcheck, error) {
+	if a.bind == nil {
+		return nil, api.Errorf(api.CodeInvalidArgument, "netcheck needs the userspace engine (this peer runs --wg-mode kernel)")
+	}
+	d := a.bind.Discovery()
+	out := &api.Netcheck{ListenPort: int(d.Port), Reflexive: map[string]string{}, MappingVariesByDest: d.VariesByDestination(),
+		Relay: addrString(d.Relay), RelayServer: d.RelayServer}
+	for srv, m := range d.Reflexive {
+		out.Reflexive[srv.String()] = m.String()
+	}
+	out.UDP = len(d.Reflexive) > 0
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	out.RelayLatencyMs = a.bind.RelayLatency(ctx)
+	return out, nil
+}
+
 // QueryStatus asks the agent whose state dir is dir for its status.
 func QueryStatus(ctx context.Context, dir string) (*api.LocalStatus, error) {
+	var st api.LocalStatus
+	if err := queryLocal(ctx, dir, http.MethodGet, "/v1/status", &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// QueryPing asks the agent whose state dir is dir to ping peer.
+func QueryPing(ctx context.Context, dir, peer string) (*api.PingResult, error) {
+	var r api.PingResult
+	if err := queryLocal(ctx, dir, http.MethodPost, "/v1/ping?peer="+url.QueryEscape(peer), &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// QueryNetcheck asks the agent whose state dir is dir for a netcheck.
+func QueryNetcheck(ctx context.Context, dir string) (*api.Netcheck, error) {
+	var r api.Netcheck
+	if err := queryLocal(ctx, dir, http.MethodGet, "/v1/netcheck", &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func queryLocal(ctx context.Context, dir, method, reqPath string, out any) error {
 	path := filepath.Join(dir, SocketName)
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -124,29 +241,28 @@ func QueryStatus(ctx context.Context, dir string) (*api.LocalStatus, error) {
 		},
 	}, Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshd/v1/status", nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://meshd"+reqPath, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("no agent answers on %s (is `meshd peer up --state-dir %s` running?): %w", path, dir, err)
+		return fmt.Errorf("no agent answers on %s (is `meshd peer up --state-dir %s` running?): %w", path, dir, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var eb api.ErrorBody
 		if json.Unmarshal(body, &eb) == nil && eb.Error != nil {
-			return nil, eb.Error
+			return eb.Error
 		}
-		return nil, fmt.Errorf("agent answered %s", resp.Status)
+		return fmt.Errorf("agent answered %s", resp.Status)
 	}
-	var st api.LocalStatus
-	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("decode status: %w", err)
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("decode %s: %w", reqPath, err)
 	}
-	return &st, nil
+	return nil
 }

@@ -174,6 +174,8 @@ type buildOptions struct {
 	// endpointPick rotates through a peer's endpoints when the chosen one
 	// does not complete a handshake: peer ID -> offset.
 	endpointPick map[string]int
+	// noEndpoints leaves endpoints out: the bind picks each peer's path.
+	noEndpoints bool
 }
 
 // compute turns the map into the WireGuard and OS configuration: one
@@ -216,9 +218,13 @@ func compute(m *netMap, o buildOptions) *desired {
 			continue
 		}
 		index[id] = len(d.wg.Peers)
+		var ep netip.AddrPort
+		if !o.noEndpoints {
+			ep = pickEndpoint(p.Endpoints, o.localNets, o.endpointPick[id])
+		}
 		d.wg.Peers = append(d.wg.Peers, wgcfg.Peer{
 			PublicKey:           key,
-			Endpoint:            pickEndpoint(p.Endpoints, o.localNets, o.endpointPick[id]),
+			Endpoint:            ep,
 			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())},
 			PersistentKeepalive: KeepaliveSeconds,
 		})

@@ -117,6 +117,7 @@ func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*Identity
 // Client talks to the coordinators as one joined peer.
 type Client struct {
 	api *apiclient.Client
+	pin [32]byte
 }
 
 // New returns a client for the peer id.
@@ -125,7 +126,24 @@ func New(id *Identity) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer credential: %w", err)
 	}
-	return &Client{api: apiclient.New(id.Coordinators, cred.Pin, id.Credential)}, nil
+	return &Client{api: apiclient.New(id.Coordinators, cred.Pin, id.Credential), pin: cred.Pin}, nil
+}
+
+// Pin is the coordinators' TLS identity pin (their relays over TLS use
+// the same certificate).
+func (c *Client) Pin() [32]byte { return c.pin }
+
+// Relay fetches the relays this peer may use and its credential for them.
+func (c *Client) Relay(ctx context.Context) (*api.RelayConfig, error) {
+	var out api.RelayConfig
+	err := c.api.Do(ctx, http.MethodGet, "/v1/relay", nil, &out)
+	if api.IsCode(err, api.CodeUnauthorized) {
+		return nil, ErrCredentialRefused
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // SetCoordinators replaces the coordinator URLs the client tries.
@@ -136,8 +154,9 @@ func (c *Client) Coordinators() []string { return c.api.URLs() }
 
 // Heartbeat tells the coordinators the peer is alive; endpoints, when not
 // nil, replace the endpoints it reported before.
-func (c *Client) Heartbeat(ctx context.Context, endpoints []string) error {
-	err := c.api.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: endpoints}, nil)
+// relay, when not nil, replaces its relayed address.
+func (c *Client) Heartbeat(ctx context.Context, endpoints []string, relay *string) error {
+	err := c.api.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: endpoints, Relay: relay}, nil)
 	if api.IsCode(err, api.CodeUnauthorized) {
 		return ErrCredentialRefused
 	}

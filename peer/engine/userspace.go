@@ -11,6 +11,7 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/wgcfg"
 )
 
@@ -20,6 +21,9 @@ type Userspace struct {
 	log  *slog.Logger
 	dev  *device.Device
 	uapi net.Listener
+	// bind chooses each peer's path (nil: wireguard-go's own socket and
+	// the configured endpoints).
+	bind *bind.Conn
 
 	applied applied
 }
@@ -27,8 +31,11 @@ type Userspace struct {
 var _ Engine = (*Userspace)(nil)
 
 // NewUserspace creates the TUN interface name with mtu (0: DefaultMTU),
-// starts wireguard-go on it and opens its UAPI socket.
-func NewUserspace(name string, mtu int, log *slog.Logger) (*Userspace, error) {
+// starts wireguard-go on it and opens its UAPI socket. With b, wireguard-go
+// sends through b, which picks each peer's path (direct or relayed), and
+// the endpoints in the configurations are ignored; without, it uses its
+// own UDP socket and those endpoints.
+func NewUserspace(name string, mtu int, log *slog.Logger, b *bind.Conn) (*Userspace, error) {
 	if mtu == 0 {
 		mtu = DefaultMTU
 	}
@@ -47,8 +54,17 @@ func NewUserspace(name string, mtu int, log *slog.Logger) (*Userspace, error) {
 	if log.Enabled(context.Background(), slog.LevelDebug) {
 		wlog.Verbosef = func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) }
 	}
-	dev := device.NewDevice(tdev, conn.NewDefaultBind(), wlog)
-	e := &Userspace{name: name, log: log, dev: dev}
+	var cb conn.Bind = conn.NewDefaultBind()
+	if b != nil {
+		cb = b
+	}
+	dev := device.NewDevice(tdev, cb, wlog)
+	if b != nil {
+		// Each peer keeps the one endpoint the bind gave it: the bind, not
+		// the source of the last packet, decides where its packets go.
+		dev.DisableSomeRoamingForBrokenMobileSemantics()
+	}
+	e := &Userspace{name: name, log: log, dev: dev, bind: b}
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {
 		dev.Close()
@@ -82,7 +98,11 @@ func (e *Userspace) Name() string { return e.name }
 // Reconfig implements Engine.
 func (e *Userspace) Reconfig(cfg *wgcfg.Config) error {
 	return e.applied.reconfig(cfg, func(old *wgcfg.Config) error {
-		if err := e.dev.IpcSet(wgcfg.UAPI(old, cfg)); err != nil {
+		text := wgcfg.UAPI(old, cfg)
+		if e.bind != nil {
+			text = wgcfg.UAPIWith(old, cfg, func(p *wgcfg.Peer) string { return bind.EndpointString(p.PublicKey) })
+		}
+		if err := e.dev.IpcSet(text); err != nil {
 			return fmt.Errorf("configure %s: %w", e.name, err)
 		}
 		return nil

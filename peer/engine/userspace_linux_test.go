@@ -18,7 +18,7 @@ import (
 func TestUserspaceReconfig(t *testing.T) {
 	netnstest.Run(t, true, func() {
 		name := fmt.Sprintf("meshdt%d", os.Getpid()%10000)
-		e, err := NewUserspace(name, 0, slog.New(slog.DiscardHandler))
+		e, err := NewUserspace(name, 0, slog.New(slog.DiscardHandler), nil)
 		if err != nil {
 			t.Error(err)
 			return

@@ -147,11 +147,22 @@ func (c *Config) Peer(k Key) *Peer {
 // keeps the endpoint WireGuard has learned from its packets (roaming), and a
 // peer whose allowed IPs did not change keeps its sessions untouched.
 func UAPI(old, want *Config) string {
+	return UAPIWith(old, want, func(p *Peer) string {
+		if p.Endpoint.IsValid() {
+			return p.Endpoint.String()
+		}
+		return ""
+	})
+}
+
+// UAPIWith is UAPI with the endpoint of each peer given by endpoint ("":
+// none), for an engine whose socket layer names endpoints its own way.
+func UAPIWith(old, want *Config, endpoint func(*Peer) string) string {
 	var b strings.Builder
 	if old == nil {
 		fmt.Fprintf(&b, "private_key=%s\nlisten_port=%d\nreplace_peers=true\n", want.PrivateKey.Hex(), want.ListenPort)
 		for i := range want.Peers {
-			writePeer(&b, nil, &want.Peers[i])
+			writePeer(&b, nil, &want.Peers[i], endpoint)
 		}
 		return b.String()
 	}
@@ -172,15 +183,15 @@ func UAPI(old, want *Config) string {
 		if o != nil && o.equal(p) {
 			continue
 		}
-		writePeer(&b, o, p)
+		writePeer(&b, o, p, endpoint)
 	}
 	return b.String()
 }
 
-func writePeer(b *strings.Builder, old, p *Peer) {
+func writePeer(b *strings.Builder, old, p *Peer, endpoint func(*Peer) string) {
 	fmt.Fprintf(b, "public_key=%s\n", p.PublicKey.Hex())
-	if p.Endpoint.IsValid() && (old == nil || old.Endpoint != p.Endpoint) {
-		fmt.Fprintf(b, "endpoint=%s\n", p.Endpoint)
+	if ep := endpoint(p); ep != "" && (old == nil || endpoint(old) != ep) {
+		fmt.Fprintf(b, "endpoint=%s\n", ep)
 	}
 	if old == nil || old.PersistentKeepalive != p.PersistentKeepalive {
 		fmt.Fprintf(b, "persistent_keepalive_interval=%d\n", p.PersistentKeepalive)

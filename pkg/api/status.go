@@ -11,6 +11,7 @@ type LocalStatus struct {
 	Interface    string       `json:"interface"`
 	ListenPort   int          `json:"listen_port"`
 	Endpoints    []string     `json:"endpoints"`
+	Relay        string       `json:"relay,omitempty"` // this peer's relayed address
 	Coordinator  string       `json:"coordinator"` // the coordinator whose stream is open; empty when none
 	MapIndex     uint64       `json:"map_index"`
 	Coordinators []string     `json:"coordinators"`
@@ -36,6 +37,48 @@ type LocalPeer struct {
 	RxBytes       uint64     `json:"rx_bytes"`
 	TxBytes       uint64     `json:"tx_bytes"`
 	Routes        []string   `json:"routes,omitempty"`
+	// Path is how packets reach the peer now: PathDirect (Endpoint is its
+	// address), PathRelay (Endpoint is its relayed address, reached
+	// through this peer's relay) or "" (no path yet).
+	Path string `json:"path"`
+	// RTTMs is the round-trip time of the last probe on that path, in
+	// milliseconds; 0 when not measured.
+	RTTMs float64 `json:"rtt_ms"`
+}
+
+// Paths of LocalPeer.Path and PingResult.Path.
+const (
+	PathDirect = "direct"
+	PathRelay  = "relay"
+)
+
+// PingResult answers `meshd ping PEER`: which path answered a probe first
+// and the round-trip time.
+type PingResult struct {
+	Peer      string  `json:"peer"`
+	OverlayIP string  `json:"overlay_ip"`
+	Path      string  `json:"path"`
+	Endpoint  string  `json:"endpoint"`
+	RTTMs     float64 `json:"rtt_ms"`
+}
+
+// Netcheck answers `meshd netcheck`: what the local network allows.
+type Netcheck struct {
+	// UDP: a STUN server answered on the WireGuard socket.
+	UDP bool `json:"udp"`
+	// ListenPort is the WireGuard socket's port.
+	ListenPort int `json:"listen_port"`
+	// Reflexive maps each STUN server to the address it saw.
+	Reflexive map[string]string `json:"reflexive"`
+	// MappingVariesByDest: STUN servers saw different ports (a symmetric
+	// NAT, whose mappings other peers cannot reach).
+	MappingVariesByDest bool `json:"mapping_varies_by_dest"`
+	// Relay is this peer's relayed address and the server it is on.
+	Relay       string `json:"relay"`
+	RelayServer string `json:"relay_server"`
+	// RelayLatency is the round-trip time to each relay, by URL, in
+	// milliseconds (-1: no answer).
+	RelayLatencyMs map[string]float64 `json:"relay_latency_ms"`
 }
 
 // LocalRoute is one announced subnet and the gateway this peer sends it to.

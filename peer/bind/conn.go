@@ -1,0 +1,562 @@
+// Package bind is the socket layer of the userspace engine: a conn.Bind for
+// wireguard-go whose one UDP socket carries WireGuard, path probes (package
+// disco), STUN and TURN, and which sends each peer's packets over the best
+// path it has found: a direct address that answers probes, else the
+// peer's relayed address through this host's TURN allocation.
+//
+// WireGuard is given one fixed endpoint per peer ("peer:" and the key in
+// hex) with roaming off; the bind decides where that endpoint's packets go,
+// so moving a peer between paths never touches WireGuard's sessions and
+// loses no packet.
+//
+// One goroutine (run) owns every peer's path state; the receive paths, the
+// relay and the API methods send it events. The path in use is published
+// per peer through an atomic pointer that Send reads.
+//
+//	new peer / candidates change / local addresses change
+//	   -> probe every candidate at once (and ping through the relay, which
+//	      carries this host's candidates: the other side probes back)
+//	   -> relay (or first candidate) until a direct candidate answers
+//	   -> direct, lowest RTT; pinged every 250 ms while traffic flows
+//	   -> no pong for 750 ms: back to the relay, probe again fast
+package bind
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/stun/v3"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/meshd/meshd/peer/disco"
+	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/api"
+)
+
+// EndpointPrefix starts the endpoint string the engine gives WireGuard for
+// a peer whose path this bind chooses.
+const EndpointPrefix = "peer:"
+
+// EndpointString is the endpoint WireGuard is configured with for key.
+func EndpointString(key wgcfg.Key) string { return EndpointPrefix + key.Hex() }
+
+// Config configures a Conn.
+type Config struct {
+	PrivateKey wgcfg.Key    // required
+	Logger     *slog.Logger // optional
+	// LocalAddrs lists this host's usable addresses; optional (tests),
+	// defaults to the host's interfaces except Exclude.
+	LocalAddrs func() []netip.Addr
+	// Exclude names interfaces whose addresses are never candidates (the
+	// mesh interface); optional.
+	Exclude []string
+	// TLSConfig returns the TLS configuration for a TURN server reached
+	// over TLS (host is its host name or address); optional.
+	TLSConfig func(host string) *tls.Config
+	// Std replaces the UDP bind (tests); optional.
+	Std conn.Bind
+}
+
+// PeerConfig is what the map says about one peer's paths.
+type PeerConfig struct {
+	Key wgcfg.Key
+	// Endpoints are the peer's announced direct candidates, best first.
+	Endpoints []netip.AddrPort
+	// Relay is the peer's relayed address; zero when it has none.
+	Relay netip.AddrPort
+}
+
+// PathStatus is the path in use to one peer.
+type PathStatus struct {
+	Path string         // PathDirect, PathRelay, or "" (none yet)
+	Addr netip.AddrPort // the direct address, or the peer's relayed address
+	RTT  time.Duration  // of the last pong on that path; 0: not measured
+}
+
+// Discovery is what this host learned about its own reachability.
+type Discovery struct {
+	Port uint16 // the bound UDP port
+	// Local are this host's addresses with the bound port.
+	Local []netip.AddrPort
+	// Reflexive maps each STUN server to the address it saw this socket
+	// at.
+	Reflexive map[netip.AddrPort]netip.AddrPort
+	// Relay is this host's relayed address; zero without an allocation.
+	Relay netip.AddrPort
+	// RelayServer is the TURN URL the allocation is on.
+	RelayServer string
+}
+
+// Endpoints are the distinct direct candidates to announce: local
+// addresses, then reflexive ones.
+func (d *Discovery) Endpoints() []netip.AddrPort {
+	out := slices.Clone(d.Local)
+	var refl []netip.AddrPort
+	for _, a := range d.Reflexive {
+		refl = append(refl, a)
+	}
+	slices.SortFunc(refl, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	for _, a := range refl {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// VariesByDestination reports whether STUN servers saw different ports:
+// the NAT maps per destination, and reflexive addresses are no use to
+// peers.
+func (d *Discovery) VariesByDestination() bool {
+	var first netip.AddrPort
+	for _, a := range d.Reflexive {
+		if !first.IsValid() {
+			first = a
+		} else if a != first {
+			return true
+		}
+	}
+	return false
+}
+
+// peerEndpoint is the endpoint WireGuard holds for a peer.
+type peerEndpoint struct {
+	key      wgcfg.Key
+	path     atomic.Pointer[sendPath]
+	lastSend atomic.Int64 // unix nanoseconds of the last Send
+	// lastInit is the last handshake initiation sent while the peer had no
+	// path, replayed once one appears.
+	initMu   sync.Mutex
+	lastInit []byte
+	initAt   time.Time
+}
+
+type sendPath struct {
+	addr  netip.AddrPort
+	relay bool
+	ep    conn.Endpoint // direct only
+}
+
+var _ conn.Endpoint = (*peerEndpoint)(nil)
+
+func (e *peerEndpoint) ClearSrc()           {}
+func (e *peerEndpoint) SrcToString() string { return "" }
+func (e *peerEndpoint) DstToString() string {
+	if p := e.path.Load(); p != nil {
+		return p.addr.String()
+	}
+	return EndpointString(e.key)
+}
+func (e *peerEndpoint) DstToBytes() []byte { return e.key[:] }
+func (e *peerEndpoint) DstIP() netip.Addr {
+	if p := e.path.Load(); p != nil {
+		return p.addr.Addr()
+	}
+	return netip.Addr{}
+}
+func (e *peerEndpoint) SrcIP() netip.Addr { return netip.Addr{} }
+
+// inbound is a packet for the loop.
+type inbound struct {
+	pkt      []byte
+	from     netip.AddrPort
+	viaRelay bool
+}
+
+// Conn is the bind. New starts its loop; Shutdown stops it.
+type Conn struct {
+	cfg     Config
+	log     *slog.Logger
+	std     conn.Bind
+	pubKey  [32]byte
+	privKey [32]byte
+
+	port    atomic.Uint32 // bound port; 0 while closed
+	servers atomic.Pointer[map[netip.AddrPort]bool]
+
+	epMu sync.Mutex
+	eps  map[wgcfg.Key]*peerEndpoint // guarded by epMu
+
+	discoIn  chan inbound
+	stunIn   chan inbound
+	events   chan func(*loopState)
+	relayIn  chan inbound
+	changed  chan struct{}
+	relay    *relayMgr
+	openCh   chan struct{} // a new socket was opened
+	closing  chan struct{}
+	loopDone chan struct{}
+	bufPool  sync.Pool
+}
+
+var _ conn.Bind = (*Conn)(nil)
+
+// New returns a bind; WireGuard opens it.
+func New(cfg Config) *Conn {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Std == nil {
+		cfg.Std = conn.NewStdNetBind()
+	}
+	if cfg.LocalAddrs == nil {
+		exclude := cfg.Exclude
+		cfg.LocalAddrs = func() []netip.Addr { return hostAddrs(exclude) }
+	}
+	c := &Conn{
+		cfg: cfg, log: cfg.Logger.With("component", "bind"), std: cfg.Std,
+		eps:      map[wgcfg.Key]*peerEndpoint{},
+		discoIn:  make(chan inbound, 256),
+		stunIn:   make(chan inbound, 64),
+		events:   make(chan func(*loopState), 16),
+		relayIn:  make(chan inbound, 1024),
+		changed:  make(chan struct{}, 1),
+		openCh:   make(chan struct{}, 1),
+		closing:  make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+	c.privKey = cfg.PrivateKey
+	c.pubKey = cfg.PrivateKey.Public()
+	c.bufPool.New = func() any { b := make([]byte, 65536); return &b }
+	empty := map[netip.AddrPort]bool{}
+	c.servers.Store(&empty)
+	c.relay = newRelayMgr(c)
+	go c.run()
+	return c
+}
+
+// Changed signals (coalesced) that Discovery changed: announce it.
+func (c *Conn) Changed() <-chan struct{} { return c.changed }
+
+func (c *Conn) signalChanged() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Shutdown stops the loop and the relay; WireGuard closes the socket.
+func (c *Conn) Shutdown() {
+	select {
+	case <-c.closing:
+		return
+	default:
+	}
+	close(c.closing)
+	<-c.loopDone
+	c.relay.stop()
+}
+
+// Open implements conn.Bind.
+func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := c.std.Open(port)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.port.Store(uint32(actual))
+	out := make([]conn.ReceiveFunc, 0, len(fns)+1)
+	for _, fn := range fns {
+		out = append(out, c.wrapReceive(fn))
+	}
+	out = append(out, c.receiveRelay)
+	select {
+	case c.openCh <- struct{}{}:
+	default:
+	}
+	return out, actual, nil
+}
+
+// Close implements conn.Bind.
+func (c *Conn) Close() error {
+	c.port.Store(0)
+	return c.std.Close()
+}
+
+// SetMark implements conn.Bind.
+func (c *Conn) SetMark(mark uint32) error { return c.std.SetMark(mark) }
+
+// BatchSize implements conn.Bind.
+func (c *Conn) BatchSize() int { return c.std.BatchSize() }
+
+// ParseEndpoint implements conn.Bind: "peer:KEYHEX" is a peer whose path
+// this bind chooses; anything else is a plain address.
+func (c *Conn) ParseEndpoint(s string) (conn.Endpoint, error) {
+	if h, ok := strings.CutPrefix(s, EndpointPrefix); ok {
+		b, err := hex.DecodeString(h)
+		if err != nil || len(b) != 32 {
+			return nil, fmt.Errorf("bind: bad peer endpoint %q", s)
+		}
+		return c.endpoint(wgcfg.Key(b)), nil
+	}
+	return c.std.ParseEndpoint(s)
+}
+
+func (c *Conn) endpoint(k wgcfg.Key) *peerEndpoint {
+	c.epMu.Lock()
+	defer c.epMu.Unlock()
+	e, ok := c.eps[k]
+	if !ok {
+		e = &peerEndpoint{key: k}
+		c.eps[k] = e
+	}
+	return e
+}
+
+// Send implements conn.Bind.
+func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
+	pe, ok := ep.(*peerEndpoint)
+	if !ok {
+		return c.std.Send(bufs, ep)
+	}
+	pe.lastSend.Store(time.Now().UnixNano())
+	p := pe.path.Load()
+	if p == nil {
+		// No path yet: keep a handshake initiation to send as soon as
+		// one appears, instead of WireGuard's 5 s retry.
+		for _, b := range bufs {
+			if len(b) >= 4 && b[0] == 1 && b[1] == 0 && b[2] == 0 && b[3] == 0 {
+				pe.initMu.Lock()
+				pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
+				pe.initMu.Unlock()
+			}
+		}
+		return nil
+	}
+	if p.relay {
+		return c.relay.send(bufs, p.addr)
+	}
+	return c.std.Send(bufs, p.ep)
+}
+
+// sendDirect writes one packet from the socket.
+func (c *Conn) sendDirect(pkt []byte, to netip.AddrPort) error {
+	if c.port.Load() == 0 {
+		return net.ErrClosed
+	}
+	return c.std.Send([][]byte{pkt}, &conn.StdNetEndpoint{AddrPort: to})
+}
+
+// wrapReceive takes disco, STUN and TURN packets out of a batch before
+// WireGuard sees it (their size becomes 0, which WireGuard skips).
+func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
+	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		for {
+			n, err := fn(packets, sizes, eps)
+			if err != nil || n == 0 {
+				return n, err
+			}
+			kept := 0
+			for i := range n {
+				if c.takeNonWG(packets[i][:sizes[i]], eps[i]) {
+					sizes[i] = 0
+				} else {
+					kept++
+				}
+			}
+			if kept > 0 {
+				return n, nil
+			}
+		}
+	}
+}
+
+func (c *Conn) takeNonWG(pkt []byte, ep conn.Endpoint) bool {
+	if len(pkt) == 0 {
+		return false
+	}
+	if disco.Looks(pkt) {
+		from := addrOf(ep)
+		select {
+		case c.discoIn <- inbound{pkt: slices.Clone(pkt), from: from}:
+		default:
+		}
+		return true
+	}
+	servers := *c.servers.Load()
+	if len(servers) == 0 {
+		return false
+	}
+	from := addrOf(ep)
+	if !servers[from] {
+		return false // only STUN and TURN servers send anything but WireGuard and disco
+	}
+	if stun.IsMessage(pkt) && isBindingSuccess(pkt) {
+		// The loop keeps what answers its own requests and hands the rest
+		// to the relay client.
+		select {
+		case c.stunIn <- inbound{pkt: slices.Clone(pkt), from: from}:
+		default:
+		}
+		return true
+	}
+	c.relay.handleInbound(slices.Clone(pkt), from)
+	return true
+}
+
+func addrOf(ep conn.Endpoint) netip.AddrPort {
+	if se, ok := ep.(*conn.StdNetEndpoint); ok {
+		return netip.AddrPortFrom(se.Addr().Unmap(), se.Port())
+	}
+	ap, _ := netip.ParseAddrPort(ep.DstToString())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// receiveRelay hands WireGuard the packets that came through the relay.
+func (c *Conn) receiveRelay(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	var in inbound
+	select {
+	case in = <-c.relayIn:
+	case <-c.closing:
+		return 0, net.ErrClosed
+	}
+	n := 0
+	for {
+		sizes[n] = copy(packets[n], in.pkt)
+		eps[n] = &conn.StdNetEndpoint{AddrPort: in.from}
+		n++
+		if n == len(packets) {
+			return n, nil
+		}
+		select {
+		case in = <-c.relayIn:
+		default:
+			return n, nil
+		}
+	}
+}
+
+// SetPeers replaces the peers and their candidates; it returns once every
+// peer has a path (if it can have one), so WireGuard's first handshake
+// goes somewhere.
+func (c *Conn) SetPeers(peers []PeerConfig) {
+	done := make(chan struct{})
+	c.do(func(s *loopState) {
+		s.setPeers(peers)
+		close(done)
+	})
+	select {
+	case <-done:
+	case <-c.closing:
+	}
+}
+
+// SetSTUNServers sets the STUN servers the socket learns its reflexive
+// address from.
+func (c *Conn) SetSTUNServers(servers []netip.AddrPort) {
+	c.do(func(s *loopState) { s.setSTUN(servers) })
+}
+
+// SetRelays hands the relay manager the relays and credentials to use.
+func (c *Conn) SetRelays(cfg api.RelayConfig) { c.relay.setConfig(cfg) }
+
+// Paths reports the path in use to every peer.
+func (c *Conn) Paths() map[wgcfg.Key]PathStatus {
+	out := map[wgcfg.Key]PathStatus{}
+	c.query(func(s *loopState) {
+		for k, p := range s.peers {
+			if p.paths.cur == nil {
+				out[k] = PathStatus{}
+				continue
+			}
+			ps := PathStatus{Path: PathDirect, Addr: p.paths.cur.addr, RTT: p.paths.cur.rtt}
+			if p.paths.cur.relay {
+				ps.Path = PathRelay
+			}
+			out[k] = ps
+		}
+	})
+	return out
+}
+
+// Discovery reports what this host knows of its own reachability.
+func (c *Conn) Discovery() Discovery {
+	var d Discovery
+	c.query(func(s *loopState) { d = s.discovery() })
+	return d
+}
+
+// PingResult is the answer to one Ping.
+type PingResult struct {
+	Path string
+	Addr netip.AddrPort
+	RTT  time.Duration
+}
+
+// Ping probes every candidate of a peer at once and returns the first
+// answer (which path answered, and the round-trip time).
+func (c *Conn) Ping(ctx context.Context, key wgcfg.Key) (PingResult, error) {
+	ch := make(chan PingResult, 1)
+	var err error
+	c.query(func(s *loopState) { err = s.userPing(key, ch) })
+	if err != nil {
+		return PingResult{}, err
+	}
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-ctx.Done():
+		return PingResult{}, fmt.Errorf("no answer from the peer on any path: %w", ctx.Err())
+	case <-c.closing:
+		return PingResult{}, net.ErrClosed
+	}
+}
+
+// ErrUnknownPeer is returned for a key the bind has no peer for.
+var ErrUnknownPeer = errors.New("no such peer")
+
+func (c *Conn) do(f func(*loopState)) {
+	select {
+	case c.events <- f:
+	case <-c.closing:
+	}
+}
+
+func (c *Conn) query(f func(*loopState)) {
+	done := make(chan struct{})
+	c.do(func(s *loopState) { f(s); close(done) })
+	select {
+	case <-done:
+	case <-c.closing:
+	}
+}
+
+// hostAddrs lists the host's usable unicast addresses, except on the
+// interfaces named in exclude and point-to-point links.
+func hostAddrs(exclude []string) []netip.Addr {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&(net.FlagLoopback|net.FlagPointToPoint) != 0 || slices.Contains(exclude, ifc.Name) {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					ip = ip.Unmap()
+					if ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() {
+						out = append(out, ip)
+					}
+				}
+			}
+		}
+	}
+	return out
+}
