@@ -384,11 +384,12 @@ func (c *Conn) takeNonWG(pkt []byte, ep conn.Endpoint) bool {
 		return true
 	}
 	servers := *c.servers.Load()
-	if len(servers) == 0 {
+	cur := c.relay.cur.Load()
+	if len(servers) == 0 && cur == nil && c.relay.allocating.Load() == 0 {
 		return false
 	}
 	from := addrOf(ep)
-	if !servers[from] {
+	if !servers[from] && (cur == nil || cur.server != from) && !c.relay.allocatingOn(from) {
 		return false // only STUN and TURN servers send anything but WireGuard and disco
 	}
 	if stun.IsMessage(pkt) && isBindingSuccess(pkt) {

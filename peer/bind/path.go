@@ -221,7 +221,7 @@ func (p *peerPaths) fullProbeDue(now time.Time) bool {
 	}
 	every := ProbeEvery
 	switch {
-	case p.cur != nil && !p.cur.relay:
+	case p.cur != nil && !p.cur.relay && p.cur.alive(now, p.deadAfter(now)):
 		every = DirectProbeEvery
 	case now.Sub(p.startProbe) < FastProbeFor:
 		every = FastProbeEvery

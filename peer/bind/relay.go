@@ -41,10 +41,11 @@ type relayURL struct {
 	tcp      bool
 	username string
 	password string
+	pinned   bool
 }
 
 func parseRelayURL(s api.RelayServer) (relayURL, error) {
-	r := relayURL{raw: s.URL, username: s.Username, password: s.Password}
+	r := relayURL{raw: s.URL, username: s.Username, password: s.Password, pinned: s.Pinned}
 	scheme, rest, ok := strings.Cut(s.URL, ":")
 	if !ok {
 		return r, fmt.Errorf("relay url %q: no scheme", s.URL)
@@ -106,6 +107,9 @@ type relayMgr struct {
 	cfg     api.RelayConfig         // guarded by mu
 	permits []netip.Addr            // guarded by mu: relay IPs to permit
 	pending map[string]*turn.Client // guarded by mu: UDP clients by server, while allocating
+	// allocating counts the entries of pending, so the receive path looks
+	// there only while an allocation is under way.
+	allocating atomic.Int32
 
 	kick    chan struct{}
 	discoQ  chan outPkt
@@ -185,6 +189,16 @@ func (m *relayMgr) sendDisco(pkt []byte, to netip.AddrPort) {
 	case m.discoQ <- outPkt{pkt, to}:
 	default:
 	}
+}
+
+// allocatingOn reports whether a UDP allocation on server is under way.
+func (m *relayMgr) allocatingOn(server netip.AddrPort) bool {
+	if m.allocating.Load() == 0 {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pending[server.String()] != nil
 }
 
 // handleInbound passes a packet from a UDP TURN server to its client.
@@ -422,10 +436,12 @@ func (m *relayMgr) allocateUDP(ctx context.Context, u relayURL) (*allocation, er
 	}
 	m.mu.Lock()
 	m.pending[server.String()] = cl
+	m.allocating.Add(1)
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
 		delete(m.pending, server.String())
+		m.allocating.Add(-1)
 		m.mu.Unlock()
 	}()
 	a := &allocation{url: u, server: server, client: cl, done: make(chan struct{})}
@@ -448,8 +464,8 @@ func (m *relayMgr) allocateTCP(ctx context.Context, u relayURL) (*allocation, er
 	var c net.Conn = raw
 	if u.tls {
 		var tc *tls.Config
-		if m.c.cfg.TLSConfig != nil {
-			tc = m.c.cfg.TLSConfig(u.host)
+		if u.pinned && m.c.cfg.TLSConfig != nil {
+			tc = m.c.cfg.TLSConfig(u.host) // a coordinator: its certificate is pinned
 		}
 		if tc == nil {
 			tc = &tls.Config{ServerName: u.host}
