@@ -45,6 +45,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/join", s.handleJoin)
 	mux.HandleFunc("GET /v1/netmap", s.requirePeer(s.handleNetmap))
 	mux.HandleFunc("POST /v1/heartbeat", s.requirePeer(s.handleHeartbeat))
+	mux.HandleFunc("GET /v1/relay", s.requirePeer(s.handleRelay))
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -565,19 +566,36 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, peerID 
 		writeError(w, err)
 		return
 	}
-	s.touch(peerID)
 	if req.Endpoints != nil {
-		var same bool
-		s.store.Read(func(t *state.Tables, _ uint64) {
-			p, ok := t.Peers[peerID]
-			same = ok && slices.Equal(p.Endpoints, req.Endpoints)
-		})
-		if !same {
+		if err := state.ValidEndpoints(req.Endpoints); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	if req.Relay != nil {
+		if err := state.ValidRelay(*req.Relay); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	s.touch(peerID)
+	// Only what changed goes into Raft; an unchanged heartbeat writes
+	// nothing.
+	u := state.PeerUpdate{PeerID: peerID}
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		p, ok := t.Peers[peerID]
+		if req.Endpoints != nil && (!ok || !slices.Equal(p.Endpoints, req.Endpoints)) {
 			eps := req.Endpoints
-			if _, err := s.raftApply(r.Context(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: state.PeerUpdate{PeerID: peerID, Endpoints: &eps}}); err != nil {
-				writeError(w, err)
-				return
-			}
+			u.Endpoints = &eps
+		}
+		if req.Relay != nil && (!ok || p.Relay != *req.Relay) {
+			u.Relay = req.Relay
+		}
+	})
+	if u.Endpoints != nil || u.Relay != nil {
+		if _, err := s.raftApply(r.Context(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: u}); err != nil {
+			writeError(w, err)
+			return
 		}
 	}
 	w.WriteHeader(http.StatusNoContent)

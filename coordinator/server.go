@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/meshd/meshd/coordinator/clusterkey"
 	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/netmap"
+	"github.com/meshd/meshd/coordinator/relay"
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/tlspin"
@@ -61,9 +63,32 @@ type Config struct {
 	// EphemeralGrace is how long an ephemeral peer may stay offline before
 	// it is removed; optional.
 	EphemeralGrace time.Duration
-	// STUNListen is the UDP address the STUN server listens on; optional,
-	// empty disables it.
+	// STUNListen is the UDP address of STUN and of TURN over UDP;
+	// optional, empty disables both.
 	STUNListen string
+	// RelayTLSListen is the TCP address of TURN over TLS; optional, empty
+	// disables it.
+	RelayTLSListen string
+	// RelayTLSFallback lets the TLS relay take an ephemeral port of the
+	// same host when RelayTLSListen's port is in use (a default address
+	// that several coordinators on one host share); optional.
+	RelayTLSFallback bool
+	// RelayPortMin and RelayPortMax bound the UDP ports of relayed
+	// addresses; optional, zero: any port the system picks.
+	RelayPortMin, RelayPortMax uint16
+	// RelayBandwidth caps each relay allocation in bytes per second in
+	// each direction; optional, zero: unlimited.
+	RelayBandwidth int64
+	// RelayCredentialTTL is how long a credential from GET /v1/relay is
+	// good for; optional.
+	RelayCredentialTTL time.Duration
+	// RelayURLs are external TURN servers handed to peers instead of the
+	// coordinators' own relays (turn:HOST:PORT[?transport=udp|tcp] or
+	// turns:HOST:PORT); optional. With them, the built-in relay answers
+	// STUN only. RelaySecret is their TURN REST shared secret (coturn's
+	// static-auth-secret); required with RelayURLs.
+	RelayURLs   []string
+	RelaySecret []byte
 	// OnlineWindow is how recently a peer must have been heard from to
 	// count as online; optional.
 	OnlineWindow time.Duration
@@ -97,6 +122,9 @@ func (c *Config) setDefaults() {
 	if c.EphemeralGrace == 0 {
 		c.EphemeralGrace = 10 * time.Minute
 	}
+	if c.RelayCredentialTTL == 0 {
+		c.RelayCredentialTTL = DefaultRelayCredentialTTL
+	}
 	if c.OnlineWindow == 0 {
 		c.OnlineWindow = 45 * time.Second
 	}
@@ -120,6 +148,23 @@ func (c *Config) validate() error {
 	}
 	if c.RaftListen == "" && c.RaftTransport == nil {
 		return errors.New("a raft listen address is required")
+	}
+	for _, u := range c.RelayURLs {
+		if _, err := parseRelayURL(u); err != nil {
+			return err
+		}
+	}
+	if len(c.RelayURLs) > 0 && len(c.RelaySecret) == 0 {
+		return errors.New("external relays need their shared secret")
+	}
+	if (c.RelayPortMin == 0) != (c.RelayPortMax == 0) || c.RelayPortMin > c.RelayPortMax {
+		return fmt.Errorf("relay port range %d-%d: give both ends, lowest first", c.RelayPortMin, c.RelayPortMax)
+	}
+	if c.RelayCredentialTTL < time.Minute || c.RelayCredentialTTL > 24*time.Hour {
+		return fmt.Errorf("relay credential lifetime %s: use 1m to 24h", c.RelayCredentialTTL)
+	}
+	if c.RelayBandwidth < 0 {
+		return fmt.Errorf("relay bandwidth %d: use 0 (unlimited) or more", c.RelayBandwidth)
 	}
 	if len(c.InitialCluster) > 0 {
 		found := false
@@ -158,8 +203,15 @@ type Server struct {
 	peerHTTP  *http.Client // to other coordinators, pinned to the API CA
 
 	closers []io.Closer
-	stun    *stunServer // nil when disabled
 	fanout  *fanout
+
+	// The relay (relay.go); set up in New, read-only after.
+	relayUDP     *net.UDPConn  // STUN and TURN over UDP; nil when off
+	relay        *relay.Server // nil when neither UDP nor TLS is on
+	relayIP      netip.Addr    // relayed addresses; invalid: none
+	relayTLSAddr string        // advertised TURN-over-TLS host:port
+	relaySecret  [32]byte      // the built-in relays' shared secret
+	relayURLs    []string      // external relays, canonical
 
 	touchMu sync.Mutex
 	touched map[string]time.Time // guarded by touchMu: peer id -> last heard
@@ -207,6 +259,11 @@ func New(cfg Config) (_ *Server, err error) {
 	s.pin = apiCA.Pin()
 	admin := cfg.ClusterKey.AdminSecret()
 	s.adminHash = token.HashSecret(admin)
+	s.relaySecret = cfg.ClusterKey.RelaySecret()
+	for _, u := range cfg.RelayURLs {
+		c, _ := parseRelayURL(u) // checked by validate
+		s.relayURLs = append(s.relayURLs, c)
+	}
 	in := cfg.ClusterKey.InternalSecret()
 	s.internal = fmt.Sprintf("%x", in[:])
 	peerTLS := tlspin.ClientConfig(s.pin)
@@ -254,12 +311,13 @@ func New(cfg Config) (_ *Server, err error) {
 	s.bootIndex = r.LastIndex()
 	s.started = time.Now()
 
-	// STUN answers from here on; Close stops it.
+	// The STUN/TURN socket; the relay serves it once the API's address
+	// and certificate are known (below). Close closes it.
 	if cfg.STUNListen != "" {
-		if s.stun, err = newSTUNServer(cfg.STUNListen, s.log); err != nil {
+		if s.relayUDP, err = bindRelayUDP(cfg.STUNListen); err != nil {
 			return nil, err
 		}
-		s.closers = append(s.closers, s.stun)
+		s.closers = append(s.closers, s.relayUDP)
 	}
 
 	// API listener with a certificate from the API CA.
@@ -275,6 +333,10 @@ func New(cfg Config) (_ *Server, err error) {
 	u, _ := url.Parse(s.apiURL)
 	cert, err := apiCA.Issue(cfg.Name, []string{u.Hostname(), "localhost", "127.0.0.1", "::1"})
 	if err != nil {
+		return nil, err
+	}
+	// STUN answers and TURN relays from here on; Close stops both.
+	if err := s.startRelay(cert); err != nil {
 		return nil, err
 	}
 	s.http = &http.Server{
@@ -353,7 +415,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.fanout.run} {
+	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.fanout.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -531,8 +593,12 @@ func (s *Server) expireAndReap(ctx context.Context) {
 // followers can forward writes to it and tokens can carry its URL.
 func (s *Server) registerLoop(ctx context.Context) {
 	me := state.Coordinator{Name: s.cfg.Name, RaftAddr: string(s.trans.LocalAddr()), APIURL: s.apiURL}
-	if s.stun != nil {
-		me.STUNAddr = stunAdvertise(s.apiURL, s.stun.Port())
+	if s.relayUDP != nil {
+		me.STUNAddr = stunAdvertise(s.apiURL, s.relayUDP.LocalAddr().(*net.UDPAddr).Port)
+	}
+	if s.relay != nil && s.relayIP.IsValid() {
+		me.RelayIP = s.relayIP.String()
+		me.RelayTLSAddr = s.relayTLSAddr
 	}
 	for {
 		var current bool

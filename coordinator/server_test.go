@@ -29,23 +29,36 @@ import (
 // client once DATA_DIR/admin.token exists.
 func startSingle(t testing.TB) (*Server, *apiclient.Client) {
 	t.Helper()
+	srv, admin, _ := startSingleWith(t, nil)
+	return srv, admin
+}
+
+// startSingleWith is startSingle with mod applied to the configuration; stop
+// stops the coordinator (and is called again, harmlessly, at cleanup).
+func startSingleWith(t testing.TB, mod func(*Config)) (_ *Server, _ *apiclient.Client, stop func()) {
+	t.Helper()
 	key, err := clusterkey.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	srv, err := New(Config{
+	cfg := Config{
 		Name: "c1", DataDir: dir, ClusterKey: key,
 		APIListen: "127.0.0.1:0", RaftListen: "127.0.0.1:0",
 		Logger: logging.New(testWriter{t}, testLogLevel(t)),
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { srv.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
 	path := filepath.Join(dir, "admin.token")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -64,7 +77,7 @@ func startSingle(t testing.TB) (*Server, *apiclient.Client) {
 			if offline := AdminToken(key, tok.URLs); offline != strings.TrimSpace(string(b)) {
 				t.Fatalf("AdminToken(key, %v) = %q; admin.token holds %q", tok.URLs, offline, b)
 			}
-			return srv, apiclient.New(tok.URLs, tok.Pin, strings.TrimSpace(string(b)))
+			return srv, apiclient.New(tok.URLs, tok.Pin, strings.TrimSpace(string(b))), stop
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("admin.token not written within 10s")

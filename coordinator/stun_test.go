@@ -14,21 +14,25 @@ import (
 
 	"github.com/meshd/meshd/coordinator/clusterkey"
 	"github.com/meshd/meshd/coordinator/netmap"
+	"github.com/meshd/meshd/coordinator/relay"
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/logging"
 )
 
-// stunQuery sends pkts from c, then a binding request, and returns the
-// mapped address of the first answer. The server handles datagrams in order,
-// so an answer to any of pkts would arrive first and fail the test.
-func stunQuery(t *testing.T, c *net.UDPConn, pkts ...[]byte) netip.AddrPort {
+// stunQuery sends pkts from c, then the binding request req (a plain one
+// when nil), and returns the mapped address of the first answer. The server
+// handles datagrams in order, so an answer to any of pkts would arrive first
+// and fail the test.
+func stunQuery(t *testing.T, c *net.UDPConn, req *stun.Message, pkts ...[]byte) netip.AddrPort {
 	t.Helper()
 	for _, p := range pkts {
 		if _, err := c.Write(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	if req == nil {
+		req = stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	}
 	if _, err := c.Write(req.Raw); err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +49,8 @@ func stunQuery(t *testing.T, c *net.UDPConn, pkts ...[]byte) netip.AddrPort {
 	if err := stun.Fingerprint.Check(resp); err != nil {
 		t.Fatalf("fingerprint: %v", err)
 	}
-	if n > len(req.Raw)+32 {
-		t.Fatalf("answer of %d bytes to a %d-byte request", n, len(req.Raw))
+	if n > 52 {
+		t.Fatalf("answer of %d bytes to a %d-byte request; want at most 52", n, len(req.Raw))
 	}
 	var xor stun.XORMappedAddress
 	if err := xor.GetFrom(resp); err != nil {
@@ -56,63 +60,59 @@ func stunQuery(t *testing.T, c *net.UDPConn, pkts ...[]byte) netip.AddrPort {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(xor.Port))
 }
 
+// TestSTUNServer checks the relay's STUN side: binding requests are
+// answered with the sender's address, and what is not a STUN request it
+// serves is dropped without an answer.
 func TestSTUNServer(t *testing.T) {
+	indication := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
+	success := stun.MustBuild(stun.TransactionID, stun.BindingSuccess)
+	junk := []struct {
+		name string
+		pkt  []byte
+	}{
+		{"empty", []byte{}},
+		{"not stun at all", []byte("not stun at all")},
+		{"http", []byte("GET / HTTP/1.1\r\n\r\n and some more bytes")},
+		{"truncated header", success.Raw[:12]},
+		{"an indication", indication.Raw},
+		{"a response", success.Raw},
+		{"length field disagrees", append(slices.Clone(success.Raw[:20]), 0, 1, 0)},
+		{"channel data without a channel", []byte{0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4}},
+	}
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
-			s, err := newSTUNServer(net.JoinHostPort(host, "0"), logging.Discard())
+			conn, err := bindRelayUDP(net.JoinHostPort(host, "0"))
 			if err != nil {
 				if host == "::1" {
 					t.Skipf("no IPv6 loopback: %v", err)
 				}
 				t.Fatal(err)
 			}
-			defer s.Close()
-			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(host), uint16(s.Port()))))
+			r, err := relay.New(relay.Config{PacketConn: conn, Logger: logging.New(testWriter{t}, testLogLevel(t))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			c, err := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			indication := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication))
-			success := stun.MustBuild(stun.TransactionID, stun.BindingSuccess)
-			got := stunQuery(t, c,
-				[]byte("not stun at all"),
-				success.Raw[:12], // truncated header
-				indication.Raw,   // not a request
-				success.Raw,      // a response
-				append(slices.Clone(success.Raw[:20]), 0, 1, 0), // length field disagrees
-			)
 			want := c.LocalAddr().(*net.UDPAddr).AddrPort()
-			if got != netip.AddrPortFrom(want.Addr().Unmap(), want.Port()) {
-				t.Fatalf("mapped %v; want %v", got, want)
+			want = netip.AddrPortFrom(want.Addr().Unmap(), want.Port())
+			for _, j := range junk {
+				t.Run(j.name, func(t *testing.T) {
+					if got := stunQuery(t, c, nil, j.pkt); got != want {
+						t.Fatalf("mapped %v; want %v", got, want)
+					}
+				})
 			}
-		})
-	}
-}
-
-func TestSTUNAnswer(t *testing.T) {
-	withSoftware := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.NewSoftware("test"), stun.Fingerprint)
-	tests := []struct {
-		name string
-		pkt  []byte
-		ok   bool
-	}{
-		{"empty", nil, false},
-		{"garbage", []byte("GET / HTTP/1.1\r\n\r\n and some more bytes"), false},
-		{"binding request", stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw, true},
-		{"request with attributes", withSoftware.Raw, true},
-		{"binding success", stun.MustBuild(stun.TransactionID, stun.BindingSuccess).Raw, false},
-		{"allocate request", stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest)).Raw, false},
-	}
-	ip := netip.MustParseAddr("2001:db8::1").AsSlice()
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			resp, ok := stunAnswer(new(stun.Message), tt.pkt, ip, 51820)
-			if ok != tt.ok {
-				t.Fatalf("got %v; want %v", ok, tt.ok)
-			}
-			if ok && len(resp) > 52 {
-				t.Fatalf("answer of %d bytes; want at most 52", len(resp))
-			}
+			t.Run("request with attributes", func(t *testing.T) {
+				req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.NewSoftware("test"), stun.Fingerprint)
+				if got := stunQuery(t, c, req); got != want {
+					t.Fatalf("mapped %v; want %v", got, want)
+				}
+			})
 		})
 	}
 }
@@ -156,13 +156,13 @@ func TestServerSTUN(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	addr := fmt.Sprintf("127.0.0.1:%d", srv.stun.Port())
+	addr := fmt.Sprintf("127.0.0.1:%d", srv.relayUDP.LocalAddr().(*net.UDPAddr).Port)
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if got, want := stunQuery(t, c), c.LocalAddr().(*net.UDPAddr).AddrPort(); got != want {
+	if got, want := stunQuery(t, c, nil), c.LocalAddr().(*net.UDPAddr).AddrPort(); got != want {
 		t.Fatalf("mapped %v; want %v", got, want)
 	}
 

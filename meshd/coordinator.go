@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,10 +18,14 @@ import (
 
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	var (
-		cfg      coordinator.Config
-		keyFile  string
-		initial  string
-		logLevel string
+		cfg             coordinator.Config
+		keyFile         string
+		initial         string
+		logLevel        string
+		relayTLS        string
+		relayPorts      string
+		relayBandwidth  string
+		relaySecretFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -48,6 +55,9 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 			if cfg.STUNListen == "off" {
 				cfg.STUNListen = ""
 			}
+			if err := relayConfig(&cfg, cmd.Flags().Changed("relay-tls-listen"), relayTLS, relayPorts, relayBandwidth, relaySecretFile); err != nil {
+				return err
+			}
 			srv, err := coordinator.New(cfg)
 			if err != nil {
 				return err
@@ -68,7 +78,13 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", coordinator.DefaultElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", coordinator.DefaultLeaderLeaseTimeout, "Raft leader lease timeout")
 	f.DurationVar(&cfg.EphemeralGrace, "ephemeral-grace", 10*time.Minute, "how long an ephemeral peer may be offline before it is removed")
-	f.StringVar(&cfg.STUNListen, "stun-listen", ":3478", "UDP host:port of the STUN server peers learn their public address from; advertised with the host of the API URL (\"off\" or \"\" disables)")
+	f.StringVar(&cfg.STUNListen, "stun-listen", ":3478", "UDP host:port of STUN (peers learn their public address) and of the TURN relay over UDP; advertised with the host of the API URL (\"off\" or \"\" disables both)")
+	f.StringVar(&relayTLS, "relay-tls-listen", "", "TCP host:port of the TURN relay over TLS, for networks that block UDP (default: the host of --listen with port 5349, or an ephemeral port of that host when 5349 is taken; \"off\" disables)")
+	f.StringVar(&relayPorts, "relay-ports", "49152-65535", "UDP port range of relayed addresses (open it in firewalls; \"0\" lets the system pick any port)")
+	f.StringVar(&relayBandwidth, "relay-bandwidth", "10M", "cap of each relay allocation, in bytes per second in each direction (K, M, G are powers of 1000; 0 = unlimited). The default, 80 Mbit/s, carries a relayed session well while a single peer cannot fill the uplink a coordinator shares with Raft and the API; relaying is the fallback until a direct path answers")
+	f.DurationVar(&cfg.RelayCredentialTTL, "relay-credential-ttl", coordinator.DefaultRelayCredentialTTL, "how long a relay credential handed to a peer is good for")
+	f.StringSliceVar(&cfg.RelayURLs, "relay-url", nil, "external TURN server handed to peers instead of the coordinators' own relays: turn:HOST:PORT[?transport=udp|tcp] or turns:HOST:PORT (repeat or comma separate; needs --relay-secret-file)")
+	f.StringVar(&relaySecretFile, "relay-secret-file", "", "file with the external TURN servers' shared secret (coturn's static-auth-secret with use-auth-secret)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
 	cmd.AddCommand(&cobra.Command{
@@ -115,6 +131,86 @@ coordinator's data dir is out of reach, such as a container without a shell.`,
 	at.Flags().StringSliceVar(&atURLs, "url", nil, "coordinator API URLs the credential names (comma separated or repeated)")
 	cmd.AddCommand(at)
 	return cmd
+}
+
+// relayConfig fills cfg's relay fields from the flags that need parsing.
+func relayConfig(cfg *coordinator.Config, tlsSet bool, tlsListen, ports, bandwidth, secretFile string) error {
+	switch {
+	case tlsListen == "off" || tlsSet && tlsListen == "":
+		cfg.RelayTLSListen = ""
+	case tlsSet:
+		cfg.RelayTLSListen = tlsListen
+	default:
+		host, _, err := net.SplitHostPort(cfg.APIListen)
+		if err != nil {
+			return fmt.Errorf("--listen %q: %w", cfg.APIListen, err)
+		}
+		cfg.RelayTLSListen = net.JoinHostPort(host, strconv.Itoa(coordinator.DefaultRelayTLSPort))
+		cfg.RelayTLSFallback = true
+	}
+	var err error
+	if cfg.RelayPortMin, cfg.RelayPortMax, err = parsePortRange(ports); err != nil {
+		return fmt.Errorf("--relay-ports: %w", err)
+	}
+	if cfg.RelayBandwidth, err = parseBytes(bandwidth); err != nil {
+		return fmt.Errorf("--relay-bandwidth: %w", err)
+	}
+	switch {
+	case secretFile != "":
+		b, err := os.ReadFile(secretFile)
+		if err != nil {
+			return fmt.Errorf("--relay-secret-file: %w", err)
+		}
+		cfg.RelaySecret = []byte(strings.TrimSpace(string(b)))
+		if len(cfg.RelaySecret) == 0 {
+			return fmt.Errorf("--relay-secret-file %s is empty", secretFile)
+		}
+		if len(cfg.RelayURLs) == 0 {
+			return fmt.Errorf("--relay-secret-file is for external relays: give --relay-url too")
+		}
+	case len(cfg.RelayURLs) > 0:
+		return fmt.Errorf("--relay-url needs --relay-secret-file (the TURN server's static-auth-secret)")
+	}
+	return nil
+}
+
+// parsePortRange reads "MIN-MAX", or "0" for any port.
+func parsePortRange(s string) (lo, hi uint16, err error) {
+	if strings.TrimSpace(s) == "0" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(s, "-")
+	l, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	h, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	if !ok || err1 != nil || err2 != nil || l == 0 || l > h {
+		return 0, 0, fmt.Errorf("%q is not a port range such as 49152-65535", s)
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// parseBytes reads a byte count such as 500K, 10M or 1G (powers of 1000,
+// an optional trailing B), or a plain number.
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1e3
+		case 'M':
+			mult = 1e6
+		case 'G':
+			mult = 1e9
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || v*float64(mult) > 1e15 {
+		return 0, fmt.Errorf("%q is not a byte count such as 500K, 10M or 1G", s)
+	}
+	return int64(v * float64(mult)), nil
 }
 
 func parseInitialCluster(s string) ([]coordinator.Member, error) {

@@ -1,7 +1,8 @@
 // Package clusterkey is the one shared secret of a coordinator cluster and
 // everything derived from it: the Raft CA (mutual TLS between coordinators),
-// the API CA (whose public key is the pin in every token), the admin secret
-// and the key that authenticates coordinator-to-coordinator API calls.
+// the API CA (whose public key is the pin in every token), the admin secret,
+// the key that authenticates coordinator-to-coordinator API calls and the
+// shared secret of the built-in TURN relays.
 //
 // Every coordinator derives the same CA keys from the secret, so the cluster
 // needs no certificate distribution; a host without the secret can neither
@@ -84,6 +85,11 @@ func (k Key) AdminSecret() [32]byte { return [32]byte(k.derive("meshd admin toke
 
 // InternalSecret authenticates coordinator-to-coordinator API calls.
 func (k Key) InternalSecret() [32]byte { return [32]byte(k.derive("meshd internal api v1")) }
+
+// RelaySecret is the TURN REST shared secret of the coordinators' built-in
+// relays: every coordinator derives the same one, so each accepts the relay
+// credentials the others hand out.
+func (k Key) RelaySecret() [32]byte { return [32]byte(k.derive("meshd turn relay secret v1")) }
 
 // CA is a certificate authority derived from the key.
 type CA struct {

@@ -266,6 +266,10 @@ type RelayServer struct {
 	URL      string `json:"url"`
 	Username string `json:"username"`
 	Password string `json:"password"`
+	// Pinned says a turns: server is a coordinator, whose TLS certificate
+	// is checked against the cluster pin like its API's; without it a
+	// turns: server is checked with the system roots and the URL's host.
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // RelayConfig answers GET /v1/relay: the relays a peer may use and until

@@ -1,5 +1,6 @@
 // Package logging adapts the loggers of meshd's libraries (hashicorp/raft's
-// hclog, memberlist's standard logger) to an injected *slog.Logger.
+// hclog, memberlist's standard logger, pion's leveled loggers) to an
+// injected *slog.Logger.
 package logging
 
 import (
