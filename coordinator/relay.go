@@ -159,10 +159,10 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 		if err != nil {
 			return err
 		}
-		if got := ln.Addr().String(); got != s.cfg.RelayTLSListen {
-			s.log.Info("relay TLS listener bound", "want", s.cfg.RelayTLSListen, "bound", got)
-		}
 		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		if _, want, _ := net.SplitHostPort(s.cfg.RelayTLSListen); want != "0" && want != port {
+			s.log.Warn("relay TLS port is taken; listening on an ephemeral port, which peers learn from the cluster", "want", s.cfg.RelayTLSListen, "bound", ln.Addr().String())
+		}
 		u, _ := url.Parse(s.apiURL)
 		s.relayTLSAddr = net.JoinHostPort(u.Hostname(), port)
 		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
@@ -171,6 +171,7 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 	if cfg.PacketConn == nil && cfg.Listener == nil {
 		return nil
 	}
+	s.relayIP = relayIP // before the relay's goroutines read it (isRelayIP)
 	r, err := relay.New(cfg)
 	if err != nil {
 		if cfg.Listener != nil {
@@ -178,8 +179,10 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 		}
 		return err
 	}
-	s.relay, s.relayIP = r, relayIP
+	s.relay = r
 	s.closers = append(s.closers, r)
+	s.log.Info("relay running", "udp", s.cfg.STUNListen, "tls", s.relayTLSAddr, "relay_ip", relayIP,
+		"ports", fmt.Sprintf("%d-%d", s.cfg.RelayPortMin, s.cfg.RelayPortMax), "bandwidth", s.cfg.RelayBandwidth, "external", s.relayURLs)
 	return nil
 }
 
