@@ -165,6 +165,20 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
 	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	if cfg.ListenPort == 0 {
+		if len(cfg.Routes) > 0 {
+			cfg.ListenPort = DefaultListenPort
+		} else {
+			p, err := loadOrPickPort(filepath.Join(cfg.StateDir, ListenPortFile))
+			if err != nil {
+				return nil, err
+			}
+			cfg.ListenPort = p
+		}
+	}
 	ownEngine := cfg.NewEngine == nil
 	if cfg.NewRouter == nil {
 		cfg.NewRouter = func(name string) (router.Router, error) { return router.New(name, cfg.Logger) }
@@ -180,20 +194,6 @@ func New(cfg Config) (*Agent, error) {
 				cfg.Logger.Debug("endpoint discovery", "err", err)
 			}
 			return eps
-		}
-	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state dir: %w", err)
-	}
-	if cfg.ListenPort == 0 {
-		if len(cfg.Routes) > 0 {
-			cfg.ListenPort = DefaultListenPort
-		} else {
-			p, err := loadOrPickPort(filepath.Join(cfg.StateDir, ListenPortFile))
-			if err != nil {
-				return nil, err
-			}
-			cfg.ListenPort = p
 		}
 	}
 	a := &Agent{

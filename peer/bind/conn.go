@@ -188,13 +188,17 @@ type Conn struct {
 	epMu sync.Mutex
 	eps  map[wgcfg.Key]*peerEndpoint // guarded by epMu
 
-	discoIn  chan inbound
-	stunIn   chan inbound
-	events   chan func(*loopState)
-	relayIn  chan inbound
-	changed  chan struct{}
-	relay    *relayMgr
-	openCh   chan struct{} // a new socket was opened
+	discoIn chan inbound
+	stunIn  chan inbound
+	events  chan func(*loopState)
+	relayIn chan inbound
+	changed chan struct{}
+	relay   *relayMgr
+	openCh  chan struct{} // a new socket was opened
+	// sockMu guards sockDone, closed by Close to end the receive functions
+	// of the socket Open made.
+	sockMu   sync.Mutex
+	sockDone chan struct{}
 	closing  chan struct{}
 	loopDone chan struct{}
 	bufPool  sync.Pool
@@ -265,11 +269,17 @@ func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return nil, 0, err
 	}
 	c.port.Store(uint32(actual))
+	done := make(chan struct{})
+	c.sockMu.Lock()
+	c.sockDone = done
+	c.sockMu.Unlock()
 	out := make([]conn.ReceiveFunc, 0, len(fns)+1)
 	for _, fn := range fns {
 		out = append(out, c.wrapReceive(fn))
 	}
-	out = append(out, c.receiveRelay)
+	out = append(out, func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		return c.receiveRelay(done, packets, sizes, eps)
+	})
 	select {
 	case c.openCh <- struct{}{}:
 	default:
@@ -280,6 +290,12 @@ func (c *Conn) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 // Close implements conn.Bind.
 func (c *Conn) Close() error {
 	c.port.Store(0)
+	c.sockMu.Lock()
+	if c.sockDone != nil {
+		close(c.sockDone)
+		c.sockDone = nil
+	}
+	c.sockMu.Unlock()
 	return c.std.Close()
 }
 
@@ -414,10 +430,12 @@ func addrOf(ep conn.Endpoint) netip.AddrPort {
 }
 
 // receiveRelay hands WireGuard the packets that came through the relay.
-func (c *Conn) receiveRelay(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+func (c *Conn) receiveRelay(done chan struct{}, packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	var in inbound
 	select {
 	case in = <-c.relayIn:
+	case <-done:
+		return 0, net.ErrClosed
 	case <-c.closing:
 		return 0, net.ErrClosed
 	}

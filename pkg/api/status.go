@@ -12,7 +12,7 @@ type LocalStatus struct {
 	ListenPort   int          `json:"listen_port"`
 	Endpoints    []string     `json:"endpoints"`
 	Relay        string       `json:"relay,omitempty"` // this peer's relayed address
-	Coordinator  string       `json:"coordinator"` // the coordinator whose stream is open; empty when none
+	Coordinator  string       `json:"coordinator"`     // the coordinator whose stream is open; empty when none
 	MapIndex     uint64       `json:"map_index"`
 	Coordinators []string     `json:"coordinators"`
 }
