@@ -531,8 +531,17 @@ func (a *Agent) reconcile() error {
 	})
 	var paths []bind.PeerConfig
 	var stunServers []netip.AddrPort
+	var exclude []netip.Prefix
 	if a.bind != nil {
 		paths = pathConfigs(&a.nm, nets)
+		exclude = slices.Clone(d.router.Routes) // the overlay and the subnets routed into the mesh
+		if a.nm.self != nil {
+			for _, r := range a.nm.self.Routes {
+				if p, err := netip.ParsePrefix(r.Prefix); err == nil {
+					exclude = append(exclude, p)
+				}
+			}
+		}
 		for _, s := range a.nm.stunServers {
 			if ap, err := netip.ParseAddrPort(s); err == nil {
 				stunServers = append(stunServers, ap)
@@ -564,7 +573,7 @@ func (a *Agent) reconcile() error {
 	if a.bind != nil {
 		// Paths first: WireGuard's first handshake must find one.
 		a.bind.SetSTUNServers(stunServers)
-		a.bind.SetPeers(paths)
+		a.bind.SetPeers(paths, exclude)
 	}
 	err := a.eng.Reconfig(d.wg)
 	if err != nil && !errors.Is(err, engine.ErrNoChanges) {

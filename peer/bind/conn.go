@@ -457,10 +457,14 @@ func (c *Conn) receiveRelay(done chan struct{}, packets [][]byte, sizes []int, e
 
 // SetPeers replaces the peers and their candidates; it returns once every
 // peer has a path (if it can have one), so WireGuard's first handshake
-// goes somewhere.
-func (c *Conn) SetPeers(peers []PeerConfig) {
+// goes somewhere. No address inside exclude is ever a path, learned or
+// announced, nor announced as this host's: those are the overlay and the
+// subnets routed into the mesh (a probe there would travel inside the
+// tunnels it is meant to find a path for) and a gateway's own LAN.
+func (c *Conn) SetPeers(peers []PeerConfig, exclude []netip.Prefix) {
 	done := make(chan struct{})
 	c.do(func(s *loopState) {
+		s.exclude = exclude
 		s.setPeers(peers)
 		close(done)
 	})

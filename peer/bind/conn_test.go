@@ -142,8 +142,8 @@ func expectPacket(t *testing.T, s *side, n byte) {
 
 func TestDirectPath(t *testing.T) {
 	a, b := newSide(t), newSide(t)
-	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9"), b.addr()}}})
-	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}}})
+	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9"), b.addr()}}}, nil)
+	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}}}, nil)
 	ps := waitPath(t, a, b.pub(), PathDirect, 2*time.Second)
 	if ps.Addr != b.addr() || ps.RTT <= 0 {
 		t.Fatalf("path = %+v; want direct to %v with an RTT", ps, b.addr())
@@ -213,8 +213,8 @@ func TestRelayAndSwitch(t *testing.T) {
 	// The direct path is cut both ways.
 	a.std.block(b.addr(), true)
 	b.std.block(a.addr(), true)
-	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{b.addr()}, Relay: rb}})
-	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}, Relay: ra}})
+	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{b.addr()}, Relay: rb}}, nil)
+	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}, Relay: ra}}, nil)
 	waitPath(t, a, b.pub(), PathRelay, 2*time.Second)
 	ep, _ := a.c.ParseEndpoint(EndpointString(b.pub()))
 	var seq atomic.Int32

@@ -53,6 +53,26 @@ type loopState struct {
 	relayServer string
 	relayUDP    []netip.AddrPort // UDP TURN servers (they send on the socket)
 	userPings   map[disco.TxID]userPing
+	exclude     []netip.Prefix // never a path (see SetPeers)
+}
+
+func (s *loopState) excluded(a netip.Addr) bool {
+	for _, p := range s.exclude {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *loopState) usable(eps []netip.AddrPort) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(eps))
+	for _, a := range eps {
+		if !s.excluded(a.Addr()) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func (c *Conn) run() {
@@ -98,7 +118,7 @@ func (s *loopState) setPeers(peers []PeerConfig) {
 			ps.paths.relayUp = s.relayAddr.IsValid()
 			s.peers[pc.Key] = ps
 		}
-		ps.paths.setCandidates(pc.Endpoints, pc.Relay, now)
+		ps.paths.setCandidates(s.usable(pc.Endpoints), pc.Relay, now)
 		if pc.Relay.IsValid() && !slices.Contains(relayIPs, pc.Relay.Addr()) {
 			relayIPs = append(relayIPs, pc.Relay.Addr())
 		}
@@ -162,7 +182,9 @@ func (s *loopState) discovery() Discovery {
 	d := Discovery{Port: port, Reflexive: map[netip.AddrPort]netip.AddrPort{}, Relay: s.relayAddr, RelayServer: s.relayServer}
 	if port != 0 {
 		for _, a := range s.local {
-			d.Local = append(d.Local, netip.AddrPortFrom(a, port))
+			if !s.excluded(a) {
+				d.Local = append(d.Local, netip.AddrPortFrom(a, port))
+			}
 		}
 	}
 	for k, v := range s.reflexive {
@@ -319,6 +341,9 @@ func (s *loopState) handleDisco(in inbound, now time.Time) {
 	if err != nil {
 		return
 	}
+	if !in.viaRelay && s.excluded(in.from.Addr()) {
+		return // came through the mesh itself: never a path
+	}
 	switch m.Type {
 	case disco.TypePing:
 		s.sendDisco(ps, &disco.Message{Type: disco.TypePong, TxID: m.TxID, Src: in.from}, in.from, in.viaRelay)
@@ -334,7 +359,7 @@ func (s *loopState) handleDisco(in inbound, now time.Time) {
 			// this host now, so probe back at once and the two sides'
 			// packets open each other's NAT.
 			newAddr := false
-			for _, a := range m.Addrs {
+			for _, a := range s.usable(m.Addrs) {
 				if _, isNew := ps.paths.learn(a); isNew {
 					newAddr = true
 				}
