@@ -15,10 +15,12 @@ test: lint
 	$(MAKE) fuzz
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) lab-docker-check; else echo "skipping lab-docker-check (needs root)"; fi
 
-# fuzz: a few seconds of each fuzz target (the token parser, the FSM decoder).
+# fuzz: a few seconds of each fuzz target (the token parser, the FSM decoder,
+# the path probe decoder).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./pkg/token
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 5s ./coordinator/fsm
+	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime 5s ./peer/disco
 
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
 # true source IPs, restart, removal, coordinators down, SNAT.
