@@ -146,6 +146,9 @@ type sendPath struct {
 	addr  netip.AddrPort
 	relay bool
 	ep    conn.Endpoint // direct only
+	// verified: the relay, or a direct address that answered a probe
+	// (not a first guess).
+	verified bool
 }
 
 var _ conn.Endpoint = (*peerEndpoint)(nil)
@@ -337,9 +340,10 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	pe.lastSend.Store(time.Now().UnixNano())
 	p := pe.path.Load()
-	if p == nil {
-		// No path yet: keep a handshake initiation to send as soon as
-		// one appears, instead of WireGuard's 5 s retry.
+	if p == nil || !p.verified {
+		// Keep a handshake initiation sent while no path is known to
+		// work, to send again as soon as one is, instead of after
+		// WireGuard's 5 s retry.
 		for _, b := range bufs {
 			if len(b) >= 4 && b[0] == 1 && b[1] == 0 && b[2] == 0 && b[3] == 0 {
 				pe.initMu.Lock()
@@ -347,6 +351,8 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 				pe.initMu.Unlock()
 			}
 		}
+	}
+	if p == nil {
 		return nil
 	}
 	if p.relay {

@@ -285,29 +285,34 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 	for _, pr := range ps.paths.pingsDue(now) {
 		s.sendPing(ps, pr)
 	}
-	changed := ps.paths.choose(now)
+	ps.paths.choose(now)
 	cur := ps.paths.cur
 	old := ps.ep.path.Load()
-	if !changed && (old != nil) == (cur != nil) {
-		return
-	}
 	if cur == nil {
-		ps.ep.path.Store(nil)
+		if old != nil {
+			ps.ep.path.Store(nil)
+		}
 		return
 	}
-	sp := &sendPath{addr: cur.addr, relay: cur.relay}
+	verified := cur.relay || !cur.lastPong.IsZero()
+	if old != nil && old.addr == cur.addr && old.relay == cur.relay && old.verified == verified {
+		return
+	}
+	sp := &sendPath{addr: cur.addr, relay: cur.relay, verified: verified}
 	if !cur.relay {
 		sp.ep = stdEndpoint(cur.addr)
 	}
 	ps.ep.path.Store(sp)
-	if old == nil || old.addr != sp.addr || old.relay != sp.relay {
-		kind := PathDirect
-		if sp.relay {
-			kind = PathRelay
-		}
-		s.c.log.Debug("path", "peer", ps.key.String(), "path", kind, "addr", sp.addr)
+	kind := PathDirect
+	if sp.relay {
+		kind = PathRelay
 	}
-	// A handshake WireGuard sent while there was no path goes out now.
+	s.c.log.Debug("path", "peer", ps.key.String(), "path", kind, "addr", sp.addr, "verified", verified)
+	if !verified {
+		return
+	}
+	// A handshake WireGuard sent while no path was known to work goes out
+	// again on this one.
 	ps.ep.initMu.Lock()
 	init, at := ps.ep.lastInit, ps.ep.initAt
 	ps.ep.lastInit = nil

@@ -29,7 +29,9 @@ import (
 const (
 	AllocateUDPWithin = 1500 * time.Millisecond
 	AllocateTLSWithin = 3 * time.Second
-	RenewBefore       = 5 * time.Minute
+	// TLSAfter is how long UDP is tried alone before TLS joins in.
+	TLSAfter    = 300 * time.Millisecond
+	RenewBefore = 5 * time.Minute
 )
 
 // relayURL is one parsed TURN URL.
@@ -364,23 +366,71 @@ func (m *relayMgr) allocate(cfg api.RelayConfig) (*allocation, error) {
 			udp = append(udp, u)
 		}
 	}
-	var errs []error
+	// UDP first; TLS starts TLSAfter later in parallel (UDP may be
+	// blocked, and its attempts then only time out). A UDP allocation that
+	// comes before the TLS one wins.
+	type res struct {
+		a   *allocation
+		err error
+	}
+	udpCh, tcpCh := make(chan res, 1), make(chan res, 1)
+	cancelTCP := make(chan struct{})
 	if len(udp) > 0 {
-		a, err := m.race(udp, AllocateUDPWithin, m.allocateUDP)
-		if err == nil {
-			return a, nil
-		}
-		errs = append(errs, err)
+		go func() {
+			a, err := m.race(udp, AllocateUDPWithin, m.allocateUDP)
+			udpCh <- res{a, err}
+		}()
+	} else {
+		udpCh <- res{err: errors.New("no UDP relay")}
 	}
 	if len(tcp) > 0 {
-		a, err := m.race(tcp, AllocateTLSWithin, m.allocateTCP)
-		if err == nil {
-			return a, nil
-		}
-		errs = append(errs, err)
+		go func() {
+			select {
+			case <-time.After(TLSAfter):
+			case <-cancelTCP:
+				tcpCh <- res{err: errors.New("not needed")}
+				return
+			}
+			a, err := m.race(tcp, AllocateTLSWithin, m.allocateTCP)
+			tcpCh <- res{a, err}
+		}()
+	} else {
+		tcpCh <- res{err: errors.New("no TCP relay")}
 	}
-	if len(errs) == 0 {
-		return nil, errors.New("no usable relay url")
+	var errs []error
+	var u, t *res
+	for u == nil || t == nil {
+		select {
+		case r := <-udpCh:
+			u = &r
+			if r.err == nil {
+				close(cancelTCP)
+				if t == nil {
+					go func() {
+						if rt := <-tcpCh; rt.a != nil {
+							rt.a.close()
+						}
+					}()
+				}
+				return r.a, nil
+			}
+			errs = append(errs, r.err)
+		case r := <-tcpCh:
+			t = &r
+			if r.err == nil {
+				if u == nil {
+					// TLS first: UDP may still answer, but it was slower
+					// than a TLS handshake, so UDP is most likely blocked.
+					go func() {
+						if ru := <-udpCh; ru.a != nil {
+							ru.a.close()
+						}
+					}()
+				}
+				return r.a, nil
+			}
+			errs = append(errs, r.err)
+		}
 	}
 	return nil, errors.Join(errs...)
 }
