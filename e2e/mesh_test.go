@@ -23,9 +23,10 @@ import (
 
 var labSeq atomic.Int32
 
-// startLab brings up the lab in namespaces unique to this test run, and
-// tears it down when the test ends, also on failure.
-func startLab(t *testing.T, o meshlab.Options) *meshlab.Lab {
+// labOptions skips the test unless it can build namespace labs (root,
+// the tools, /dev/net/tun), and fills o with names unique to this test
+// run, a temporary dir and the meshd binary.
+func labOptions(t *testing.T, o meshlab.Options, tools ...string) meshlab.Options {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("network-namespace test")
@@ -33,7 +34,7 @@ func startLab(t *testing.T, o meshlab.Options) *meshlab.Lab {
 	if os.Geteuid() != 0 {
 		t.Skip("network-namespace tests need root")
 	}
-	for _, tool := range []string{"ip", "ping"} {
+	for _, tool := range append([]string{"ip", "ping"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s (scripts/deps.sh installs it)", tool)
 		}
@@ -50,25 +51,59 @@ func startLab(t *testing.T, o meshlab.Options) *meshlab.Lab {
 	o.IfPrefix = fmt.Sprintf("t%d%c-", os.Getpid()%100, 'a'+n-1)
 	o.Dir = t.TempDir()
 	o.Bin = bin
+	return o
+}
+
+// closeLabAtEnd tears l down when the test ends, also on failure, after
+// logging the tail of every process's log if the test failed.
+func closeLabAtEnd(t *testing.T, l *meshlab.Lab) {
+	t.Helper()
+	t.Cleanup(func() {
+		if t.Failed() {
+			for name := range l.Procs {
+				t.Logf("--- %s log (tail):\n%s", name, tail(l.Logs(name), 40))
+			}
+			keepLogs(t, l)
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("lab teardown: %v", err)
+		}
+		if left, _ := netlab.Namespaces(l.Opts.Prefix); len(left) > 0 {
+			t.Errorf("namespaces left behind: %v", left)
+		}
+	})
+}
+
+// keepLogs copies every process's log to $MESHD_E2E_LOGS/TEST/ when that
+// variable names a directory: the lab's own dir goes with the test.
+func keepLogs(t *testing.T, l *meshlab.Lab) {
+	root := os.Getenv("MESHD_E2E_LOGS")
+	if root == "" {
+		return
+	}
+	dir := filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("keep logs: %v", err)
+		return
+	}
+	for name := range l.Procs {
+		os.WriteFile(filepath.Join(dir, name+".log"), []byte(l.Logs(name)), 0o644)
+	}
+	t.Logf("logs kept in %s", dir)
+}
+
+// startLab brings up the lab in namespaces unique to this test run, and
+// tears it down when the test ends, also on failure.
+func startLab(t *testing.T, o meshlab.Options) *meshlab.Lab {
+	t.Helper()
+	o = labOptions(t, o)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	l, err := meshlab.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for name := range l.Procs {
-				t.Logf("--- %s log (tail):\n%s", name, tail(l.Logs(name), 40))
-			}
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("lab teardown: %v", err)
-		}
-		if left, _ := netlab.Namespaces(o.Prefix); len(left) > 0 {
-			t.Errorf("namespaces left behind: %v", left)
-		}
-	})
+	closeLabAtEnd(t, l)
 	return l
 }
 

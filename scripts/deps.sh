@@ -9,6 +9,8 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v nft >/dev/null || need+=(nftables)
 command -v sysctl >/dev/null || need+=(procps)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v turnserver >/dev/null || need+=(coturn) # TestRelayExternalCoturn; its service stays disabled
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing packages: ${need[*]} (run as root to install them)" >&2

@@ -1,6 +1,7 @@
 // Command lab brings the meshd lab up or down (`make lab`, `make lab-down`):
-// three coordinators, two sites and two clients in network namespaces on
-// this machine. It needs root and iproute2.
+// three coordinators, two sites and four clients in network namespaces on
+// this machine, two of the clients behind NAT routers (one symmetric, one
+// port-preserving). It needs root, iproute2 and nftables.
 //
 //	go run ./e2e/lab up BIN    start the lab with the meshd binary BIN
 //	go run ./e2e/lab down      stop it and remove its namespaces
@@ -68,7 +69,7 @@ func run(args []string) int {
 	os.RemoveAll(dir)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true})
+	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true, NATClients: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		return 1
@@ -77,9 +78,23 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "lab: the mesh did not come up:", err)
 		return 1
 	}
+	// cl3 (symmetric NAT) reaches cl4 (port-preserving NAT) only through
+	// a relay.
+	st, err := l.Status("cl4")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		return 1
+	}
+	if err := l.Net.Ping("cl3", st.Self.OverlayIP, 20e9); err != nil {
+		fmt.Fprintln(os.Stderr, "lab: the NAT clients did not come up:", err)
+		return 1
+	}
+	nat3, nat4 := l.NAT.Host("cl3"), l.NAT.Host("cl4")
 	fmt.Printf(`
 meshd lab is up: 3 coordinators, site A (gwa1 priority 200, gwa2 priority 100, hosta %s),
-site B (gwb1, hostb %s), clients cl1 and cl2. Namespaces: %s*; state and logs: .lab/
+site B (gwb1, hostb %s), clients cl1 and cl2 on the wan, cl3 (%s) behind a symmetric NAT
+and cl4 (%s) behind a port-preserving NAT (routers at %s and %s on the wan).
+Namespaces: %s*; state and logs: .lab/
 
 Try:
   sudo ip netns exec %scl1 ping -c3 %s            # client -> site A LAN host, through gwa1
@@ -93,11 +108,17 @@ Failover: ping site A from cl1 every 10 ms, then kill the active gateway (gwa1):
   sudo ip netns exec %scl1 ping -i 0.01 %s
   sudo kill -9 $(cat .lab/gwa1.pid)      # gwa2 takes the route and the VIP %s
 
+NAT traversal: the PATH column says direct (a punched hole) or relay (through a coordinator):
+  sudo %s status --state-dir .lab/cl4    # cl1, cl2, the gateways: direct; cl3: relay
+  sudo %s ping cl3 --state-dir .lab/cl4  # which path answered, and the round-trip time
+  sudo %s netcheck --state-dir .lab/cl3  # the symmetric NAT: a new port per destination
+
 Stop it with: make lab-down
-`, netlab.HostA, netlab.HostB, prefix,
+`, netlab.HostA, netlab.HostB, nat3.Addr, nat4.Addr, nat3.WAN, nat4.WAN, prefix,
 		prefix, netlab.HostA, prefix, netlab.HostB,
 		prefix, bin, prefix, l.Interface("gwa1"),
 		prefix, bin, prefix, bin, netlab.HostA,
-		prefix, netlab.HostA, netlab.SiteAVIP)
+		prefix, netlab.HostA, netlab.SiteAVIP,
+		bin, bin, bin)
 	return 0
 }

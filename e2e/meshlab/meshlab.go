@@ -1,7 +1,9 @@
-// Package meshlab brings up the whole meshd lab on one machine: the
-// netlab topology, three coordinators and the peer agents of two sites and
-// two roaming clients, each in its own network namespace. `make lab` and
-// the end-to-end tests both use it.
+// Package meshlab brings up meshd labs on one machine, every host in its
+// own network namespace: the flat lab (the netlab topology, three
+// coordinators and the peer agents of two sites and two roaming clients,
+// optionally two more clients behind NATs) and the NAT lab (netlab's NAT
+// matrix with its three coordinators). `make lab`, the end-to-end tests
+// and the bench all use it.
 package meshlab
 
 import (
@@ -33,15 +35,28 @@ type Options struct {
 	// UAPI socket directory is shared by all namespaces, so labs that run
 	// at the same time need different prefixes.
 	IfPrefix string
+	// NATClients adds the clients of NATClients to the flat lab, each
+	// behind its own NAT router on the lab's wan (Start only).
+	NATClients bool
+	// CoordinatorArgs are more flags for every coordinator.
+	CoordinatorArgs []string
 }
 
 // Lab is a running mesh lab.
 type Lab struct {
-	Opts  Options
-	Net   *netlab.Lab
-	Topo  *netlab.Topology
-	Procs map[string]*harness.Proc
-	Key   string
+	Opts Options
+	Net  *netlab.Lab
+	// Topo is the flat lab's topology; nil in a NAT lab.
+	Topo *netlab.Topology
+	// NAT holds the hosts behind NAT routers: the NAT lab's whole
+	// topology, or the flat lab's NAT clients; nil when there are none.
+	NAT *netlab.NATTopology
+	// Coordinators are c1..c3 (WAN is each one's address).
+	Coordinators []netlab.Node
+	Procs        map[string]*harness.Proc
+	// Started is when each peer's agent was last started.
+	Started map[string]time.Time
+	Key     string
 }
 
 // PeerSpec is how the lab runs one peer.
@@ -60,6 +75,17 @@ var Peers = []PeerSpec{
 	{Name: "cl2"},
 }
 
+// NATClients are the flat lab's clients behind NATs (Options.NATClients):
+// cl3 behind a symmetric NAT, reached from cl4 only through a relay, and
+// cl4 behind a port-preserving NAT, reached directly by everyone else.
+var NATClients = []netlab.NATHostSpec{
+	{Name: "cl3", Kind: netlab.Symmetric},
+	{Name: "cl4", Kind: netlab.PortPreserving},
+}
+
+// natClientWAN is the flat lab's wan address of NAT router n (from 1).
+func natClientWAN(n int) string { return fmt.Sprintf("10.99.0.%d", 100+n) }
+
 // Start builds the topology and starts coordinators and peers, waiting
 // until every peer is up. On error it tears down what it started.
 func Start(ctx context.Context, o Options) (_ *Lab, err error) {
@@ -73,7 +99,9 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Lab{Opts: o, Net: nl, Topo: netlab.MeshdLab(), Procs: map[string]*harness.Proc{}, Key: filepath.Join(o.Dir, "cluster.key")}
+	topo := netlab.MeshdLab()
+	l := newLab(o, nl, topo.Coordinators)
+	l.Topo = topo
 	defer func() {
 		if err != nil {
 			l.Close()
@@ -82,26 +110,21 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	if err := l.Topo.Build(nl); err != nil {
 		return nil, err
 	}
-	key, err := harness.Run(o.Bin, "coordinator", "keygen")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(l.Key, key, 0o600); err != nil {
-		return nil, err
-	}
-	for _, c := range l.Topo.Coordinators {
-		if err := l.StartCoordinator(c.Name); err != nil {
+	clients := 2
+	if o.NATClients {
+		if l.NAT, err = netlab.AddNATHosts(nl, "wan", "br0", natClientWAN, NATClients); err != nil {
 			return nil, err
 		}
+		clients += len(NATClients)
 	}
-	if err := l.WaitCluster(ctx, 30*time.Second); err != nil {
+	if err := l.startCoordinators(ctx); err != nil {
 		return nil, err
 	}
 	gwTok, err := l.Admin("token", "create", "--uses", "3", "--allow-routes", netlab.SiteA+","+netlab.SiteB)
 	if err != nil {
 		return nil, err
 	}
-	clTok, err := l.Admin("token", "create", "--uses", "2")
+	clTok, err := l.Admin("token", "create", "--uses", fmt.Sprint(clients))
 	if err != nil {
 		return nil, err
 	}
@@ -117,8 +140,15 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
+	if o.NATClients {
+		for _, c := range NATClients {
+			if err := l.StartPeer(c.Name, strings.TrimSpace(clTok)); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for name := range l.Procs {
-		if strings.HasPrefix(name, "c") && len(name) == 2 {
+		if l.isCoordinator(name) {
 			continue
 		}
 		if err := l.WaitPeerUp(ctx, name, 30*time.Second); err != nil {
@@ -126,6 +156,40 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 		}
 	}
 	return l, nil
+}
+
+// newLab is a Lab with nothing started yet.
+func newLab(o Options, nl *netlab.Lab, coords []netlab.Node) *Lab {
+	return &Lab{Opts: o, Net: nl, Coordinators: coords, Procs: map[string]*harness.Proc{},
+		Started: map[string]time.Time{}, Key: filepath.Join(o.Dir, "cluster.key")}
+}
+
+// startCoordinators writes the cluster key, starts c1..c3 and waits until
+// the cluster answers.
+func (l *Lab) startCoordinators(ctx context.Context) error {
+	key, err := harness.Run(l.Opts.Bin, "coordinator", "keygen")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(l.Key, key, 0o600); err != nil {
+		return err
+	}
+	for _, c := range l.Coordinators {
+		if err := l.StartCoordinator(c.Name); err != nil {
+			return err
+		}
+	}
+	return l.WaitCluster(ctx, 30*time.Second)
+}
+
+// isCoordinator reports whether name is one of the lab's coordinators.
+func (l *Lab) isCoordinator(name string) bool {
+	for _, c := range l.Coordinators {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func contains(xs []string, x string) bool {
@@ -153,7 +217,7 @@ func (l *Lab) start(name string, args ...string) error {
 // CoordinatorURLs are the coordinators' API URLs.
 func (l *Lab) CoordinatorURLs() []string {
 	var out []string
-	for _, c := range l.Topo.Coordinators {
+	for _, c := range l.Coordinators {
 		out = append(out, "https://"+c.WAN+":8443")
 	}
 	return out
@@ -163,13 +227,20 @@ func (l *Lab) CoordinatorURLs() []string {
 // coordinator.
 func (l *Lab) StartCoordinator(name string) error {
 	var initial []string
-	for _, c := range l.Topo.Coordinators {
+	var n netlab.Node
+	for _, c := range l.Coordinators {
 		initial = append(initial, c.Name+"="+c.WAN+":8301")
+		if c.Name == name {
+			n = c
+		}
 	}
-	n := l.Topo.Node(name)
-	return l.start(name, "coordinator", "--name", name, "--data-dir", filepath.Join(l.Opts.Dir, name),
-		"--listen", n.WAN+":8443", "--raft-listen", n.WAN+":8301", "--cluster-key-file", l.Key,
-		"--initial-cluster", strings.Join(initial, ","), "--stun-listen", n.WAN+":3478")
+	if n.Name == "" {
+		return fmt.Errorf("no coordinator %q in the lab", name)
+	}
+	args := []string{"coordinator", "--name", name, "--data-dir", filepath.Join(l.Opts.Dir, name),
+		"--listen", n.WAN + ":8443", "--raft-listen", n.WAN + ":8301", "--cluster-key-file", l.Key,
+		"--initial-cluster", strings.Join(initial, ","), "--stun-listen", n.WAN + ":3478"}
+	return l.start(name, append(args, l.Opts.CoordinatorArgs...)...)
 }
 
 // Interface is the WireGuard interface name of a lab peer (the UAPI socket
@@ -198,6 +269,7 @@ func (l *Lab) StartPeer(name, tok string) error {
 		}
 	}
 	args = append(args, l.Opts.PeerArgs[name]...)
+	l.Started[name] = time.Now()
 	return l.start(name, args...)
 }
 
@@ -209,7 +281,7 @@ func (l *Lab) Admin(args ...string) (string, error) {
 		return "", err
 	}
 	var last error
-	for _, c := range l.Topo.Coordinators {
+	for _, c := range l.Coordinators {
 		if p := l.Procs[c.Name]; p == nil || p.Exited() {
 			continue
 		}
@@ -225,7 +297,7 @@ func (l *Lab) Admin(args ...string) (string, error) {
 
 // AdminToken reads the admin token a coordinator wrote.
 func (l *Lab) AdminToken() (string, error) {
-	for _, c := range l.Topo.Coordinators {
+	for _, c := range l.Coordinators {
 		b, err := os.ReadFile(filepath.Join(l.Opts.Dir, c.Name, "admin.token"))
 		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
 			return strings.TrimSpace(string(b)), nil
@@ -245,7 +317,7 @@ func (l *Lab) WaitCluster(ctx context.Context, d time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("coordinators not up within %s: %w\n%s", d, err, l.Logs("c1"))
 		}
-		for _, c := range l.Topo.Coordinators {
+		for _, c := range l.Coordinators {
 			if p := l.Procs[c.Name]; p != nil && p.Exited() {
 				return fmt.Errorf("coordinator %s exited: %v\n%s", c.Name, p.Err(), p.Log())
 			}

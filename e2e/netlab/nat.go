@@ -235,10 +235,73 @@ func (t *NATTopology) DirectPath(a, b string) bool {
 
 var natName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
 
-// natBuilder holds the state of one BuildNAT.
+// natBuilder holds the state of one BuildNAT or AddNATHosts.
 type natBuilder struct {
 	l     *Lab
-	ports int // bridge ports made so far: p1, p2, ... in "wan" and "lans"
+	ports int // bridge ports made so far: p1, p2, ... in the WAN namespace and "lans"
+	// wanNS and wanBr are the WAN bridge the outermost routers join;
+	// wanAddr(N) is router N's address on it (a /24).
+	wanNS, wanBr string
+	wanAddr      func(n int) string
+}
+
+// natGroup is one router of a spec and the hosts behind it.
+type natGroup struct {
+	name  string
+	kind  Kind
+	hosts []int // indexes into the specs
+}
+
+// natGroups checks specs against the names already taken (and marks
+// theirs taken) and groups the hosts behind NATs by router, in the order
+// of first mention. It returns how many hosts are Public.
+func natGroups(specs []NATHostSpec, taken map[string]bool) ([]*natGroup, int, error) {
+	var groups []*natGroup
+	byRouter := map[string]*natGroup{}
+	publics := 0
+	for i, s := range specs {
+		if !natName.MatchString(s.Name) || taken[s.Name] {
+			return nil, 0, fmt.Errorf("nat host %q: name invalid or taken", s.Name)
+		}
+		taken[s.Name] = true
+		if s.Kind < Public || s.Kind > CGNAT {
+			return nil, 0, fmt.Errorf("nat host %s: unknown kind %d", s.Name, int(s.Kind))
+		}
+		if s.Kind == Public {
+			publics++
+			continue
+		}
+		r := s.Router
+		if r == "" {
+			r = s.Name + "-nat"
+		}
+		g := byRouter[r]
+		switch {
+		case g == nil:
+			g = &natGroup{name: r, kind: s.Kind}
+			byRouter[r] = g
+			groups = append(groups, g)
+		case g.kind != Shared || s.Kind != Shared:
+			return nil, 0, fmt.Errorf("nat host %s: router %s is taken (only Shared routers serve several hosts)", s.Name, r)
+		}
+		g.hosts = append(g.hosts, i)
+	}
+	for _, g := range groups {
+		names := []string{g.name}
+		if g.kind == CGNAT {
+			names = append(names, g.name+"-cgn")
+		}
+		for _, n := range names {
+			if !natName.MatchString(n) || taken[n] {
+				return nil, 0, fmt.Errorf("nat router %q: name invalid or taken", n)
+			}
+			taken[n] = true
+		}
+	}
+	if publics > 79 || len(groups) > 99 {
+		return nil, 0, fmt.Errorf("nat topology: %d public hosts and %d routers; at most 79 and 99", publics, len(groups))
+	}
+	return groups, publics, nil
 }
 
 // BuildNAT creates a NAT topology in l: the WAN bridge, coordinators c1..c3
@@ -252,59 +315,13 @@ type natBuilder struct {
 // stop every process started in them first: a namespace lives on, out of
 // sight, as long as anything still holds it.
 func BuildNAT(l *Lab, specs []NATHostSpec) (*NATTopology, error) {
-	type group struct {
-		name  string
-		kind  Kind
-		hosts []int // indexes into specs
-	}
 	taken := map[string]bool{"wan": true, "lans": true, "c1": true, "c2": true, "c3": true}
-	var groups []*group
-	byRouter := map[string]*group{}
-	publics := 0
-	for i, s := range specs {
-		if !natName.MatchString(s.Name) || taken[s.Name] {
-			return nil, fmt.Errorf("nat host %q: name invalid or taken", s.Name)
-		}
-		taken[s.Name] = true
-		if s.Kind < Public || s.Kind > CGNAT {
-			return nil, fmt.Errorf("nat host %s: unknown kind %d", s.Name, int(s.Kind))
-		}
-		if s.Kind == Public {
-			publics++
-			continue
-		}
-		r := s.Router
-		if r == "" {
-			r = s.Name + "-nat"
-		}
-		g := byRouter[r]
-		switch {
-		case g == nil:
-			g = &group{name: r, kind: s.Kind}
-			byRouter[r] = g
-			groups = append(groups, g)
-		case g.kind != Shared || s.Kind != Shared:
-			return nil, fmt.Errorf("nat host %s: router %s is taken (only Shared routers serve several hosts)", s.Name, r)
-		}
-		g.hosts = append(g.hosts, i)
+	groups, _, err := natGroups(specs, taken)
+	if err != nil {
+		return nil, err
 	}
-	for _, g := range groups {
-		names := []string{g.name}
-		if g.kind == CGNAT {
-			names = append(names, g.name+"-cgn")
-		}
-		for _, n := range names {
-			if !natName.MatchString(n) || taken[n] {
-				return nil, fmt.Errorf("nat router %q: name invalid or taken", n)
-			}
-			taken[n] = true
-		}
-	}
-	if publics > 79 || len(groups) > 99 {
-		return nil, fmt.Errorf("nat topology: %d public hosts and %d routers; at most 79 and 99", publics, len(groups))
-	}
-
-	b := &natBuilder{l: l}
+	b := &natBuilder{l: l, wanNS: "wan", wanBr: "br0",
+		wanAddr: func(n int) string { return fmt.Sprintf("198.18.0.%d", 100+n) }}
 	for _, ns := range []string{"wan", "lans"} {
 		if err := l.AddNS(ns); err != nil {
 			return nil, err
@@ -333,14 +350,59 @@ func BuildNAT(l *Lab, specs []NATHostSpec) (*NATTopology, error) {
 		}
 		t.Hosts[i] = h
 	}
+	if err := b.routers(t, groups, specs); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// AddNATHosts puts the hosts of specs behind NAT routers in a lab that has
+// a WAN of its own: the bridge wanBr in namespace wanNS, a /24 on which
+// wanAddr(N) is free for router N (counted from one, in the order of first
+// mention; a CGNAT carrier takes its home router's number). LANs, kinds and
+// names are as in BuildNAT: the LANs are 198.19.N.0/24, bridged in a new
+// namespace "lans"; no host may be Public, and no name may be taken by a
+// namespace of the lab. It returns the hosts and routers (no
+// coordinators). Call it once per lab.
+func AddNATHosts(l *Lab, wanNS, wanBr string, wanAddr func(n int) string, specs []NATHostSpec) (*NATTopology, error) {
+	taken := map[string]bool{"lans": true}
+	l.mu.Lock()
+	for _, ns := range l.nss {
+		taken[strings.TrimPrefix(ns, l.Prefix)] = true
+	}
+	l.mu.Unlock()
+	for _, s := range specs {
+		if s.Kind == Public {
+			return nil, fmt.Errorf("nat host %s: AddNATHosts puts hosts behind routers; a public host belongs on the WAN itself", s.Name)
+		}
+	}
+	groups, _, err := natGroups(specs, taken)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.AddNS("lans"); err != nil {
+		return nil, err
+	}
+	b := &natBuilder{l: l, wanNS: wanNS, wanBr: wanBr, wanAddr: wanAddr}
+	t := &NATTopology{Hosts: make([]NATHost, len(specs))}
+	if err := b.routers(t, groups, specs); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// routers creates the routers of groups on the WAN, their LANs and the
+// hosts behind them, and fills t.Routers and those hosts in t.Hosts.
+func (b *natBuilder) routers(t *NATTopology, groups []*natGroup, specs []NATHostSpec) error {
+	l := b.l
 	for i, g := range groups {
-		n := i + 1 // router N has 198.19.N.0/24 and 198.18.0.(100+N)
-		wan := fmt.Sprintf("198.18.0.%d", 100+n)
+		n := i + 1 // router N has 198.19.N.0/24 and wanAddr(N)
+		wan := b.wanAddr(n)
 		lanNet := fmt.Sprintf("198.19.%d.0/24", n)
 		lanGW := fmt.Sprintf("198.19.%d.1", n)
 		lanBr := fmt.Sprintf("lan%d", n)
 		if err := l.AddBridge("lans", lanBr); err != nil {
-			return nil, err
+			return err
 		}
 		var lanHost string // the one host behind a FullCone router
 		if g.kind == FullCone {
@@ -354,34 +416,34 @@ func BuildNAT(l *Lab, specs []NATHostSpec) (*NATTopology, error) {
 			carrierIn := fmt.Sprintf("100.65.%d.1", n)
 			routerWAN = fmt.Sprintf("100.65.%d.2", n)
 			if err := l.AddBridge("lans", inBr); err != nil {
-				return nil, err
+				return err
 			}
-			if err := b.router(carrier, CGNAT, wan, "wan", "br0", carrierIn, inBr, ""); err != nil {
-				return nil, err
+			if err := b.router(carrier, CGNAT, wan, b.wanNS, b.wanBr, carrierIn, inBr, ""); err != nil {
+				return err
 			}
 			t.Routers = append(t.Routers, NATRouter{Name: carrier, NS: l.NS(carrier), Kind: CGNAT,
 				WAN: wan, LAN: carrierIn, LANNet: inNet, Hosts: []string{g.name}})
 			if err := b.router(g.name, CGNAT, routerWAN, "lans", inBr, lanGW, lanBr, ""); err != nil {
-				return nil, err
+				return err
 			}
 			if _, err := run("ip", "-n", l.NS(g.name), "route", "add", "default", "via", carrierIn); err != nil {
-				return nil, err
+				return err
 			}
-		} else if err := b.router(g.name, g.kind, wan, "wan", "br0", lanGW, lanBr, lanHost); err != nil {
-			return nil, err
+		} else if err := b.router(g.name, g.kind, wan, b.wanNS, b.wanBr, lanGW, lanBr, lanHost); err != nil {
+			return err
 		}
 		r := NATRouter{Name: g.name, NS: l.NS(g.name), Kind: g.kind, WAN: routerWAN, LAN: lanGW, LANNet: lanNet}
 		for j, i := range g.hosts {
 			s := specs[i]
 			addr := fmt.Sprintf("198.19.%d.%d", n, 10+j)
 			if err := l.AddNS(s.Name); err != nil {
-				return nil, err
+				return err
 			}
 			if err := b.attach(s.Name, natHostIf, addr+"/24", "lans", lanBr); err != nil {
-				return nil, err
+				return err
 			}
 			if _, err := run("ip", "-n", l.NS(s.Name), "route", "add", "default", "via", lanGW); err != nil {
-				return nil, err
+				return err
 			}
 			t.Hosts[i] = NATHost{Name: s.Name, NS: l.NS(s.Name), Kind: s.Kind, Addr: addr, WAN: wan,
 				LANNet: lanNet, LANGateway: lanGW, Router: g.name, Carrier: carrier}
@@ -389,7 +451,7 @@ func BuildNAT(l *Lab, specs []NATHostSpec) (*NATTopology, error) {
 		}
 		t.Routers = append(t.Routers, r)
 	}
-	return t, nil
+	return nil
 }
 
 // public creates a host directly on the WAN.
@@ -397,7 +459,7 @@ func (b *natBuilder) public(name, addr string) (NATHost, error) {
 	if err := b.l.AddNS(name); err != nil {
 		return NATHost{}, err
 	}
-	if err := b.attach(name, natHostIf, addr+"/24", "wan", "br0"); err != nil {
+	if err := b.attach(name, natHostIf, addr+"/24", b.wanNS, b.wanBr); err != nil {
 		return NATHost{}, err
 	}
 	return NATHost{Name: name, NS: b.l.NS(name), Kind: Public, Addr: addr, WAN: addr}, nil

@@ -504,3 +504,22 @@ func TestNAT(t *testing.T) {
 		})
 	}
 }
+
+func TestAddNATHostsRejectsSpecs(t *testing.T) {
+	l := &Lab{Prefix: "never-built-", nss: []string{"never-built-wan", "never-built-cl1"}}
+	wan := func(n int) string { return fmt.Sprintf("10.99.0.%d", 100+n) }
+	for _, tt := range []struct {
+		name  string
+		specs []NATHostSpec
+	}{
+		{"public host", []NATHostSpec{{Name: "a", Kind: Public}}},
+		{"name of a lab namespace", []NATHostSpec{{Name: "cl1", Kind: Symmetric}}},
+		{"router named like a lab namespace", []NATHostSpec{{Name: "a", Kind: Symmetric, Router: "wan"}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := AddNATHosts(l, "wan", "br0", wan, tt.specs); err == nil {
+				t.Errorf("AddNATHosts(%v) got no error; want one", tt.specs)
+			}
+		})
+	}
+}

@@ -132,6 +132,12 @@ func (l *Lab) Exec(name string, args ...string) ([]byte, error) {
 	return run(append([]string{"ip", "netns", "exec", l.NS(name)}, args...)...)
 }
 
+// ExecStdin runs a command in namespace name with stdin as its input and
+// returns its output.
+func (l *Lab) ExecStdin(name, stdin string, args ...string) ([]byte, error) {
+	return runStdin(stdin, append(l.Wrap(name), args...)...)
+}
+
 // Wrap is the command prefix that runs a program in namespace name.
 func (l *Lab) Wrap(name string) []string {
 	return []string{"ip", "netns", "exec", l.NS(name)}
