@@ -272,3 +272,24 @@ func TestRelayAndSwitch(t *testing.T) {
 		t.Logf("direct -> relay after %v", d)
 	}
 }
+
+// TestExcludedNeverAPath: an address inside the mesh's own prefixes is
+// never used, neither announced nor learned from a ping's source (a probe
+// there would travel inside the tunnels).
+func TestExcludedNeverAPath(t *testing.T) {
+	a, b := newSide(t), newSide(t)
+	inside := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{b.addr()}}}, inside)
+	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}}}, nil)
+	// b probes a at a's loopback address; a must not learn b's source.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if ps := a.c.Paths()[b.pub()]; ps.Path != "" {
+			t.Fatalf("a uses %+v, inside its excluded prefixes", ps)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := a.c.Discovery(); len(d.Local) != 0 {
+		t.Fatalf("a announces %v, inside its excluded prefixes", d.Local)
+	}
+}
