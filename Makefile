@@ -23,10 +23,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime 5s ./peer/disco
 
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
-# true source IPs, restart, removal, coordinators down, SNAT.
+# true source IPs, restart, removal, coordinators down, SNAT; NAT traversal
+# (the NAT matrix, path switches, coturn as the relay).
 e2e:
 	./scripts/deps.sh
-	$(GO) test -count=1 -v -run 'TestMesh|TestGateway' ./e2e/
+	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay' ./e2e/
 
 # soak: 5 minutes of the lab with both cores busy; no route may move.
 soak: build

@@ -159,7 +159,13 @@ func (p *pairLab) startPeer(ctx context.Context, ns, name, tok string) (*harness
 // iperf runs one TCP stream from ns "a" to addr in ns "b" for d and returns
 // the received Gbit/s.
 func (p *pairLab) iperf(addr string, d time.Duration) (float64, error) {
-	srv := exec.Command("ip", "netns", "exec", p.net.NS("b"), "iperf3", "-s", "-1", "-B", addr)
+	return iperfTCP(p.net, "a", "b", addr, d)
+}
+
+// iperfTCP runs one iperf3 TCP stream from namespace from to addr, served
+// in namespace to, for d and returns the received Gbit/s.
+func iperfTCP(nl *netlab.Lab, from, to, addr string, d time.Duration) (float64, error) {
+	srv := exec.Command("ip", "netns", "exec", nl.NS(to), "iperf3", "-s", "-1", "-B", addr)
 	if err := srv.Start(); err != nil {
 		return 0, err
 	}
@@ -175,7 +181,7 @@ func (p *pairLab) iperf(addr string, d time.Duration) (float64, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	var res result
 	for {
-		out, err := p.net.Exec("a", "iperf3", "-c", addr, "-t", strconv.Itoa(int(d.Seconds())), "-J")
+		out, err := nl.Exec(from, "iperf3", "-c", addr, "-t", strconv.Itoa(int(d.Seconds())), "-J")
 		res = result{}
 		jerr := json.Unmarshal(out, &res)
 		if err == nil && jerr == nil && res.Error == "" {

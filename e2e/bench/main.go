@@ -44,9 +44,12 @@ type Figure struct {
 	MeasuredAt   time.Time      `json:"measured_at"`
 }
 
+// bench measures one figure (run), or several from one setup (many: the
+// figures by name; -only takes the bench's name).
 type bench struct {
 	name string
 	run  func(ctx context.Context, dir string) (*Figure, error)
+	many func(ctx context.Context, dir string) (map[string]*Figure, error)
 }
 
 func main() {
@@ -54,14 +57,15 @@ func main() {
 	out := flag.String("out", "", "results file (default REPO/bench/results.json)")
 	flag.Parse()
 	benches := []bench{
-		{"write_throughput", writeThroughput},
-		{"leader_failover_write_outage", leaderFailover},
-		{"join_to_first_packet", joinToFirstPacket},
-		{"data_plane_tcp", dataPlane},
-		{"agent_rss_20_peers", agentMemory},
-		{"failover_gap_sigkill", failoverKill},
-		{"failover_gap_sigkill_coordinators_down", failoverHeadless},
-		{"failover_gap_zombie_and_link_cut", failoverFaults},
+		{"write_throughput", writeThroughput, nil},
+		{"leader_failover_write_outage", leaderFailover, nil},
+		{"join_to_first_packet", joinToFirstPacket, nil},
+		{"data_plane_tcp", dataPlane, nil},
+		{"agent_rss_20_peers", agentMemory, nil},
+		{"failover_gap_sigkill", failoverKill, nil},
+		{"failover_gap_sigkill_coordinators_down", failoverHeadless, nil},
+		{"failover_gap_zombie_and_link_cut", failoverFaults, nil},
+		{"nat", nil, natFigures},
 	}
 	root, err := harness.RepoRoot()
 	if err != nil {
@@ -87,15 +91,22 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Fprintf(os.Stderr, "measuring %s ...\n", b.name)
-		f, err := b.run(ctx, dir)
+		figs := map[string]*Figure{}
+		if b.many != nil {
+			figs, err = b.many(ctx, dir)
+		} else {
+			figs[b.name], err = b.run(ctx, dir)
+		}
 		os.RemoveAll(dir)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench %s: %v\n", b.name, err)
 			failed = true
 			continue
 		}
-		f.MeasuredAt = time.Now().UTC()
-		results[b.name] = f
+		for name, f := range figs {
+			f.MeasuredAt = time.Now().UTC()
+			results[name] = f
+		}
 	}
 	data, err := json.MarshalIndent(results, "", "  ")
 	if err != nil {
