@@ -267,7 +267,7 @@ func natTimeToDirect(l *meshlab.Lab) (*Figure, error) {
 	}
 	return &Figure{
 		Value: median(secs), Unit: "s (median)", Target: "report", Pass: true,
-		How: fmt.Sprintf("pp1 and pp2, each behind a port-preserving NAT, join at once with fresh state and no traffic of their own; time from the start of their agents until both statuses show the other as direct (polled every 20 ms plus the time to read them); %d runs", natJoinRuns),
+		How:   fmt.Sprintf("pp1 and pp2, each behind a port-preserving NAT, join at once with fresh state and no traffic of their own; time from the start of their agents until both statuses show the other as direct (polled every 20 ms plus the time to read them); %d runs", natJoinRuns),
 		Extra: map[string]any{"runs_s": secs, "max_s": slices.Max(secs)},
 	}, nil
 }
@@ -415,7 +415,7 @@ func natIperf(l *meshlab.Lab) (*Figure, error) {
 	return &Figure{
 		Value: r, Unit: "Gbit/s", Target: "report",
 		Baseline: d, BaselineWhat: "the direct path, same veths", Ratio: r / d, Pass: true,
-		How: fmt.Sprintf("one iperf3 TCP stream pp1 -> pp2 for %s over the punched direct path and through the coordinators' TURN relay (UDP between the two routers dropped; relays run with --relay-bandwidth 0), alternated %d times, medians", natIperfFor, natIperfRounds),
+		How:   fmt.Sprintf("one iperf3 TCP stream pp1 -> pp2 for %s over the punched direct path and through the coordinators' TURN relay (UDP between the two routers dropped; relays run with --relay-bandwidth 0), alternated %d times, medians", natIperfFor, natIperfRounds),
 		Extra: map[string]any{"direct_runs": directs, "relay_runs": relays, "raw_through_one_nat_gbit_s": raw},
 	}, nil
 }
