@@ -293,7 +293,7 @@ func TestRelayExternalCoturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := harness.Start(l.Opts.Dir, "turn", l.Net.Wrap("turn"), turnserver,
-		"-n", "--no-cli", "--no-tls", "--no-dtls",
+		"-n", "-v", "--no-cli", "--no-tls", "--no-dtls",
 		"--listening-ip="+turnAddr, "--relay-ip="+turnAddr, "--listening-port=3478",
 		"--use-auth-secret", "--static-auth-secret="+hex.EncodeToString(secret), "--realm=meshd",
 		// The lab's addresses are not public ones; say so rather than
