@@ -138,8 +138,9 @@ type peerEndpoint struct {
 	// lastInit is the last handshake initiation sent while the peer had no
 	// path, replayed once one appears.
 	initMu   sync.Mutex
-	lastInit []byte
+	lastInit []byte // guarded by initMu
 	initAt   time.Time
+	hasInit  atomic.Bool // lastInit != nil, for Send's fast path
 }
 
 type sendPath struct {
@@ -340,18 +341,35 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	pe.lastSend.Store(time.Now().UnixNano())
 	p := pe.path.Load()
-	if p == nil || !p.verified {
-		// Keep a handshake initiation sent while no path is known to
-		// work, to send again as soon as one is, instead of after
-		// WireGuard's 5 s retry.
-		for _, b := range bufs {
-			if len(b) >= 4 && b[0] == 1 && b[1] == 0 && b[2] == 0 && b[3] == 0 {
+	// Keep the last handshake initiation until a session is up (the first
+	// transport message goes out), to send again as soon as the peer can
+	// take it: the peer may not have known this host yet (a new peer
+	// reaches the others' maps a moment after its first handshake), or no
+	// path may have worked. Otherwise WireGuard retries only after 5 s.
+	for _, b := range bufs {
+		if len(b) < 4 || b[1]|b[2]|b[3] != 0 {
+			continue
+		}
+		switch b[0] {
+		case 1:
+			pe.initMu.Lock()
+			pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
+			pe.hasInit.Store(true)
+			pe.initMu.Unlock()
+		case 4:
+			if pe.hasInit.Load() {
 				pe.initMu.Lock()
-				pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
+				pe.lastInit = nil
+				pe.hasInit.Store(false)
 				pe.initMu.Unlock()
 			}
 		}
 	}
+	return c.sendOn(bufs, p)
+}
+
+// sendOn writes bufs on path p (nil: dropped, no path yet).
+func (c *Conn) sendOn(bufs [][]byte, p *sendPath) error {
 	if p == nil {
 		return nil
 	}

@@ -308,17 +308,25 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 		kind = PathRelay
 	}
 	s.c.log.Debug("path", "peer", ps.key.String(), "path", kind, "addr", sp.addr, "verified", verified)
-	if !verified {
+	if verified {
+		s.resendInit(ps, now)
+	}
+}
+
+// resendInit sends again the handshake initiation WireGuard sent while the
+// peer could not take it, once it can: a path to it answers, or it sent
+// an authenticated probe (so it knows this host now).
+func (s *loopState) resendInit(ps *peerState, now time.Time) {
+	if !ps.ep.hasInit.Load() {
 		return
 	}
-	// A handshake WireGuard sent while no path was known to work goes out
-	// again on this one.
 	ps.ep.initMu.Lock()
 	init, at := ps.ep.lastInit, ps.ep.initAt
 	ps.ep.lastInit = nil
+	ps.ep.hasInit.Store(false)
 	ps.ep.initMu.Unlock()
 	if init != nil && now.Sub(at) < 5*time.Second {
-		s.c.Send([][]byte{init}, ps.ep)
+		s.c.sendOn([][]byte{init}, ps.ep.path.Load())
 	}
 }
 
@@ -349,6 +357,7 @@ func (s *loopState) handleDisco(in inbound, now time.Time) {
 	if !in.viaRelay && s.excluded(in.from.Addr()) {
 		return // came through the mesh itself: never a path
 	}
+	defer s.resendInit(ps, now) // the peer knows this host now
 	switch m.Type {
 	case disco.TypePing:
 		s.sendDisco(ps, &disco.Message{Type: disco.TypePong, TxID: m.TxID, Src: in.from}, in.from, in.viaRelay)
