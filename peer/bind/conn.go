@@ -24,6 +24,7 @@ package bind
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -171,6 +172,68 @@ func (e *peerEndpoint) DstIP() netip.Addr {
 }
 func (e *peerEndpoint) SrcIP() netip.Addr { return netip.Addr{} }
 
+type initSource struct {
+	from  netip.AddrPort
+	relay bool
+	at    time.Time
+}
+
+// WireGuard message sizes and types this bind looks at.
+const (
+	wgInitiation   = 1
+	wgResponse     = 2
+	wgTransport    = 4
+	wgInitiationSz = 148
+	wgResponseSz   = 92
+)
+
+func isWG(b []byte, typ byte) bool {
+	return len(b) >= 4 && b[0] == typ && b[1]|b[2]|b[3] == 0
+}
+
+// noteInit remembers where a handshake initiation came from.
+func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) {
+	if len(pkt) != wgInitiationSz || !isWG(pkt, wgInitiation) {
+		return
+	}
+	idx := binary.LittleEndian.Uint32(pkt[4:8])
+	now := time.Now()
+	c.initMu.Lock()
+	defer c.initMu.Unlock()
+	if len(c.initSrc) >= 4096 {
+		for k, v := range c.initSrc {
+			if now.Sub(v.at) > 5*time.Second {
+				delete(c.initSrc, k)
+			}
+		}
+		if len(c.initSrc) >= 4096 {
+			clear(c.initSrc)
+		}
+	}
+	c.initSrc[idx] = initSource{from: from, relay: relay, at: now}
+}
+
+// responsePath returns where to send a handshake response: back to the
+// source of the initiation it answers.
+func (c *Conn) responsePath(b []byte) (*sendPath, bool) {
+	if len(b) != wgResponseSz || !isWG(b, wgResponse) {
+		return nil, false
+	}
+	idx := binary.LittleEndian.Uint32(b[8:12])
+	c.initMu.Lock()
+	src, ok := c.initSrc[idx]
+	delete(c.initSrc, idx)
+	c.initMu.Unlock()
+	if !ok || time.Since(src.at) > 5*time.Second {
+		return nil, false
+	}
+	p := &sendPath{addr: src.from, relay: src.relay, verified: true}
+	if !src.relay {
+		p.ep = stdEndpoint(src.from)
+	}
+	return p, true
+}
+
 // inbound is a packet for the loop.
 type inbound struct {
 	pkt      []byte
@@ -191,6 +254,13 @@ type Conn struct {
 
 	epMu sync.Mutex
 	eps  map[wgcfg.Key]*peerEndpoint // guarded by epMu
+
+	// initMu guards initSrc: where recent handshake initiations came
+	// from, by the sender index they carry, so the response goes back the
+	// way the initiation came even when no path to that peer is known
+	// yet.
+	initMu  sync.Mutex
+	initSrc map[uint32]initSource
 
 	discoIn chan inbound
 	stunIn  chan inbound
@@ -225,6 +295,7 @@ func New(cfg Config) *Conn {
 	c := &Conn{
 		cfg: cfg, log: cfg.Logger.With("component", "bind"), std: cfg.Std,
 		eps:      map[wgcfg.Key]*peerEndpoint{},
+		initSrc:  map[uint32]initSource{},
 		discoIn:  make(chan inbound, 256),
 		stunIn:   make(chan inbound, 64),
 		events:   make(chan func(*loopState), 16),
@@ -340,6 +411,13 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return c.std.Send(bufs, ep)
 	}
 	pe.lastSend.Store(time.Now().UnixNano())
+	if len(bufs) == 1 {
+		// A handshake response goes back the way its initiation came: the
+		// path this host would choose may not be known to work yet.
+		if rp, ok := c.responsePath(bufs[0]); ok {
+			return c.sendOn(bufs, rp)
+		}
+	}
 	p := pe.path.Load()
 	// Keep the last handshake initiation until a session is up (the first
 	// transport message goes out), to send again as soon as the peer can
@@ -351,12 +429,12 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 			continue
 		}
 		switch b[0] {
-		case 1:
+		case wgInitiation:
 			pe.initMu.Lock()
 			pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
 			pe.hasInit.Store(true)
 			pe.initMu.Unlock()
-		case 4:
+		case wgTransport:
 			if pe.hasInit.Load() {
 				pe.initMu.Lock()
 				pe.lastInit = nil
@@ -398,10 +476,14 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			}
 			kept := 0
 			for i := range n {
-				if c.takeNonWG(packets[i][:sizes[i]], eps[i]) {
+				pkt := packets[i][:sizes[i]]
+				if c.takeNonWG(pkt, eps[i]) {
 					sizes[i] = 0
-				} else {
-					kept++
+					continue
+				}
+				kept++
+				if len(pkt) == wgInitiationSz && pkt[0] == wgInitiation {
+					c.noteInit(pkt, addrOf(eps[i]), false)
 				}
 			}
 			if kept > 0 {

@@ -293,3 +293,28 @@ func TestExcludedNeverAPath(t *testing.T) {
 		t.Fatalf("a announces %v, inside its excluded prefixes", d.Local)
 	}
 }
+
+// TestResponseGoesBackTheWayInitiationCame: a handshake response is sent
+// to the source of the initiation it answers (matched by index), once.
+func TestResponseGoesBackTheWayInitiationCame(t *testing.T) {
+	c := &Conn{initSrc: map[uint32]initSource{}}
+	init := make([]byte, wgInitiationSz)
+	init[0] = wgInitiation
+	init[4] = 0x2a // sender index 42
+	src := netip.MustParseAddrPort("198.18.0.101:41641")
+	c.noteInit(init, src, false)
+	resp := make([]byte, wgResponseSz)
+	resp[0] = wgResponse
+	resp[8] = 0x2b // answers index 43: not ours
+	if _, ok := c.responsePath(resp); ok {
+		t.Fatal("a response to another initiation was routed")
+	}
+	resp[8] = 0x2a
+	p, ok := c.responsePath(resp)
+	if !ok || p.addr != src || p.relay {
+		t.Fatalf("responsePath = %+v, %v; want direct to %v", p, ok, src)
+	}
+	if _, ok := c.responsePath(resp); ok {
+		t.Fatal("routed twice")
+	}
+}

@@ -344,6 +344,7 @@ func (m *relayMgr) reader(a *allocation) {
 			}
 			continue
 		}
+		m.c.noteInit(pkt, ap, true)
 		select {
 		case m.c.relayIn <- in:
 		case <-m.stopped:
