@@ -136,6 +136,10 @@ type peerEndpoint struct {
 	key      wgcfg.Key
 	path     atomic.Pointer[sendPath]
 	lastSend atomic.Int64 // unix nanoseconds of the last Send
+	// lastRecv: unix nanoseconds of the last WireGuard packet that came
+	// from the direct path in use (traffic proves the path works as well
+	// as a pong, and keeps working when a busy socket delays pongs).
+	lastRecv atomic.Int64
 	// lastInit is the last handshake initiation sent while the peer had no
 	// path, replayed once one appears.
 	initMu   sync.Mutex
@@ -251,6 +255,9 @@ type Conn struct {
 
 	port    atomic.Uint32 // bound port; 0 while closed
 	servers atomic.Pointer[map[netip.AddrPort]bool]
+	// direct maps the direct path in use of each peer to its endpoint,
+	// for the receive path to mark traffic; written by the loop.
+	direct atomic.Pointer[map[netip.AddrPort]*peerEndpoint]
 
 	epMu sync.Mutex
 	eps  map[wgcfg.Key]*peerEndpoint // guarded by epMu
@@ -310,6 +317,8 @@ func New(cfg Config) *Conn {
 	c.bufPool.New = func() any { b := make([]byte, 65536); return &b }
 	empty := map[netip.AddrPort]bool{}
 	c.servers.Store(&empty)
+	noDirect := map[netip.AddrPort]*peerEndpoint{}
+	c.direct.Store(&noDirect)
 	c.relay = newRelayMgr(c)
 	go c.run()
 	return c
@@ -475,6 +484,8 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 				return n, err
 			}
 			kept := 0
+			direct := c.direct.Load()
+			now := time.Now().UnixNano()
 			for i := range n {
 				pkt := packets[i][:sizes[i]]
 				if c.takeNonWG(pkt, eps[i]) {
@@ -482,8 +493,12 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					continue
 				}
 				kept++
+				from := addrOf(eps[i])
+				if pe := (*direct)[from]; pe != nil {
+					pe.lastRecv.Store(now)
+				}
 				if len(pkt) == wgInitiationSz && pkt[0] == wgInitiation {
-					c.noteInit(pkt, addrOf(eps[i]), false)
+					c.noteInit(pkt, from, false)
 				}
 			}
 			if kept > 0 {

@@ -129,6 +129,7 @@ func (s *loopState) setPeers(peers []PeerConfig) {
 			delete(s.peers, k)
 		}
 	}
+	s.publishDirect()
 	s.c.relay.permit(relayIPs)
 	// Probe and choose now, so WireGuard's first handshake has a path.
 	for _, ps := range s.peers {
@@ -282,6 +283,11 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 	if ns := ps.ep.lastSend.Load(); ns != 0 {
 		ps.paths.lastSend = time.Unix(0, ns)
 	}
+	if c := ps.paths.cur; c != nil && !c.relay {
+		if ns := ps.ep.lastRecv.Load(); ns != 0 {
+			ps.paths.heard(c, time.Unix(0, ns))
+		}
+	}
 	for _, pr := range ps.paths.pingsDue(now) {
 		s.sendPing(ps, pr)
 	}
@@ -303,6 +309,7 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 		sp.ep = stdEndpoint(cur.addr)
 	}
 	ps.ep.path.Store(sp)
+	s.publishDirect()
 	kind := PathDirect
 	if sp.relay {
 		kind = PathRelay
@@ -311,6 +318,18 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 	if verified {
 		s.resendInit(ps, now)
 	}
+}
+
+// publishDirect tells the receive path which address is each peer's
+// direct path now.
+func (s *loopState) publishDirect() {
+	m := make(map[netip.AddrPort]*peerEndpoint, len(s.peers))
+	for _, ps := range s.peers {
+		if p := ps.ep.path.Load(); p != nil && !p.relay {
+			m[p.addr] = ps.ep
+		}
+	}
+	s.c.direct.Store(&m)
 }
 
 // resendInit sends again the handshake initiation WireGuard sent while the

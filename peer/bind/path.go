@@ -237,6 +237,17 @@ func (p *peerPaths) expirePending(now time.Time) {
 	}
 }
 
+// heard records WireGuard traffic from candidate c at t: as good as a pong
+// for liveness (its round-trip time stays that of the last pong).
+func (p *peerPaths) heard(c *candidate, t time.Time) {
+	if t.After(c.lastPong) {
+		c.lastPong = t
+		if !c.unanswered.IsZero() && !t.Before(c.unanswered) {
+			c.unanswered = time.Time{}
+		}
+	}
+}
+
 // pong records an answer; it returns false for a transaction this host did
 // not send or already saw answered (a replay).
 func (p *peerPaths) pong(tx disco.TxID, now time.Time) bool {
