@@ -173,3 +173,35 @@ func TestLearnedCandidate(t *testing.T) {
 		t.Fatalf("an unanswered learned address was used as a guess: %+v", p2.cur)
 	}
 }
+
+// TestTrafficKeepsPathAlive: WireGuard traffic from the direct path counts
+// as an answer, so a busy socket that delays pongs keeps its path; when
+// the traffic stops too, the path dies as usual.
+func TestTrafficKeepsPathAlive(t *testing.T) {
+	p := newPeerPaths()
+	p.relayUp = true
+	p.setCandidates([]netip.AddrPort{pubEP}, relEP, t0)
+	p.pingsDue(t0)
+	answer(p, pubEP, t0.Add(time.Millisecond))
+	p.choose(t0.Add(time.Millisecond))
+	now := t0
+	for i := 0; i < 60; i++ { // 3 s of traffic, no pong
+		now = now.Add(tickEvery)
+		p.lastSend = now
+		p.heard(p.cur, now)
+		p.pingsDue(now)
+		p.choose(now)
+		if p.cur.relay {
+			t.Fatalf("moved to the relay at %v while traffic came in", now.Sub(t0))
+		}
+	}
+	for i := 0; i < 40; i++ { // traffic stops
+		now = now.Add(tickEvery)
+		p.lastSend = now
+		p.pingsDue(now)
+		p.choose(now)
+	}
+	if !p.cur.relay {
+		t.Fatal("still direct 2 s after traffic and pongs stopped")
+	}
+}
