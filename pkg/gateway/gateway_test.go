@@ -1,0 +1,89 @@
+package gateway
+
+import (
+	"slices"
+	"testing"
+)
+
+func up(name string, prio int) Candidate   { return Candidate{Name: name, Priority: prio, Healthy: true} }
+func down(name string, prio int) Candidate { return Candidate{Name: name, Priority: prio} }
+func drained(c Candidate) Candidate        { c.Drained = true; return c }
+
+func TestChoose(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		cands  []Candidate
+		active string // "" for none
+		why    string
+	}{
+		{"one healthy", []Candidate{up("gwa1", 100)}, "gwa1",
+			"highest-priority healthy gateway; candidates: gwa1(100) healthy"},
+		{"highest priority wins", []Candidate{up("gwa2", 100), up("gwa1", 200)}, "gwa1",
+			"highest-priority healthy gateway; candidates: gwa1(200) healthy, gwa2(100) healthy"},
+		{"standby takes over", []Candidate{down("gwa1", 200), up("gwa2", 100)}, "gwa2",
+			"highest-priority healthy gateway; candidates: gwa2(100) healthy, gwa1(200) unhealthy"},
+		{"tie broken by name", []Candidate{up("gwb", 100), up("gwa", 100), up("gwc", 100)}, "gwa",
+			"highest-priority healthy gateway; candidates: gwa(100) healthy, gwb(100) healthy, gwc(100) healthy"},
+		{"tie among the healthy only", []Candidate{down("gwa", 100), up("gwc", 100), up("gwb", 100)}, "gwb",
+			"highest-priority healthy gateway; candidates: gwb(100) healthy, gwc(100) healthy, gwa(100) unhealthy"},
+		{"drained alone carries it", []Candidate{drained(up("gwa1", 200))}, "gwa1",
+			"drained, but no undrained gateway is healthy; candidates: gwa1(200) drained"},
+		{"drained yields to a healthy standby", []Candidate{drained(up("gwa1", 200)), up("gwa2", 100)}, "gwa2",
+			"highest-priority healthy gateway; candidates: gwa2(100) healthy, gwa1(200) drained"},
+		{"drained keeps it when the standby is unhealthy", []Candidate{drained(up("gwa1", 200)), down("gwa2", 100)}, "gwa1",
+			"drained, but no undrained gateway is healthy; candidates: gwa1(200) drained, gwa2(100) unhealthy"},
+		{"drained unhealthy never carries it", []Candidate{drained(down("gwa1", 200)), down("gwa2", 100)}, "",
+			"no healthy gateway; candidates: gwa1(200) unhealthy+drained, gwa2(100) unhealthy"},
+		{"drained unhealthy beside a drained healthy", []Candidate{drained(down("gwa1", 200)), drained(up("gwa2", 100))}, "gwa2",
+			"drained, but no undrained gateway is healthy; candidates: gwa2(100) drained, gwa1(200) unhealthy+drained"},
+		{"among drained the highest priority", []Candidate{drained(up("gwa2", 100)), drained(up("gwa1", 200)), down("gwa3", 300)}, "gwa1",
+			"drained, but no undrained gateway is healthy; candidates: gwa1(200) drained, gwa2(100) drained, gwa3(300) unhealthy"},
+		{"among drained a tie goes by name", []Candidate{drained(up("gwb", 100)), drained(up("gwa", 100))}, "gwa",
+			"drained, but no undrained gateway is healthy; candidates: gwa(100) drained, gwb(100) drained"},
+		{"all unhealthy", []Candidate{down("gwa1", 200), down("gwa2", 100)}, "",
+			"no healthy gateway; candidates: gwa1(200) unhealthy, gwa2(100) unhealthy"},
+		{"no candidates", nil, "", "no gateway announces it"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := slices.Clone(tt.cands)
+			i, why := Choose(tt.cands)
+			got := ""
+			if i >= 0 {
+				got = tt.cands[i].Name
+			}
+			if got != tt.active || why != tt.why {
+				t.Fatalf("got %q (%s); want %q (%s)", got, why, tt.active, tt.why)
+			}
+			if !slices.Equal(tt.cands, before) {
+				t.Fatalf("got cands %v after Choose; want them unchanged %v", tt.cands, before)
+			}
+			// Every peer sees its candidates in its own order: the answer
+			// must not depend on it.
+			rev := slices.Clone(tt.cands)
+			slices.Reverse(rev)
+			j, rwhy := Choose(rev)
+			rgot := ""
+			if j >= 0 {
+				rgot = rev[j].Name
+			}
+			if rgot != got || rwhy != why {
+				t.Fatalf("reversed input: got %q (%s); want %q (%s)", rgot, rwhy, got, why)
+			}
+		})
+	}
+}
+
+func TestCompareSortsActiveFirst(t *testing.T) {
+	cands := []Candidate{down("gwd", 300), drained(up("gwc", 200)), up("gwb", 50), up("gwa", 50), drained(down("gwe", 100))}
+	slices.SortFunc(cands, Compare)
+	var got []string
+	for _, c := range cands {
+		got = append(got, c.Name)
+	}
+	if want := []string{"gwa", "gwb", "gwc", "gwd", "gwe"}; !slices.Equal(got, want) {
+		t.Fatalf("got %v; want %v", got, want)
+	}
+	if i, _ := Choose(cands); i != 0 {
+		t.Fatalf("got active %d after sorting with Compare; want 0", i)
+	}
+}
