@@ -2,14 +2,13 @@ package peer
 
 import (
 	"cmp"
-	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/meshd/meshd/peer/router"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/gateway"
 )
 
 // KeepaliveSeconds is the WireGuard persistent keepalive every peer uses, so
@@ -79,10 +78,11 @@ type gatewayOf struct {
 }
 
 // activeGateways picks, for every announced prefix, the one gateway that
-// carries it: the highest priority among the healthy ones, ties broken by
-// name so that every peer picks the same. healthy (by peer ID) nil means
-// all others are healthy; selfHealthy says whether this peer may carry its
-// own routes.
+// carries it by the rule both planes share (gateway.Choose): the highest
+// priority among the healthy ones, drained gateways only when no undrained
+// healthy one is left, ties broken by name so that every peer picks the
+// same. healthy (by peer ID) nil means all others are healthy; selfHealthy
+// says whether this peer may carry its own routes.
 func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy bool) map[netip.Prefix]gatewayOf {
 	cands := map[netip.Prefix][]gatewayOf{}
 	add := func(p *api.MapPeer, id string) {
@@ -102,53 +102,18 @@ func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy boo
 	}
 	out := map[netip.Prefix]gatewayOf{}
 	for pfx, gs := range cands {
-		slices.SortFunc(gs, func(a, b gatewayOf) int {
-			if a.drained != b.drained { // drained gateways come last
-				if a.drained {
-					return 1
-				}
-				return -1
-			}
-			if c := cmp.Compare(b.priority, a.priority); c != 0 {
-				return c
-			}
-			return strings.Compare(a.name, b.name)
-		})
-		chosen := -1
-		var why []string
+		cs := make([]gateway.Candidate, len(gs))
 		for i, g := range gs {
 			ok := g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID))
-			state := "healthy"
-			switch {
-			case g.drained:
-				state = "drained"
-			case !ok:
-				state = "unhealthy"
-			}
-			why = append(why, fmt.Sprintf("%s(%d) %s", g.name, g.priority, state))
-			if ok && chosen < 0 && (!g.drained || i == len(gs)-1 || allDrainedOrDown(gs[i+1:], healthy, selfHealthy)) {
-				chosen = i
-			}
+			cs[i] = gateway.Candidate{Name: g.name, Priority: g.priority, Healthy: ok, Drained: g.drained}
 		}
-		if chosen >= 0 {
-			g := gs[chosen]
-			g.why = "highest-priority healthy gateway; candidates: " + strings.Join(why, ", ")
+		if i, why := gateway.Choose(cs); i >= 0 {
+			g := gs[i]
+			g.why = why
 			out[pfx] = g
 		}
 	}
 	return out
-}
-
-// allDrainedOrDown reports whether none of gs could take a route instead of
-// a drained gateway.
-func allDrainedOrDown(gs []gatewayOf, healthy func(string) bool, selfHealthy bool) bool {
-	for _, g := range gs {
-		ok := g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID))
-		if ok && !g.drained {
-			return false
-		}
-	}
-	return true
 }
 
 // desired is the whole configuration the agent wants from a map.
@@ -169,7 +134,8 @@ type buildOptions struct {
 	localNets []netip.Prefix
 	snat      bool
 	healthy   func(peerID string) bool
-	// selfUnhealthy: this gateway's LAN check fails or it is drained.
+	// selfUnhealthy: this gateway's LAN check fails. (Being drained is in
+	// the map: activeGateways reads it from self.)
 	selfUnhealthy bool
 	// endpointPick rotates through a peer's endpoints when the chosen one
 	// does not complete a handshake: peer ID -> offset.

@@ -145,3 +145,48 @@ func TestPickEndpoint(t *testing.T) {
 		})
 	}
 }
+
+// TestActiveGatewaysFeedsTheSharedRule checks what the agent hands to
+// gateway.Choose: its own health and drained flag for itself, the gossip
+// view and the map's drained flags for the others. The rule itself is
+// tested in pkg/gateway.
+func TestActiveGatewaysFeedsTheSharedRule(t *testing.T) {
+	site := []api.Route{{Prefix: "192.168.10.0/24", Priority: 200}}
+	standby := []api.Route{{Prefix: "192.168.10.0/24", Priority: 100}}
+	for _, tt := range []struct {
+		name         string
+		selfDrained  bool
+		selfHealthy  bool
+		otherDrained bool
+		otherHealthy bool
+		want         string // "" for none
+	}{
+		{"self preferred", false, true, false, true, "gwa1"},
+		{"self unhealthy", false, false, false, true, "gwa2"},
+		{"self drained", true, true, false, true, "gwa2"},
+		{"self drained, standby unhealthy", true, true, false, false, "gwa1"},
+		{"self drained, standby drained too", true, true, true, true, "gwa1"},
+		{"self unhealthy, standby drained", false, false, true, true, "gwa2"},
+		{"both unhealthy", false, false, false, false, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var m netMap
+			m.apply(&api.MapUpdate{Index: 1, Full: true,
+				Self:  &api.MapPeer{ID: "a1", Name: "gwa1", Routes: site, Drained: tt.selfDrained},
+				Peers: []api.MapPeer{{ID: "a2", Name: "gwa2", Routes: standby, Drained: tt.otherDrained}},
+			})
+			active := activeGateways(&m, func(string) bool { return tt.otherHealthy }, tt.selfHealthy)
+			g, ok := active[netip.MustParsePrefix("192.168.10.0/24")]
+			got := ""
+			if ok {
+				got = g.name
+				if g.why == "" {
+					t.Errorf("got no reason for %s", g.name)
+				}
+			}
+			if got != tt.want {
+				t.Fatalf("got %q (%s); want %q", got, g.why, tt.want)
+			}
+		})
+	}
+}
