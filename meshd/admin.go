@@ -276,6 +276,9 @@ func printGateways(gs []api.Gateway) string {
 		if !gw.Healthy {
 			h = "down"
 		}
+		if gw.Drained {
+			h += ",drained"
+		}
 		parts = append(parts, fmt.Sprintf("%s(%d,%s)", gw.Name, gw.Priority, h))
 	}
 	return join(parts)

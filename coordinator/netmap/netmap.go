@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/gateway"
 )
 
 // Peer converts a peer to its map form.
@@ -200,36 +201,37 @@ type routeKey struct {
 	prefix netip.Prefix
 }
 
-// gateways returns, per (vnet, prefix), its gateways sorted best first:
-// healthy before unhealthy, then higher priority, then name.
+// gateways returns, per (vnet, prefix), its gateways sorted best first by
+// gateway.Compare (healthy and undrained, then healthy and drained, then
+// unhealthy; then higher priority, then name), so the active one, if any,
+// is first.
 func gateways(t *state.Tables, healthy Healthy) map[routeKey][]api.Gateway {
 	out := map[routeKey][]api.Gateway{}
 	for _, p := range t.Peers {
 		for _, r := range p.Routes {
 			k := routeKey{p.VNet, r.Prefix}
-			out[k] = append(out[k], api.Gateway{Name: p.Name, Priority: r.Priority, Healthy: healthy(p) && !p.Drained})
+			out[k] = append(out[k], api.Gateway{Name: p.Name, Priority: r.Priority, Healthy: healthy(p), Drained: p.Drained})
 		}
 	}
 	for _, gs := range out {
-		slices.SortFunc(gs, func(a, b api.Gateway) int {
-			if a.Healthy != b.Healthy {
-				if a.Healthy {
-					return -1
-				}
-				return 1
-			}
-			if a.Priority != b.Priority {
-				return b.Priority - a.Priority
-			}
-			return compare(a.Name, b.Name)
-		})
+		slices.SortFunc(gs, func(a, b api.Gateway) int { return gateway.Compare(candidate(a), candidate(b)) })
 	}
 	return out
 }
 
+func candidate(g api.Gateway) gateway.Candidate {
+	return gateway.Candidate{Name: g.Name, Priority: g.Priority, Healthy: g.Healthy, Drained: g.Drained}
+}
+
+// active names the gateway that carries a route by the rule the peers
+// apply too (gateway.Choose), or "" when none can.
 func active(gs []api.Gateway) string {
-	if len(gs) > 0 && gs[0].Healthy {
-		return gs[0].Name
+	cs := make([]gateway.Candidate, len(gs))
+	for i, g := range gs {
+		cs[i] = candidate(g)
+	}
+	if i, _ := gateway.Choose(cs); i >= 0 {
+		return gs[i].Name
 	}
 	return ""
 }

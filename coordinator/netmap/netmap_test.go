@@ -154,6 +154,41 @@ func TestLookupAndRoutes(t *testing.T) {
 	})
 }
 
+// TestLookupDrained checks the coordinators' route views follow the rule
+// the peers apply (gateway.Choose): drained gwa1 carries the route only
+// while gwa2 cannot.
+func TestLookupDrained(t *testing.T) {
+	s := testStore(t)
+	drained := true
+	if err := s.UpdatePeer(state.PeerUpdate{PeerID: "a1", Drained: &drained}); err != nil {
+		t.Fatal(err)
+	}
+	s.Read(func(tb *state.Tables, _ uint64) {
+		for _, tt := range []struct {
+			name    string
+			healthy Healthy
+			active  string
+			first   api.Gateway
+		}{
+			{"standby takes over", healthyExcept(), "gwa2", api.Gateway{Name: "gwa2", Priority: 100, Healthy: true}},
+			{"drained alone carries it", healthyExcept("gwa2"), "gwa1", api.Gateway{Name: "gwa1", Priority: 200, Healthy: true, Drained: true}},
+			{"drained and unhealthy does not", healthyExcept("gwa1", "gwa2"), "", api.Gateway{Name: "gwa1", Priority: 200, Drained: true}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				r := Lookup(tb, "default", netip.MustParseAddr("192.168.10.7"), tt.healthy)
+				if r.ActiveGateway != tt.active || len(r.Gateways) != 2 || r.Gateways[0] != tt.first {
+					t.Fatalf("got %q %+v; want %q with %+v first", r.ActiveGateway, r.Gateways, tt.active, tt.first)
+				}
+				for _, ri := range Routes(tb, "default", tt.healthy) {
+					if ri.Prefix == "192.168.10.0/24" && ri.ActiveGateway != r.ActiveGateway {
+						t.Fatalf("route list says %q; lookup says %q", ri.ActiveGateway, r.ActiveGateway)
+					}
+				}
+			})
+		}
+	})
+}
+
 func TestOverlaps(t *testing.T) {
 	s := testStore(t)
 	s.Read(func(tb *state.Tables, _ uint64) {

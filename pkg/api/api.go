@@ -299,11 +299,15 @@ type ClusterStatus struct {
 	Server string `json:"server"`
 }
 
-// Gateway is one gateway carrying a route.
+// Gateway is one gateway announcing a route, as the coordinators see it.
+// Healthy is the coordinators' view (the agent holds its network-map watch);
+// Drained says an admin drained it: it carries the route only when no
+// undrained healthy gateway can (see package gateway).
 type Gateway struct {
 	Name     string `json:"name"`
 	Priority int    `json:"priority"`
 	Healthy  bool   `json:"healthy"`
+	Drained  bool   `json:"drained,omitempty"`
 }
 
 // RouteInfo is one (vnet, prefix) with its gateways.
