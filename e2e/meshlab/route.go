@@ -1,6 +1,7 @@
 package meshlab
 
 import (
+	"strings"
 	"time"
 
 	"github.com/meshd/meshd/pkg/api"
@@ -26,4 +27,26 @@ func (p *PingStream) LastReply() time.Time {
 		return time.Time{}
 	}
 	return p.replies[len(p.replies)-1]
+}
+
+// RouteMoved finds the first "route moved" line in peer's log that moved
+// prefix to gateway to at or after since, and returns its time; ok is
+// false when there is none. Reading the log instead of polling the status
+// socket leaves the agents' CPU to the failover being measured.
+func (l *Lab) RouteMoved(peer, prefix, to string, since time.Time) (at time.Time, ok bool) {
+	for _, line := range strings.Split(l.Logs(peer), "\n") {
+		if !strings.Contains(line, `msg="route moved"`) || !strings.Contains(line, " prefix="+prefix+" ") ||
+			!strings.Contains(line+" ", " to="+to+" ") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], "time=") {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(f[0], "time="))
+		if err == nil && !t.Before(since) {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }
