@@ -389,18 +389,15 @@ func (s *loopState) handleDisco(in inbound, now time.Time) {
 			}
 		} else {
 			// A ping through the relay is a call: the peer is probing
-			// this host now, so probe back at once and the two sides'
-			// packets open each other's NAT.
-			newAddr := false
+			// this host now, so probe its direct candidates back at once
+			// and the two sides' packets open each other's NAT.
 			for _, a := range s.usable(m.Addrs) {
-				if _, isNew := ps.paths.learn(a); isNew {
-					newAddr = true
-				}
+				ps.paths.learn(a)
 			}
-			if newAddr {
-				ps.paths.restartProbe(now)
-			} else if ps.paths.cur == nil || ps.paths.cur.relay {
-				ps.paths.lastProbe = time.Time{}
+			if ps.paths.cur == nil || ps.paths.cur.relay || !ps.paths.cur.alive(now, ps.paths.deadAfter(now)) {
+				for _, pr := range ps.paths.answerCall(now) {
+					s.sendPing(ps, pr)
+				}
 			}
 		}
 		s.service(ps, now)

@@ -82,6 +82,7 @@ type peerPaths struct {
 	// every candidate was probed.
 	startProbe, lastProbe time.Time
 	lastSend              time.Time // last data packet sent to this peer
+	lastCall              time.Time // last probe of the direct candidates answering a call
 	relayUp               bool      // this host has a relay allocation
 }
 
@@ -179,6 +180,29 @@ func (p *peerPaths) pingsDue(now time.Time) []probe {
 	}
 	if c := p.cur; c != nil && !c.relay && now.Sub(c.lastPing) >= p.pingEvery(now) {
 		out = append(out, p.ping(c, now))
+	}
+	return out
+}
+
+// CallProbeEvery limits how often a call (a ping through the relay)
+// makes this host probe the caller's direct candidates.
+const CallProbeEvery = 200 * time.Millisecond
+
+// answerCall returns pings of every direct candidate, for a call through
+// the relay: the caller is probing this host now, so probing back at once
+// opens both NATs. Only direct candidates: a ping through the relay would
+// be a call back, and two sides answering each other's calls would never
+// stop.
+func (p *peerPaths) answerCall(now time.Time) []probe {
+	if now.Sub(p.lastCall) < CallProbeEvery {
+		return nil
+	}
+	p.lastCall = now
+	var out []probe
+	for _, c := range p.cands {
+		if !c.relay {
+			out = append(out, p.ping(c, now))
+		}
 	}
 	return out
 }

@@ -205,3 +205,27 @@ func TestTrafficKeepsPathAlive(t *testing.T) {
 		t.Fatal("still direct 2 s after traffic and pongs stopped")
 	}
 }
+
+// TestAnswerCall: a call through the relay is answered with probes of the
+// direct candidates only (never a call back, or two sides would call each
+// other without end), at most every CallProbeEvery.
+func TestAnswerCall(t *testing.T) {
+	p := newPeerPaths()
+	p.relayUp = true
+	p.setCandidates([]netip.AddrPort{lanEP, pubEP}, relEP, t0)
+	got := p.answerCall(t0)
+	if len(got) != 2 {
+		t.Fatalf("answered with %d probes; want the 2 direct candidates", len(got))
+	}
+	for _, pr := range got {
+		if pr.relay {
+			t.Fatal("a call was answered through the relay")
+		}
+	}
+	if again := p.answerCall(t0.Add(CallProbeEvery / 2)); len(again) != 0 {
+		t.Fatalf("answered again after %v: %d probes", CallProbeEvery/2, len(again))
+	}
+	if later := p.answerCall(t0.Add(CallProbeEvery)); len(later) != 2 {
+		t.Fatalf("not answered after %v", CallProbeEvery)
+	}
+}
