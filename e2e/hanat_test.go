@@ -78,6 +78,25 @@ func TestHANATFailover(t *testing.T) {
 	settled := waitHASettled(t, l, 30*time.Second)
 	t.Logf("route %s carried by gw1 with both gateways healthy in every view %s after the agents started",
 		haSite, settled.Round(time.Millisecond))
+	// Gossip may call a gateway healthy through the other members while
+	// a client has no WireGuard session with it yet (crossed handshake
+	// initiations at join wait out WireGuard's 5 s retry): every client
+	// must reach both gateways' overlay addresses before the kill.
+	gwIP := map[string]string{}
+	for _, gw := range []string{"gw1", "gw2"} {
+		st, err := l.Status(gw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gwIP[gw] = st.Self.OverlayIP
+	}
+	for _, h := range haClients {
+		for _, gw := range []string{"gw1", "gw2"} {
+			if err := l.Net.Ping(h, gwIP[gw], 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	for _, h := range haClients {
 		if err := l.Net.Ping(h, haSiteHost, 10*time.Second); err != nil {
 			t.Fatal(err)
