@@ -420,19 +420,12 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return c.std.Send(bufs, ep)
 	}
 	pe.lastSend.Store(time.Now().UnixNano())
-	if len(bufs) == 1 {
-		// A handshake response goes back the way its initiation came: the
-		// path this host would choose may not be known to work yet.
-		if rp, ok := c.responsePath(bufs[0]); ok {
-			return c.sendOn(bufs, rp)
-		}
-	}
-	p := pe.path.Load()
 	// Keep the last handshake initiation until a session is up (the first
-	// transport message goes out), to send again as soon as the peer can
-	// take it: the peer may not have known this host yet (a new peer
-	// reaches the others' maps a moment after its first handshake), or no
-	// path may have worked. Otherwise WireGuard retries only after 5 s.
+	// transport message goes out) or the peer's own initiation is answered,
+	// to send again as soon as the peer can take it: the peer may not have
+	// known this host yet (a new peer reaches the others' maps a moment
+	// after its first handshake), or no path may have worked. Otherwise
+	// WireGuard retries only after 5 s.
 	for _, b := range bufs {
 		if len(b) < 4 || b[1]|b[2]|b[3] != 0 {
 			continue
@@ -443,7 +436,10 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 			pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
 			pe.hasInit.Store(true)
 			pe.initMu.Unlock()
-		case wgTransport:
+		case wgTransport, wgResponse:
+			// A session is up, or this host just answered the peer's own
+			// initiation: sending ours again would cross it, and each side
+			// would drop the other's response.
 			if pe.hasInit.Load() {
 				pe.initMu.Lock()
 				pe.lastInit = nil
@@ -452,6 +448,14 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 			}
 		}
 	}
+	if len(bufs) == 1 {
+		// A handshake response goes back the way its initiation came: the
+		// path this host would choose may not be known to work yet.
+		if rp, ok := c.responsePath(bufs[0]); ok {
+			return c.sendOn(bufs, rp)
+		}
+	}
+	p := pe.path.Load()
 	return c.sendOn(bufs, p)
 }
 
