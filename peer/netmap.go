@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/router"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
@@ -234,30 +235,17 @@ func announces(p *api.MapPeer, pfx netip.Prefix) bool {
 // on a network this host is attached to first (same LAN), then public
 // addresses, then the rest; offset rotates through that order.
 func pickEndpoint(eps []string, localNets []netip.Prefix, offset int) netip.AddrPort {
-	var ranked []netip.AddrPort
-	rank := func(a netip.AddrPort) int {
-		for _, n := range localNets {
-			if n.Contains(a.Addr()) {
-				return 0
-			}
-		}
-		if !a.Addr().IsPrivate() && !cgnat.Contains(a.Addr()) {
-			return 1
-		}
-		return 2
-	}
+	var parsed []netip.AddrPort
 	for _, e := range eps {
 		a, err := netip.ParseAddrPort(e)
 		if err != nil || !a.Addr().Is4() && !a.Addr().Is6() {
 			continue
 		}
-		ranked = append(ranked, a)
+		parsed = append(parsed, a)
 	}
-	if len(ranked) == 0 {
+	if len(parsed) == 0 {
 		return netip.AddrPort{}
 	}
-	slices.SortStableFunc(ranked, func(a, b netip.AddrPort) int { return cmp.Compare(rank(a), rank(b)) })
+	ranked := bind.RankDirect(parsed, localNets)
 	return ranked[offset%len(ranked)]
 }
-
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
