@@ -63,6 +63,7 @@ func bindRelayUDP(addr string) (*net.UDPConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stun listen %s: %w", addr, err)
 	}
+	relay.GrowBuffers(conn)
 	return conn, nil
 }
 

@@ -335,6 +335,7 @@ func (g generator) AllocatePacketConn(_ string, requested int) (net.PacketConn, 
 		if err != nil {
 			continue
 		}
+		GrowBuffers(uc)
 		port := uc.LocalAddr().(*net.UDPAddr).Port
 		c := &relayConn{
 			PacketConn: uc,
