@@ -27,6 +27,9 @@ type peerState struct {
 	ep     *peerEndpoint
 	paths  *peerPaths
 	shared *[32]byte
+	// resendAt: when to send the kept handshake initiation again (zero:
+	// not scheduled).
+	resendAt time.Time
 }
 
 type stunReq struct {
@@ -283,6 +286,7 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 	if ns := ps.ep.lastSend.Load(); ns != 0 {
 		ps.paths.lastSend = time.Unix(0, ns)
 	}
+	s.resendDue(ps, now)
 	if c := ps.paths.cur; c != nil && !c.relay {
 		if ns := ps.ep.lastRecv.Load(); ns != 0 {
 			ps.paths.heard(c, time.Unix(0, ns))
@@ -332,12 +336,30 @@ func (s *loopState) publishDirect() {
 	s.c.direct.Store(&m)
 }
 
-// resendInit sends again the handshake initiation WireGuard sent while the
-// peer could not take it, once it can: a path to it answers, or it sent
-// an authenticated probe (so it knows this host now).
+// ResendAfter is how long after the peer can take it a kept handshake
+// initiation waits before it is sent again: the peer may be initiating
+// itself just then, and two initiations that cross make each side drop
+// the other's response (WireGuard then retries only after 5 s). Answering
+// the peer's initiation in the meantime cancels the resend.
+const ResendAfter = 250 * time.Millisecond
+
+// resendInit schedules sending again the handshake initiation WireGuard
+// sent while the peer could not take it, now that it can: a path to it
+// answers, or it sent an authenticated probe (so it knows this host).
 func (s *loopState) resendInit(ps *peerState, now time.Time) {
-	if !ps.ep.hasInit.Load() {
+	if ps.resendAt.IsZero() && ps.ep.hasInit.Load() {
+		ps.resendAt = now.Add(ResendAfter)
+	}
+}
+
+// resendDue sends the scheduled initiation, if it is still kept.
+func (s *loopState) resendDue(ps *peerState, now time.Time) {
+	if ps.resendAt.IsZero() || now.Before(ps.resendAt) {
 		return
+	}
+	ps.resendAt = time.Time{}
+	if !ps.ep.hasInit.Load() {
+		return // a session came up, or this host answered the peer's own
 	}
 	ps.ep.initMu.Lock()
 	init, at := ps.ep.lastInit, ps.ep.initAt
