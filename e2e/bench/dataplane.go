@@ -340,30 +340,6 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
-// udpEcho answers every datagram on addr inside namespace ns.
-func udpEcho(l *netlab.Lab, ns, addr string) (net.PacketConn, error) {
-	var pc net.PacketConn
-	err := l.InNS(ns, func() error {
-		var err error
-		pc, err = net.ListenPacket("udp", addr)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	return pc, nil
-}
-
 // firstReply sends a datagram to addr every 10 ms from namespace ns and
 // returns when the first answer arrives.
 func firstReply(l *netlab.Lab, ns, addr string, d time.Duration) error {
@@ -410,7 +386,7 @@ func joinToFirstPacket(ctx context.Context, dir string) (*Figure, error) {
 	if err != nil {
 		return nil, err
 	}
-	echo, err := udpEcho(p.net, "a", stA.Self.OverlayIP+":7001")
+	echo, err := p.net.UDPEcho("a", stA.Self.OverlayIP+":7001")
 	if err != nil {
 		return nil, err
 	}

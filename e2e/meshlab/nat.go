@@ -86,26 +86,7 @@ const EchoPort = 7002
 // StartEcho answers every UDP datagram to port EchoPort in namespace ns
 // with its payload, until the returned closer is closed.
 func (l *Lab) StartEcho(ns string) (io.Closer, error) {
-	var c *net.UDPConn
-	err := l.Net.InNS(ns, func() error {
-		var err error
-		c, err = net.ListenUDP("udp4", &net.UDPAddr{Port: EchoPort})
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			c.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return c, nil
+	return l.Net.UDPEcho(ns, fmt.Sprintf(":%d", EchoPort))
 }
 
 // FirstReply sends a datagram from namespace ns to the echo server (see
