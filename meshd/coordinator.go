@@ -52,9 +52,11 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
 			cfg.Logger = logging.New(g.errOut, lvl)
-			if cfg.STUNListen == "off" {
-				cfg.STUNListen = ""
+			stun, err := stunListen(cfg.STUNListen, cmd.Flags().Changed("stun-listen"), cfg.APIListen)
+			if err != nil {
+				return err
 			}
+			cfg.STUNListen = stun
 			if err := relayConfig(&cfg, cmd.Flags().Changed("relay-tls-listen"), relayTLS, relayPorts, relayBandwidth, relaySecretFile); err != nil {
 				return err
 			}
@@ -78,7 +80,7 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", coordinator.DefaultElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", coordinator.DefaultLeaderLeaseTimeout, "Raft leader lease timeout")
 	f.DurationVar(&cfg.EphemeralGrace, "ephemeral-grace", 10*time.Minute, "how long an ephemeral peer may be offline before it is removed")
-	f.StringVar(&cfg.STUNListen, "stun-listen", ":3478", "UDP host:port of STUN (peers learn their public address) and of the TURN relay over UDP; advertised with the host of the API URL (\"off\" or \"\" disables both)")
+	f.StringVar(&cfg.STUNListen, "stun-listen", "", "UDP host:port of STUN (peers learn their public address) and of the TURN relay over UDP; advertised with the host of the API URL (default: the host of --listen with port 3478, so several coordinators on one host each bind their own address; \"off\" disables both)")
 	f.StringVar(&relayTLS, "relay-tls-listen", "", "TCP host:port of the TURN relay over TLS, for networks that block UDP (default: the host of --listen with port 5349, or an ephemeral port of that host when 5349 is taken; \"off\" disables)")
 	f.StringVar(&relayPorts, "relay-ports", "49152-65535", "UDP port range of relayed addresses (open it in firewalls; \"0\" lets the system pick any port)")
 	f.StringVar(&relayBandwidth, "relay-bandwidth", "10M", "cap of each relay allocation, in bytes per second in each direction (K, M, G are powers of 1000; 0 = unlimited). The default, 80 Mbit/s, carries a relayed session well while a single peer cannot fill the uplink a coordinator shares with Raft and the API; relaying is the fallback until a direct path answers")
@@ -226,4 +228,21 @@ func parseInitialCluster(s string) ([]coordinator.Member, error) {
 		out = append(out, coordinator.Member{Name: name, RaftAddr: addr})
 	}
 	return out, nil
+}
+
+// stunListen is the STUN/TURN UDP address: given explicitly ("off"
+// disables it), or by default port 3478 on the host of the API listen
+// address (every address when that host is a wildcard).
+func stunListen(flag string, given bool, apiListen string) (string, error) {
+	if given {
+		if flag == "off" {
+			return "", nil
+		}
+		return flag, nil
+	}
+	host, _, err := net.SplitHostPort(apiListen)
+	if err != nil {
+		return "", fmt.Errorf("--listen %q: %w", apiListen, err)
+	}
+	return net.JoinHostPort(host, "3478"), nil
 }

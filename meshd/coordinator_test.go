@@ -117,3 +117,30 @@ func TestRelayConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestSTUNListenDefault: by default STUN follows --listen's host, so three
+// coordinators on one host (each on its own address) can all start.
+func TestSTUNListenDefault(t *testing.T) {
+	tests := []struct {
+		name, flag string
+		given      bool
+		api, want  string
+	}{
+		{"default follows the API host", "", false, "127.0.0.2:8443", "127.0.0.2:3478"},
+		{"wildcard API host", "", false, ":8443", ":3478"},
+		{"IPv6 API host", "", false, "[::1]:8443", "[::1]:3478"},
+		{"given", "10.0.0.1:3479", true, "127.0.0.2:8443", "10.0.0.1:3479"},
+		{"off", "off", true, "127.0.0.2:8443", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := stunListen(tt.flag, tt.given, tt.api)
+			if err != nil || got != tt.want {
+				t.Fatalf("stunListen = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+	if _, err := stunListen("", false, "no-port"); err == nil {
+		t.Fatal("a --listen without a port was accepted")
+	}
+}
