@@ -384,7 +384,16 @@ func (s *Server) handleDrain(drain bool) http.HandlerFunc {
 			return
 		}
 		var routes int
-		s.store.Read(func(t *state.Tables, _ uint64) { routes = len(t.Peers[id].Routes) })
+		found := false
+		s.store.Read(func(t *state.Tables, _ uint64) {
+			if p, ok := t.Peers[id]; ok && p != nil { // removed since the lookup: not found
+				found, routes = true, len(p.Routes)
+			}
+		})
+		if !found {
+			writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
+			return
+		}
 		if routes == 0 {
 			writeError(w, api.Errorf(api.CodeInvalidArgument, "peer %q announces no routes; only gateways can be drained", name))
 			return
