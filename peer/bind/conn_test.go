@@ -2,6 +2,7 @@ package bind
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -316,5 +317,55 @@ func TestResponseGoesBackTheWayInitiationCame(t *testing.T) {
 	}
 	if _, ok := c.responsePath(resp); ok {
 		t.Fatal("routed twice")
+	}
+}
+
+// TestRelayCredentialRenewal: an allocation made with a credential about
+// to expire is replaced once a fresh credential comes, before the old one
+// stops working.
+func TestRelayCredentialRenewal(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := turn.NewServer(turn.ServerConfig{
+		Realm: "meshd",
+		AuthHandler: func(user, realm string, _ net.Addr) ([]byte, bool) {
+			return turn.GenerateAuthKey(user, realm, "p"), true // any user, password "p"
+		},
+		PacketConnConfigs: []turn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{
+			RelayAddress: net.ParseIP("127.0.0.1"), Address: "127.0.0.1"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	url := "turn:" + pc.LocalAddr().String() + "?transport=udp"
+	a := newSide(t)
+	soon := time.Now().Add(time.Minute) // inside RenewBefore
+	a.c.SetRelays(api.RelayConfig{Expires: soon, Servers: []api.RelayServer{{URL: url, Username: fmt.Sprintf("%d:a", soon.Unix()), Password: "p"}}})
+	first := waitRelay(t, a)
+	later := time.Now().Add(time.Hour)
+	a.c.SetRelays(api.RelayConfig{Expires: later, Servers: []api.RelayServer{{URL: url, Username: fmt.Sprintf("%d:a", later.Unix()), Password: "p"}}})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if d := a.c.Discovery(); d.Relay.IsValid() && d.Relay != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay still %v 5 s after a fresh credential came for one expiring in a minute", a.c.Discovery().Relay)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A credential that is not about to expire is kept: a fresher one
+	// does not move the allocation (peers would have to learn a new
+	// relayed address for nothing).
+	second := a.c.Discovery().Relay
+	fresher := later.Add(time.Hour)
+	a.c.SetRelays(api.RelayConfig{Expires: fresher, Servers: []api.RelayServer{{URL: url, Username: fmt.Sprintf("%d:a", fresher.Unix()), Password: "p"}}})
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if d := a.c.Discovery(); d.Relay != second {
+			t.Fatalf("relay moved from %v to %v for a credential that was not expiring", second, d.Relay)
+		}
 	}
 }
