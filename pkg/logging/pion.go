@@ -10,9 +10,14 @@ import (
 
 // Pion adapts l for pion's libraries (TURN, STUN). Their Info messages are
 // per-packet chatter that a remote party can provoke at will ("no
-// permission for ..."), so they are logged at debug level; warnings and
-// errors keep theirs.
+// permission for ..."), so they are logged at debug level; their Debug
+// messages describe every packet and go below debug (PionPacketLevel),
+// where --log-level debug does not show them; warnings and errors keep
+// theirs.
 func Pion(l *slog.Logger) logging.LoggerFactory { return pionFactory{l} }
+
+// PionPacketLevel is the level of pion's per-packet Debug messages.
+const PionPacketLevel = slog.LevelDebug - 2
 
 type pionFactory struct{ l *slog.Logger }
 
@@ -34,10 +39,10 @@ func (p pionLogger) logf(lvl slog.Level, format string, args ...any) {
 	}
 }
 
-func (p pionLogger) Trace(msg string)                  { p.log(slog.LevelDebug-4, msg) }
-func (p pionLogger) Tracef(format string, args ...any) { p.logf(slog.LevelDebug-4, format, args...) }
-func (p pionLogger) Debug(msg string)                  { p.log(slog.LevelDebug, msg) }
-func (p pionLogger) Debugf(format string, args ...any) { p.logf(slog.LevelDebug, format, args...) }
+func (p pionLogger) Trace(msg string)                  { p.log(PionPacketLevel-4, msg) }
+func (p pionLogger) Tracef(format string, args ...any) { p.logf(PionPacketLevel-4, format, args...) }
+func (p pionLogger) Debug(msg string)                  { p.log(PionPacketLevel, msg) }
+func (p pionLogger) Debugf(format string, args ...any) { p.logf(PionPacketLevel, format, args...) }
 func (p pionLogger) Info(msg string)                   { p.log(slog.LevelDebug, msg) }
 func (p pionLogger) Infof(format string, args ...any)  { p.logf(slog.LevelDebug, format, args...) }
 func (p pionLogger) Warn(msg string)                   { p.log(slog.LevelWarn, msg) }
