@@ -41,6 +41,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/meshd/meshd/peer/disco"
+	"github.com/meshd/meshd/peer/endpoints"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
 )
@@ -297,7 +298,10 @@ func New(cfg Config) *Conn {
 	}
 	if cfg.LocalAddrs == nil {
 		exclude := cfg.Exclude
-		cfg.LocalAddrs = func() []netip.Addr { return hostAddrs(exclude) }
+		cfg.LocalAddrs = func() []netip.Addr {
+			addrs, _ := endpoints.Addrs(exclude...)
+			return addrs
+		}
 	}
 	c := &Conn{
 		cfg: cfg, log: cfg.Logger.With("component", "bind"), std: cfg.Std,
@@ -492,12 +496,12 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			now := time.Now().UnixNano()
 			for i := range n {
 				pkt := packets[i][:sizes[i]]
-				if c.takeNonWG(pkt, eps[i]) {
+				from := addrOf(eps[i])
+				if c.takeNonWG(pkt, from) {
 					sizes[i] = 0
 					continue
 				}
 				kept++
-				from := addrOf(eps[i])
 				if pe := (*direct)[from]; pe != nil {
 					pe.lastRecv.Store(now)
 				}
@@ -512,12 +516,13 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	}
 }
 
-func (c *Conn) takeNonWG(pkt []byte, ep conn.Endpoint) bool {
+// takeNonWG hands disco, STUN and TURN packets from from to their
+// handlers and reports whether it took pkt.
+func (c *Conn) takeNonWG(pkt []byte, from netip.AddrPort) bool {
 	if len(pkt) == 0 {
 		return false
 	}
 	if disco.Looks(pkt) {
-		from := addrOf(ep)
 		select {
 		case c.discoIn <- inbound{pkt: slices.Clone(pkt), from: from}:
 		default:
@@ -529,7 +534,6 @@ func (c *Conn) takeNonWG(pkt []byte, ep conn.Endpoint) bool {
 	if len(servers) == 0 && cur == nil && c.relay.allocating.Load() == 0 {
 		return false
 	}
-	from := addrOf(ep)
 	if !servers[from] && (cur == nil || cur.server != from) && !c.relay.allocatingOn(from) {
 		return false // only STUN and TURN servers send anything but WireGuard and disco
 	}
@@ -677,34 +681,4 @@ func (c *Conn) query(f func(*loopState)) {
 	case <-done:
 	case <-c.closing:
 	}
-}
-
-// hostAddrs lists the host's usable unicast addresses, except on the
-// interfaces named in exclude and point-to-point links.
-func hostAddrs(exclude []string) []netip.Addr {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&(net.FlagLoopback|net.FlagPointToPoint) != 0 || slices.Contains(exclude, ifc.Name) {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok {
-					ip = ip.Unmap()
-					if ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() {
-						out = append(out, ip)
-					}
-				}
-			}
-		}
-	}
-	return out
 }

@@ -20,6 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/meshd/meshd/peer/disco"
+	"github.com/meshd/meshd/peer/endpoints"
 	"github.com/meshd/meshd/pkg/api"
 )
 
@@ -473,7 +474,7 @@ func (m *relayMgr) race(urls []relayURL, within time.Duration, fn func(context.C
 
 // allocateUDP allocates on a UDP TURN server through the shared socket.
 func (m *relayMgr) allocateUDP(ctx context.Context, u relayURL) (*allocation, error) {
-	server, err := resolveUDP(ctx, u.hostPort)
+	server, err := endpoints.Resolve(ctx, u.hostPort)
 	if err != nil {
 		return nil, err
 	}
@@ -586,20 +587,6 @@ func allocateWithin(ctx context.Context, a *allocation) error {
 	}
 }
 
-func resolveUDP(ctx context.Context, hostPort string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(hostPort); err == nil {
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
-	}
-	ua, err := (&net.Resolver{}).LookupNetIP(ctx, "ip", strings.Split(hostPort, ":")[0])
-	if err != nil || len(ua) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("resolve %s: %v", hostPort, err)
-	}
-	_, port, _ := net.SplitHostPort(hostPort)
-	var p uint16
-	fmt.Sscanf(port, "%d", &p)
-	return netip.AddrPortFrom(ua[0].Unmap(), p), nil
-}
-
 // sockShim lets a TURN client write through the shared socket; what the
 // server sends back reaches the client through handleInbound.
 type sockShim struct{ c *Conn }
@@ -686,7 +673,7 @@ func probeRelay(ctx context.Context, u relayURL) (time.Duration, error) {
 		c.Close()
 		return time.Since(start), nil
 	}
-	server, err := resolveUDP(ctx, u.hostPort)
+	server, err := endpoints.Resolve(ctx, u.hostPort)
 	if err != nil {
 		return 0, err
 	}

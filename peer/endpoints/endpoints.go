@@ -98,16 +98,26 @@ func osIfaces() ([]Iface, error) {
 	return out, nil
 }
 
-// Local returns the host's usable unicast addresses (see Filter) with the
-// WireGuard listen port, skipping the interfaces named in exclude (the mesh
-// interface itself).
-func Local(port uint16, exclude ...string) ([]netip.AddrPort, error) {
+// Addrs returns the host's usable unicast addresses (see Filter), skipping
+// the interfaces named in exclude.
+func Addrs(exclude ...string) ([]netip.Addr, error) {
 	ifs, err := osIfaces()
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
+	return Filter(ifs, exclude), nil
+}
+
+// Local returns the host's usable unicast addresses (see Filter) with the
+// WireGuard listen port, skipping the interfaces named in exclude (the mesh
+// interface itself).
+func Local(port uint16, exclude ...string) ([]netip.AddrPort, error) {
+	addrs, err := Addrs(exclude...)
+	if err != nil {
+		return nil, err
+	}
 	var out []netip.AddrPort
-	for _, a := range Filter(ifs, exclude) {
+	for _, a := range addrs {
 		out = append(out, netip.AddrPortFrom(a, port))
 	}
 	return out, nil
@@ -126,7 +136,7 @@ func STUN(ctx context.Context, servers []string) (netip.Addr, error) {
 	var dsts []netip.AddrPort
 	var rerr error
 	for _, s := range servers {
-		ap, err := resolve(ctx, s)
+		ap, err := Resolve(ctx, s)
 		if err != nil {
 			rerr = err
 			continue
@@ -171,8 +181,8 @@ func STUN(ctx context.Context, servers []string) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("stun: none of %v answered: %w", servers, ctx.Err())
 }
 
-// resolve turns host:port into an address, looking host names up.
-func resolve(ctx context.Context, hostport string) (netip.AddrPort, error) {
+// Resolve turns host:port into an address, looking host names up.
+func Resolve(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(hostport); err == nil {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 	}
