@@ -593,7 +593,7 @@ func (c *Conn) receiveRelay(done chan struct{}, packets [][]byte, sizes []int, e
 func (c *Conn) SetPeers(peers []PeerConfig, exclude []netip.Prefix) {
 	done := make(chan struct{})
 	c.do(func(s *loopState) {
-		s.exclude = exclude
+		s.exclude, s.adv = exclude, nil
 		s.setPeers(peers)
 		close(done)
 	})

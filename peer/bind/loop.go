@@ -57,6 +57,19 @@ type loopState struct {
 	relayUDP    []netip.AddrPort // UDP TURN servers (they send on the socket)
 	userPings   map[disco.TxID]userPing
 	exclude     []netip.Prefix // never a path (see SetPeers)
+	// adv caches this host's candidates as pings carry them; nil after
+	// anything they derive from changed (addresses, STUN, exclusions).
+	adv []netip.AddrPort
+}
+
+// advertised returns this host's candidates, the addresses every ping
+// carries.
+func (s *loopState) advertised() []netip.AddrPort {
+	if s.adv == nil {
+		d := s.discovery()
+		s.adv = d.Endpoints()
+	}
+	return s.adv
 }
 
 func (s *loopState) excluded(a netip.Addr) bool {
@@ -145,6 +158,7 @@ func (s *loopState) setSTUN(servers []netip.AddrPort) {
 		return
 	}
 	s.stunServers = slices.Clone(servers)
+	s.adv = nil
 	for a := range s.reflexive {
 		if !slices.Contains(servers, a) {
 			delete(s.reflexive, a)
@@ -223,6 +237,7 @@ func (s *loopState) tick(now time.Time) {
 func (s *loopState) networkChanged(now time.Time) {
 	clear(s.lastSTUN)
 	clear(s.reflexive)
+	s.adv = nil
 	s.c.relay.networkChanged()
 	for _, ps := range s.peers {
 		ps.paths.restartProbe(now)
@@ -276,6 +291,7 @@ func (s *loopState) handleSTUN(in inbound, now time.Time) {
 	mapped := netip.AddrPortFrom(ip.Unmap(), uint16(xor.Port))
 	if s.reflexive[req.server] != mapped {
 		s.reflexive[req.server] = mapped
+		s.adv = nil
 		s.c.log.Debug("reflexive address", "server", req.server, "mapped", mapped, "rtt", now.Sub(req.sent))
 		s.c.signalChanged()
 	}
@@ -372,8 +388,7 @@ func (s *loopState) resendDue(ps *peerState, now time.Time) {
 }
 
 func (s *loopState) sendPing(ps *peerState, pr probe) {
-	d := s.discovery()
-	m := &disco.Message{Type: disco.TypePing, TxID: pr.tx, Addrs: d.Endpoints()}
+	m := &disco.Message{Type: disco.TypePing, TxID: pr.tx, Addrs: s.advertised()}
 	s.sendDisco(ps, m, pr.addr, pr.relay)
 }
 
