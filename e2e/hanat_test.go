@@ -181,9 +181,6 @@ func TestHANATFailover(t *testing.T) {
 	if !strings.Contains(string(neigh), strings.TrimSpace(string(mac))) {
 		t.Errorf("hosta's neighbour entry for the virtual IP is %q; want gw2's MAC %s", strings.TrimSpace(string(neigh)), strings.TrimSpace(string(mac)))
 	}
-	if !strings.Contains(l.Logs("gw2"), "virtual IP taken over") {
-		t.Errorf("gw2 did not log taking the virtual IP over")
-	}
 	if t.Failed() || slow {
 		for _, h := range append([]string{"gw2"}, haClients...) {
 			var deaths []string // memberlist logs them at debug level

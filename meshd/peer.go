@@ -109,7 +109,7 @@ refused; restarting will not help (join again with a new token).`,
 	f.StringSliceVar(&routes, "advertise-routes", nil, "subnets this gateway announces (comma separated CIDRs)")
 	f.IntVar(&priority, "gateway-priority", 100, "priority of this gateway's routes; the highest healthy one carries a route")
 	f.BoolVar(&cfg.SNAT, "snat", false, "masquerade mesh traffic leaving this gateway (LAN hosts then see the gateway's address)")
-	f.StringVar(&cfg.WGMode, "wg-mode", engine.ModeAuto, "WireGuard engine: auto, kernel or userspace")
+	f.StringVar(&cfg.WGMode, "wg-mode", engine.ModeAuto, "WireGuard engine: auto (userspace: hole punching and the relay), userspace, or kernel (the kernel module; peers only at their announced endpoints, no relay)")
 	f.Uint16Var(&port, "listen-port", 0, "WireGuard UDP port (default: 51820 on a gateway; on a client a random port, kept in the state dir, so clients behind one NAT keep their own mappings)")
 	f.IntVar(&cfg.MTU, "mtu", engine.DefaultMTU, "MTU of the WireGuard interface")
 	f.StringVar(&lanVIP, "lan-vip", "", "virtual IP/LEN the active gateway of an HA pair owns on --lan-dev (LAN hosts route through it)")

@@ -4,8 +4,9 @@
 // that returns ErrNoChanges.
 //
 // Userspace runs wireguard-go on a TUN device (with the TUN and UDP segment
-// offloads wireguard-go enables on Linux) and answers the standard UAPI
-// socket, so `wg show` works on it. Kernel drives the Linux module through
+// offloads wireguard-go enables on Linux), optionally over a peer/bind
+// socket layer that picks each peer's path (direct or relayed), and answers
+// the standard UAPI socket, so `wg show` works on it. Kernel drives the Linux module through
 // wgctrl. Fake records what it was asked to do, for tests.
 package engine
 
