@@ -102,6 +102,13 @@ type Server struct {
 	ln      *trackingListener // nil without a listener
 	dropped atomic.Uint64
 
+	// fmu guards fast, what the fast path learned; routes is rebuilt
+	// from it (fastpath.go).
+	fmu       sync.Mutex
+	fast      fastState
+	routes    atomic.Pointer[map[chanKey]route]
+	forwarded atomic.Uint64 // payload bytes the fast path carried
+
 	mu     sync.Mutex
 	socks  map[int]*sock  // guarded by mu: relay port -> its socket
 	allocs map[string]int // guarded by mu: peer id -> allocations held
@@ -137,6 +144,7 @@ func New(cfg Config) (*Server, error) {
 		log:    cfg.Logger.With("component", "relay"),
 		socks:  map[int]*sock{},
 		allocs: map[string]int{},
+		fast:   fastState{clients: map[netip.AddrPort]*clientState{}, pending: map[[12]byte]pendingMsg{}},
 	}
 	gen := generator{s}
 	sc := turn.ServerConfig{
@@ -150,7 +158,11 @@ func New(cfg Config) (*Server, error) {
 		},
 	}
 	if cfg.PacketConn != nil {
-		sc.PacketConnConfigs = []turn.PacketConnConfig{{PacketConn: cfg.PacketConn, RelayAddressGenerator: gen, PermissionHandler: s.permit}}
+		pc := cfg.PacketConn
+		if uc, ok := pc.(*net.UDPConn); ok && cfg.RelayIP.IsValid() {
+			pc = newFastConn(s, uc)
+		}
+		sc.PacketConnConfigs = []turn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: gen, PermissionHandler: s.permit}}
 	}
 	if cfg.Listener != nil {
 		s.ln = &trackingListener{Listener: cfg.Listener, conns: map[*trackedConn]struct{}{}}
@@ -189,6 +201,10 @@ func (s *Server) Close() error {
 func (s *Server) Dropped() uint64 { return s.dropped.Load() }
 
 // Allocations is how many allocations peerID holds here.
+// Forwarded is how many payload bytes went from one allocation of this
+// server to another by the fast path.
+func (s *Server) Forwarded() uint64 { return s.forwarded.Load() }
+
 func (s *Server) Allocations(peerID string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -370,6 +386,7 @@ func (s *Server) forget(port int, c *relayConn) {
 		delete(s.socks, port)
 	}
 	s.mu.Unlock()
+	s.forgetClient(port)
 }
 
 // trackingListener remembers the connections it accepted, so Close can

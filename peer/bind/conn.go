@@ -497,6 +497,14 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			for i := range n {
 				pkt := packets[i][:sizes[i]]
 				from := addrOf(eps[i])
+				if n, ep, ok := c.unwrapChannelData(packets[i], sizes[i], from); ok {
+					sizes[i] = n
+					if n > 0 {
+						eps[i] = ep
+						kept++
+					}
+					continue
+				}
 				if c.takeNonWG(pkt, from) {
 					sizes[i] = 0
 					continue

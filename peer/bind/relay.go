@@ -86,6 +86,12 @@ type allocation struct {
 	addr   netip.AddrPort
 	dead   atomic.Bool
 	done   chan struct{} // closed when the reader stops
+
+	// serverEP is server for the socket's sends; chans the channels the
+	// client bound (UDP allocations; chandata.go).
+	serverEP conn.Endpoint
+	chanMu   sync.Mutex // serializes writers of chans
+	chans    atomic.Pointer[chanTable]
 }
 
 func (a *allocation) close() {
@@ -114,6 +120,11 @@ type relayMgr struct {
 	// there only while an allocation is under way.
 	allocating atomic.Int32
 
+	chans    chanState
+	chanPool sync.Pool // *chanBufs
+	// fastSent and fastRecv count packets the fast path carried.
+	fastSent, fastRecv atomic.Uint64
+
 	kick    chan struct{}
 	discoQ  chan outPkt
 	stopped chan struct{}
@@ -128,6 +139,7 @@ type outPkt struct {
 func newRelayMgr(c *Conn) *relayMgr {
 	m := &relayMgr{c: c, kick: make(chan struct{}, 1), discoQ: make(chan outPkt, 256),
 		stopped: make(chan struct{}), done: make(chan struct{}), pending: map[string]*turn.Client{}}
+	m.chanPool.New = func() any { return &chanBufs{} }
 	go m.run()
 	return m
 }
@@ -176,6 +188,11 @@ func (m *relayMgr) send(bufs [][]byte, to netip.AddrPort) error {
 	if a == nil || a.dead.Load() {
 		return nil // dropped; the path moves once the loop sees it
 	}
+	if a.server.IsValid() {
+		if b := a.channelTo(to, time.Now()); b != nil {
+			return m.sendChannelData(a, b, bufs)
+		}
+	}
 	ua := net.UDPAddrFromAddrPort(to)
 	for _, b := range bufs {
 		if _, err := a.rconn.WriteTo(b, ua); err != nil {
@@ -209,6 +226,7 @@ func (m *relayMgr) handleInbound(pkt []byte, from netip.AddrPort) {
 	var cl *turn.Client
 	if a := m.cur.Load(); a != nil && a.server == from {
 		cl = a.client
+		m.noteChannelBound(pkt, from, a)
 	} else {
 		m.mu.Lock()
 		cl = m.pending[from.String()]
@@ -496,7 +514,7 @@ func (m *relayMgr) allocateUDP(ctx context.Context, u relayURL) (*allocation, er
 		m.allocating.Add(-1)
 		m.mu.Unlock()
 	}()
-	a := &allocation{url: u, server: server, client: cl, done: make(chan struct{})}
+	a := &allocation{url: u, server: server, serverEP: stdEndpoint(server), client: cl, done: make(chan struct{})}
 	if err := allocateWithin(ctx, a); err != nil {
 		return nil, fmt.Errorf("relay %s: %w", u.raw, err)
 	}
@@ -601,7 +619,9 @@ func (s *sockShim) WriteTo(p []byte, addr net.Addr) (int, error) {
 		return 0, fmt.Errorf("bind: turn write to %v", addr)
 	}
 	ap := ua.AddrPort()
-	if err := s.c.sendDirect(p, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())); err != nil {
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	s.c.relay.noteChannelBind(p, ap)
+	if err := s.c.sendDirect(p, ap); err != nil {
 		return 0, err
 	}
 	return len(p), nil
