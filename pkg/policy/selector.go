@@ -266,6 +266,7 @@ func parseSelector(s string) (Selector, *problem) {
 // looksLikeAddress reports whether s can only have been meant as an
 // address or CIDR: hex digits, dots, colons and a slash.
 func looksLikeAddress(s string) bool {
+	s, _, _ = strings.Cut(s, "%") // a zone is an interface name
 	digit := false
 	for i := 0; i < len(s); i++ {
 		c := s[i]
