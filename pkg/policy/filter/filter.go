@@ -69,14 +69,18 @@ type installed struct {
 	gen uint64
 }
 
-const numShards = 64
+const (
+	shardBits = 6
+	numShards = 1 << shardBits
+)
 
 // shard is one part of the flow table, locked on its own so that
 // goroutines on different flows do not contend.
 type shard struct {
-	mu sync.RWMutex
-	m  map[key]*flow // guarded by mu; the *flow's fields are atomic
-	_  [40]byte      // keep shards on separate cache lines
+	mu         sync.RWMutex
+	m          map[key]*flow          // guarded by mu; the *flow's fields are atomic
+	lastExpire int64                  // guarded by mu: when evict last looked for expired flows
+	_          [128 - 24 - 8 - 8]byte // keep shards on cache lines of their own
 }
 
 // key identifies a flow, always in the inbound direction: remote is the
@@ -178,13 +182,13 @@ func (f *Filter) timeout(proto uint8, state uint32) int64 {
 }
 
 func (f *Filter) shard(k *key) *shard {
+	// The low halves of the addresses hold all of an IPv4 address and an
+	// IPv6 interface identifier: enough to spread flows.
 	a, b := k.remote.As16(), k.local.As16()
-	h := binary.LittleEndian.Uint64(a[8:]) ^ bits.RotateLeft64(binary.LittleEndian.Uint64(b[8:]), 17) ^
-		binary.LittleEndian.Uint64(a[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[:8]) ^
-		uint64(k.rport)<<32 ^ uint64(k.lport)<<16 ^ uint64(k.proto)
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	return &f.shards[h%numShards]
+	h := binary.LittleEndian.Uint64(a[8:]) ^ bits.RotateLeft64(binary.LittleEndian.Uint64(b[8:]), 29) ^
+		uint64(k.rport)<<32 ^ uint64(k.lport)<<8 ^ uint64(k.proto)
+	h *= 0x9e3779b97f4a7c15
+	return &f.shards[h>>(64-shardBits)]
 }
 
 func (f *Filter) lookup(sh *shard, k *key) *flow {
@@ -216,7 +220,20 @@ func flowKey(p *packet, out bool) key {
 // a Ruleset is in force; with none, everything passes and flows are
 // tracked all the same.
 func (f *Filter) In(b []byte) Verdict {
-	cur := f.cur.Load()
+	return f.in(b, f.clock(), f.cur.Load())
+}
+
+// InBatch judges a batch of received packets as In does, reading the
+// clock once: pkts[i][offset:] is a packet and verdicts[i] gets its
+// verdict. A batch is how wireguard-go hands packets to its TUN device.
+func (f *Filter) InBatch(pkts [][]byte, offset int, verdicts []Verdict) {
+	now, cur := f.clock(), f.cur.Load()
+	for i, b := range pkts {
+		verdicts[i] = f.in(b[offset:], now, cur)
+	}
+}
+
+func (f *Filter) in(b []byte, now int64, cur *installed) Verdict {
 	var p packet
 	if !parse(b, &p, false) {
 		return f.verdict(cur.rs == nil)
@@ -230,7 +247,7 @@ func (f *Filter) In(b []byte) Verdict {
 		switch p.icmp {
 		case icmpEchoRequest, icmpEchoReply:
 		case icmpError:
-			return f.verdict(cur.rs == nil || f.related(p.inner))
+			return f.verdict(cur.rs == nil || f.related(p.inner, now))
 		default:
 			return f.verdict(cur.rs == nil)
 		}
@@ -239,7 +256,6 @@ func (f *Filter) In(b []byte) Verdict {
 	}
 	k := flowKey(&p, false)
 	sh := f.shard(&k)
-	now := f.clock()
 	if fl := f.lookup(sh, &k); fl != nil {
 		if v, ok := f.established(fl, &k, &p, now, cur, false); ok {
 			return v
@@ -261,6 +277,18 @@ func (f *Filter) In(b []byte) Verdict {
 // the sender's job to enforce the receiver's policy: Out drops only the
 // packets of a flow a new Ruleset cut, and otherwise accepts.
 func (f *Filter) Out(b []byte) Verdict {
+	return f.out(b, f.clock(), f.cur.Load())
+}
+
+// OutBatch notes a batch of packets as Out does, reading the clock once.
+func (f *Filter) OutBatch(pkts [][]byte, offset int, verdicts []Verdict) {
+	now, cur := f.clock(), f.cur.Load()
+	for i, b := range pkts {
+		verdicts[i] = f.out(b[offset:], now, cur)
+	}
+}
+
+func (f *Filter) out(b []byte, now int64, cur *installed) Verdict {
 	var p packet
 	if !parse(b, &p, false) || p.fragment {
 		return Accept
@@ -274,10 +302,8 @@ func (f *Filter) Out(b []byte) Verdict {
 	default:
 		return Accept
 	}
-	cur := f.cur.Load()
 	k := flowKey(&p, true)
 	sh := f.shard(&k)
-	now := f.clock()
 	if fl := f.lookup(sh, &k); fl != nil {
 		if v, ok := f.established(fl, &k, &p, now, cur, true); ok {
 			return v
@@ -340,7 +366,7 @@ func (f *Filter) established(fl *flow, k *key, p *packet, now int64, cur *instal
 
 // related reports whether a packet quoted by an ICMP error belongs to a
 // tracked flow that is not cut. The quoted packet is one this side sent.
-func (f *Filter) related(inner []byte) bool {
+func (f *Filter) related(inner []byte, now int64) bool {
 	var q packet
 	if inner == nil || !parse(inner, &q, true) || q.fragment {
 		return false
@@ -360,7 +386,7 @@ func (f *Filter) related(inner []byte) bool {
 		return false
 	}
 	state := fl.state.Load()
-	return state&flowCut == 0 && f.clock()-fl.last.Load() <= f.timeout(k.proto, state)
+	return state&flowCut == 0 && now-fl.last.Load() <= f.timeout(k.proto, state)
 }
 
 func (f *Filter) verdict(accept bool) Verdict {
@@ -392,11 +418,17 @@ func (f *Filter) insert(sh *shard, k *key, state uint32, gen uint64, now int64) 
 const evictSample = 8
 
 // evict makes room in a full shard: it drops every expired flow, or if
-// none has expired the idlest of a few.
+// none has expired (or it looked a moment ago) the idlest of a few.
 func (f *Filter) evict(sh *shard, now int64) {
-	f.expire(sh, now)
-	if len(sh.m) < f.perShard {
-		return
+	// Looking through the whole shard for expired flows costs its size:
+	// at most once a second, so that a flood of new flows into a full
+	// table of live ones pays only the sample.
+	if now-sh.lastExpire >= refreshEvery {
+		sh.lastExpire = now
+		f.expire(sh, now)
+		if len(sh.m) < f.perShard {
+			return
+		}
 	}
 	var victim key
 	oldest, n := int64(1<<63-1), 0

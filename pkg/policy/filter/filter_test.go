@@ -3,9 +3,11 @@ package filter
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/meshd/meshd/pkg/policy"
 )
@@ -445,4 +447,33 @@ func TestConcurrent(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+func TestShardFillsTwoCacheLines(t *testing.T) {
+	if got := unsafe.Sizeof(shard{}); got != 128 {
+		t.Fatalf("a shard is %d bytes; want 128, so that goroutines on different shards share no cache line", got)
+	}
+}
+
+func TestBatch(t *testing.T) {
+	f, _ := newFilter(t, Config{})
+	f.SetRules(rulesFor(t, testPolicy, "srv"))
+	const offset = 16 // room for a header in front, as wireguard-go leaves
+	batch := func(pkts ...[]byte) [][]byte {
+		out := make([][]byte, len(pkts))
+		for i, p := range pkts {
+			out[i] = append(make([]byte, offset), p...)
+		}
+		return out
+	}
+	verdicts := make([]Verdict, 3)
+	f.OutBatch(batch(udp("100.96.0.1", "100.96.0.3", 1, 2), udp("100.96.0.1", "100.96.0.3", 1, 3)), offset, verdicts)
+	f.InBatch(batch(
+		udp("100.96.0.3", "100.96.0.1", 2, 1),
+		udp("100.96.0.3", "100.96.0.1", 4, 1),
+		tcp("100.96.0.2", "100.96.0.1", 1, 443, tcpSYN),
+	), offset, verdicts)
+	if want := []Verdict{Accept, Drop, Accept}; !slices.Equal(verdicts, want) {
+		t.Fatalf("got %v; want %v", verdicts, want)
+	}
 }
