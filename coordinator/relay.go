@@ -243,7 +243,13 @@ func (s *Server) handleRelay(w http.ResponseWriter, r *http.Request, peerID stri
 		return
 	}
 	var udp, tlsURLs []string
-	s.store.Read(func(t *state.Tables, _ uint64) { udp, tlsURLs = netmap.RelayURLs(t) })
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		vnet := ""
+		if p := t.Peers[peerID]; p != nil {
+			vnet = p.VNet
+		}
+		udp, tlsURLs = netmap.RelayURLs(t, vnet)
+	})
 	user, pass := relay.Credential(s.relaySecret[:], peerID, exp)
 	for _, u := range udp {
 		out.Servers = append(out.Servers, api.RelayServer{URL: u, Username: user, Password: pass})

@@ -4,9 +4,12 @@
 package netmap
 
 import (
+	"cmp"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
@@ -52,19 +55,21 @@ func STUNServers(t *state.Tables) []string {
 	return out
 }
 
-// RelayURLs lists the TURN URLs of the coordinators' built-in relays:
-// turn:HOST:PORT?transport=udp on the STUN address of every coordinator
-// that allocates relayed addresses, then turns:HOST:PORT?transport=tcp for
-// every one that serves TURN over TLS, each group sorted by coordinator
-// name. Coordinators that report no relay (older versions, relaying off)
-// are left out.
-func RelayURLs(t *state.Tables) (udp, tls []string) {
+// RelayURLs lists the TURN URLs of the coordinators' built-in relays for
+// a peer of vnet: turn:HOST:PORT?transport=udp on the STUN address of every
+// coordinator that allocates relayed addresses, then
+// turns:HOST:PORT?transport=tcp for every one that serves TURN over TLS,
+// each group in the vnet's order of coordinators (RelayOrder). Peers take
+// the first relay that answers in time, so the peers of a vnet meet on one
+// relay, whose fast path carries their traffic without a second hop, and
+// different vnets spread over the coordinators. Coordinators that report
+// no relay (older versions, relaying off) are left out.
+func RelayURLs(t *state.Tables, vnet string) (udp, tls []string) {
 	names := make([]string, 0, len(t.Coordinators))
 	for n := range t.Coordinators {
 		names = append(names, n)
 	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range RelayOrder(names, vnet) {
 		c := t.Coordinators[n]
 		if c.RelayIP == "" {
 			continue
@@ -77,6 +82,28 @@ func RelayURLs(t *state.Tables) (udp, tls []string) {
 		}
 	}
 	return udp, tls
+}
+
+// RelayOrder sorts coordinator names for vnet by rendezvous hashing: the
+// same order on every coordinator, a different first choice for different
+// vnets, and only the vnets whose first choice it was move when a
+// coordinator comes or goes.
+func RelayOrder(names []string, vnet string) []string {
+	score := func(n string) uint64 {
+		h := fnv.New64a()
+		h.Write([]byte(vnet))
+		h.Write([]byte{0})
+		h.Write([]byte(n))
+		return h.Sum64()
+	}
+	out := slices.Clone(names)
+	slices.SortFunc(out, func(a, b string) int {
+		if c := cmp.Compare(score(b), score(a)); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	return out
 }
 
 // RelayIPs lists the addresses the coordinators' relays allocate relayed

@@ -1,6 +1,7 @@
 package netmap
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -21,12 +22,27 @@ func TestRelayURLsAndIPs(t *testing.T) {
 			"c4": {Name: "c4", APIURL: "https://c4.example.net:8443", RelayIP: "10.0.0.3", RelayTLSAddr: "c4.example.net:5349"}, // UDP off, same IP as c3
 		},
 	}
-	udp, tls := RelayURLs(tb)
-	if want := []string{"turn:[2001:db8::1]:3478?transport=udp", "turn:10.0.0.3:3478?transport=udp"}; !slices.Equal(udp, want) {
-		t.Fatalf("udp: got %v; want %v", udp, want)
+	udp, tls := RelayURLs(tb, "default")
+	order := RelayOrder([]string{"c1", "c2", "c3", "c4"}, "default")
+	urls := map[string][2]string{
+		"c1": {"turn:[2001:db8::1]:3478?transport=udp", ""},
+		"c3": {"turn:10.0.0.3:3478?transport=udp", "turns:10.0.0.3:5349?transport=tcp"},
+		"c4": {"", "turns:c4.example.net:5349?transport=tcp"},
 	}
-	if want := []string{"turns:10.0.0.3:5349?transport=tcp", "turns:c4.example.net:5349?transport=tcp"}; !slices.Equal(tls, want) {
-		t.Fatalf("tls: got %v; want %v", tls, want)
+	var wantUDP, wantTLS []string
+	for _, n := range order {
+		if u := urls[n][0]; u != "" {
+			wantUDP = append(wantUDP, u)
+		}
+		if u := urls[n][1]; u != "" {
+			wantTLS = append(wantTLS, u)
+		}
+	}
+	if !slices.Equal(udp, wantUDP) {
+		t.Fatalf("udp: got %v; want %v", udp, wantUDP)
+	}
+	if !slices.Equal(tls, wantTLS) {
+		t.Fatalf("tls: got %v; want %v", tls, wantTLS)
 	}
 	want := []netip.Addr{netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("2001:db8::1")}
 	if got := RelayIPs(tb); !slices.Equal(got, want) {
@@ -38,5 +54,34 @@ func TestRelayURLsAndIPs(t *testing.T) {
 	}
 	if d := Delta(tb, 4, "p1", []string{"p2"}, false); len(d.Peers) != 1 || d.Peers[0].Relay != "10.0.0.1:50001" {
 		t.Fatalf("delta peers %+v; want b with its relayed address", d.Peers)
+	}
+}
+
+// TestRelayOrder: every coordinator computes the same order for a vnet,
+// vnets spread over the coordinators, and a coordinator leaving moves only
+// the vnets that preferred it.
+func TestRelayOrder(t *testing.T) {
+	names := []string{"c1", "c2", "c3"}
+	first := map[string]string{}
+	count := map[string]int{}
+	for i := range 60 {
+		vnet := fmt.Sprintf("vnet%d", i)
+		o := RelayOrder(names, vnet)
+		if !slices.Equal(o, RelayOrder([]string{"c3", "c1", "c2"}, vnet)) {
+			t.Fatalf("%s: the order depends on the input order: %v", vnet, o)
+		}
+		first[vnet] = o[0]
+		count[o[0]]++
+	}
+	for _, n := range names {
+		if count[n] < 5 {
+			t.Fatalf("first choices over 60 vnets: %v; want them spread over all three", count)
+		}
+	}
+	for vnet, f := range first {
+		o := RelayOrder([]string{"c1", "c2"}, vnet)
+		if f != "c3" && o[0] != f {
+			t.Fatalf("%s moved from %s to %s when c3 left", vnet, f, o[0])
+		}
 	}
 }

@@ -31,8 +31,11 @@ const (
 	AllocateUDPWithin = 1500 * time.Millisecond
 	AllocateTLSWithin = 3 * time.Second
 	// TLSAfter is how long UDP is tried alone before TLS joins in.
-	TLSAfter    = 300 * time.Millisecond
-	RenewBefore = 5 * time.Minute
+	TLSAfter = 300 * time.Millisecond
+	// PreferWithin is how long a relay earlier in the coordinators' order
+	// may take after the first one answered, and still be chosen.
+	PreferWithin = 250 * time.Millisecond
+	RenewBefore  = 5 * time.Minute
 )
 
 // relayURL is one parsed TURN URL.
@@ -98,7 +101,9 @@ func (a *allocation) close() {
 	if a.rconn != nil {
 		a.rconn.Close()
 	}
-	a.client.Close()
+	if a.client != nil {
+		a.client.Close()
+	}
 	if a.tcp != nil {
 		a.tcp.Close()
 	}
@@ -455,35 +460,62 @@ func (m *relayMgr) allocate(cfg api.RelayConfig) (*allocation, error) {
 	return nil, errors.Join(errs...)
 }
 
-// race runs fn on every url at once and keeps the first allocation.
+// race runs fn on every url at once. urls come in the coordinators' order
+// of preference (the peers of a vnet share it, so they meet on one relay):
+// the first allocation wins unless one earlier in that order follows
+// within PreferWithin.
 func (m *relayMgr) race(urls []relayURL, within time.Duration, fn func(context.Context, relayURL) (*allocation, error)) (*allocation, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	type res struct {
+		i   int
 		a   *allocation
 		err error
 	}
 	ch := make(chan res, len(urls))
-	for _, u := range urls {
+	for i, u := range urls {
 		go func() {
 			a, err := fn(ctx, u)
-			ch <- res{a, err}
+			ch <- res{i, a, err}
 		}()
 	}
 	var won *allocation
+	wonAt := len(urls)
 	var errs []error
-	for range urls {
-		r := <-ch
-		switch {
-		case r.err != nil:
-			errs = append(errs, r.err)
-		case won == nil:
-			won = r.a
-			cancel()
-		default:
-			r.a.close()
+	var grace <-chan time.Time
+	pending := len(urls)
+	for pending > 0 && wonAt > 0 {
+		select {
+		case r := <-ch:
+			pending--
+			switch {
+			case r.err != nil:
+				errs = append(errs, r.err)
+			case r.i < wonAt:
+				if won != nil {
+					won.close()
+				}
+				won, wonAt = r.a, r.i
+				if grace == nil {
+					grace = time.After(PreferWithin)
+				}
+			default:
+				r.a.close()
+			}
+		case <-grace:
+			pending = 0
 		}
 	}
+	cancel()
+	// The attempts still running end with ctx; what they allocated anyway
+	// is released.
+	go func() {
+		for range pending {
+			if r := <-ch; r.a != nil && r.a != won {
+				r.a.close()
+			}
+		}
+	}()
 	if won != nil {
 		return won, nil
 	}
