@@ -56,13 +56,24 @@ type candidate struct {
 	unanswered time.Time
 }
 
-// alive: the candidate has answered, and no ping has gone unanswered for
-// deadAfter since.
+// alive: the candidate has answered, and has not gone deadAfter without
+// an answer (a pong, or WireGuard traffic from it) while a ping was
+// outstanding. The silence counts from the last answer, so a path carrying
+// traffic that stops is given up deadAfter after its last packet however
+// the pings fall; but from no earlier than ActivePingEvery before the
+// first unanswered ping, so a ping after a quiet spell gets its time.
 func (c *candidate) alive(now time.Time, deadAfter time.Duration) bool {
 	if c.lastPong.IsZero() {
 		return false
 	}
-	return c.unanswered.IsZero() || now.Sub(c.unanswered) < deadAfter
+	if c.unanswered.IsZero() {
+		return true
+	}
+	since := c.lastPong
+	if floor := c.unanswered.Add(-ActivePingEvery); floor.After(since) {
+		since = floor
+	}
+	return now.Sub(since) < deadAfter
 }
 
 type pending struct {

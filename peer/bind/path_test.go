@@ -107,6 +107,43 @@ func TestDirectDies(t *testing.T) {
 	}
 }
 
+// TestDirectDiesUnderTraffic: a direct path carrying traffic both ways is
+// given up DeadAfter after the last packet it brought, whenever the
+// keep-alive pings fall.
+func TestDirectDiesUnderTraffic(t *testing.T) {
+	p := newPeerPaths()
+	p.relayUp = true
+	p.setCandidates([]netip.AddrPort{pubEP}, relEP, t0)
+	p.pingsDue(t0)
+	answer(p, pubEP, t0.Add(time.Millisecond))
+	p.choose(t0.Add(time.Millisecond))
+	now := t0
+	cut := t0.Add(2 * time.Second)
+	var movedAt time.Time
+	for i := 0; i < 400; i++ {
+		now = now.Add(10 * time.Millisecond) // a 100 pps stream both ways
+		p.lastSend = now
+		if now.Before(cut) {
+			p.heard(p.cur, now)
+		}
+		p.pingsDue(now)
+		p.choose(now)
+		if now.Before(cut) && p.cur.relay {
+			t.Fatalf("fell back to the relay at %v while traffic flowed", now.Sub(t0))
+		}
+		if p.cur.relay {
+			movedAt = now
+			break
+		}
+	}
+	if movedAt.IsZero() {
+		t.Fatal("never fell back to the relay")
+	}
+	if d := movedAt.Sub(cut); d > DeadAfter+10*time.Millisecond {
+		t.Fatalf("moved to the relay %v after the last packet; want at most %v", d, DeadAfter+10*time.Millisecond)
+	}
+}
+
 // TestIdleNoFalseDeath: an idle peer pinged every IdlePingEvery is not
 // declared dead when traffic resumes just before its next ping.
 func TestIdleNoFalseDeath(t *testing.T) {
