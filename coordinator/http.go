@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -499,14 +500,29 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeTokenUnknown, "join token belongs to another cluster"))
 		return
 	}
+	if err := state.ValidPeerEndpoints(req.Endpoints); err != nil {
+		writeError(w, err)
+		return
+	}
 	cred, err := token.New(token.KindPeer, token.NewID()+token.NewID(), s.pin, nil)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	if req.CredentialSecret != "" {
+		// The peer chose its credential: a repeat of this join proves
+		// it is the same peer by sending the same secret.
+		b, err := hex.DecodeString(req.CredentialSecret)
+		if err != nil || len(b) != len(cred.Secret) || [32]byte(b) == [32]byte{} {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "credential_secret must be %d random bytes in hex", len(cred.Secret)))
+			return
+		}
+		cred.Secret = [32]byte(b)
+	}
 	spec := state.JoinSpec{
 		TokenID: tok.ID, SecretHash: tok.SecretHash(), PeerID: cred.ID, Name: req.Name,
 		PublicKey: req.PublicKey, Routes: req.Routes, Endpoints: req.Endpoints, CredHash: cred.SecretHash(),
+		StrictRetry: true,
 	}
 	// Pre-check against the local replica so plainly bad joins cost no Raft
 	// write; the FSM checks again, authoritatively.
@@ -576,7 +592,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, peerID 
 		return
 	}
 	if req.Endpoints != nil {
-		if err := state.ValidEndpoints(req.Endpoints); err != nil {
+		if err := state.ValidPeerEndpoints(req.Endpoints); err != nil {
 			writeError(w, err)
 			return
 		}
