@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/apiclient"
 )
@@ -118,4 +122,145 @@ func TestJoinRetryCannotStealIdentity(t *testing.T) {
 			}
 		}
 	})
+}
+
+// joinPeer joins a peer with a fresh single-use token and returns its
+// answer and a client holding its credential.
+func joinPeer(t *testing.T, srv *Server, admin *apiclient.Client, name string, endpoints ...string) (*api.JoinResponse, *apiclient.Client) {
+	t.Helper()
+	ctx := context.Background()
+	var tok api.CreateTokenResponse
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	j, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: name, PublicKey: wgKey(), Endpoints: endpoints, OmitMap: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j, apiclient.New(admin.URLs(), srv.Pin(), j.Credential)
+}
+
+func peerEndpoints(srv *Server, id string) []string {
+	var eps []string
+	srv.Store().Read(func(t *state.Tables, _ uint64) {
+		if p, ok := t.Peers[id]; ok {
+			eps = slices.Clone(p.Endpoints)
+		}
+	})
+	return eps
+}
+
+// TestEndpointsValidated: an endpoint no other peer can (or should) send
+// WireGuard packets to is refused, in a heartbeat and in a join, and
+// changes nothing.
+func TestEndpointsValidated(t *testing.T) {
+	srv, admin := startSingle(t)
+	ctx := context.Background()
+	j, pc := joinPeer(t, srv, admin, "roamer", "192.0.2.10:51820")
+	for _, tt := range []struct {
+		ep string
+		ok bool
+	}{
+		{"127.0.0.1:22", false},
+		{"127.1.2.3:51820", false},
+		{"[::1]:51820", false},
+		{"[::ffff:127.0.0.1]:51820", false},
+		{"224.0.0.251:5353", false},
+		{"[ff02::1]:51820", false},
+		{"0.0.0.0:51820", false},
+		{"0.1.2.3:51820", false},
+		{"[::]:51820", false},
+		{"169.254.1.1:51820", false},
+		{"[fe80::1]:51820", false},
+		{"255.255.255.255:51820", false},
+		{"192.0.2.1:0", false},
+		{"10.99.0.21:51820", true},
+		{"192.168.1.20:41641", true},
+		{"203.0.113.5:1", true},
+		{"[2001:db8::1]:51820", true},
+	} {
+		t.Run(tt.ep, func(t *testing.T) {
+			before := srv.Store().Dump()
+			err := pc.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: []string{"192.0.2.10:51820", tt.ep}}, nil)
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("heartbeat with %s: %v; want it accepted", tt.ep, err)
+				}
+				return
+			}
+			if !api.IsCode(err, api.CodeInvalidArgument) || !strings.Contains(err.Error(), tt.ep) {
+				t.Fatalf("heartbeat with %s: got %v; want %s naming the endpoint", tt.ep, err, api.CodeInvalidArgument)
+			}
+			if string(srv.Store().Dump()) != string(before) {
+				t.Fatal("a refused heartbeat changed the state")
+			}
+			var tok api.CreateTokenResponse
+			if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{}, &tok); err != nil {
+				t.Fatal(err)
+			}
+			_, err = apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: "bad-ep", PublicKey: wgKey(), Endpoints: []string{tt.ep}})
+			if !api.IsCode(err, api.CodeInvalidArgument) {
+				t.Fatalf("join with %s: got %v; want %s", tt.ep, err, api.CodeInvalidArgument)
+			}
+		})
+	}
+	_ = j
+}
+
+// TestHeartbeatWritesRateLimited: 200 heartbeats, each with a new
+// endpoint, cost a handful of Raft writes instead of 200; the latest
+// endpoint is in the state within about a second; a change after a quiet
+// spell (a laptop that roamed) is written before the heartbeat is
+// answered; an unchanged heartbeat writes nothing.
+func TestHeartbeatWritesRateLimited(t *testing.T) {
+	srv, admin := startSingle(t)
+	ctx := context.Background()
+	j, pc := joinPeer(t, srv, admin, "roamer", "192.0.2.10:51820")
+	beat := func(eps ...string) {
+		t.Helper()
+		if err := pc.Do(ctx, http.MethodPost, "/v1/heartbeat", api.HeartbeatRequest{Endpoints: eps}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let the join's own writes (watch marks, last seen) settle.
+	waitFor(t, 10*time.Second, "the peer's first endpoint write to be an interval old", func() bool {
+		srv.reportMu.Lock()
+		defer srv.reportMu.Unlock()
+		return len(srv.reports) == 0
+	})
+
+	before := srv.Raft().AppliedIndex()
+	beat("192.0.2.10:51820") // unchanged
+	if got := srv.Raft().AppliedIndex(); got != before {
+		t.Fatalf("an unchanged heartbeat made %d Raft writes; want none", got-before)
+	}
+
+	// Roaming: the first change is written before the answer.
+	beat("198.51.100.7:51820")
+	if got := peerEndpoints(srv, j.PeerID); !slices.Equal(got, []string{"198.51.100.7:51820"}) {
+		t.Fatalf("endpoints right after the first change: %v; want the new one", got)
+	}
+
+	start := time.Now()
+	const n = 200
+	last := ""
+	for i := range n {
+		last = fmt.Sprintf("203.0.113.%d:%d", i%250+1, 40000+i)
+		beat(last)
+	}
+	took := time.Since(start)
+	waitFor(t, 3*time.Second, "the latest endpoint to be written", func() bool {
+		return slices.Equal(peerEndpoints(srv, j.PeerID), []string{last})
+	})
+	landed := time.Since(start) - took
+	writes := srv.Raft().AppliedIndex() - before
+	// One write a second, plus the first change, plus the odd batch of
+	// last-seen times.
+	if limit := uint64(took/endpointWriteEvery) + 6; writes > limit {
+		t.Fatalf("%d heartbeats with changing endpoints over %s made %d Raft writes; want at most %d", n, took.Round(time.Millisecond), writes, limit)
+	}
+	if landed > 1500*time.Millisecond {
+		t.Fatalf("the latest endpoint was written %s after the last heartbeat; want within about %s", landed, endpointWriteEvery)
+	}
+	t.Logf("%d heartbeats in %s: %d Raft writes; latest endpoint written %s after the last", n, took.Round(time.Millisecond), writes, landed.Round(time.Millisecond))
 }

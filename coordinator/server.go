@@ -222,6 +222,12 @@ type Server struct {
 	markDirty map[string]time.Time
 	markKick  chan struct{}
 
+	// Reported endpoints, rate-limited per peer (heartbeat.go); reportKick
+	// wakes reportLoop when a report is held back.
+	reportMu   sync.Mutex
+	reports    map[string]*reported // guarded by reportMu
+	reportKick chan struct{}
+
 	closeOnce sync.Once
 
 	// bootIndex is the last log index on disk at start; the replica serves
@@ -247,6 +253,9 @@ func New(cfg Config) (_ *Server, err error) {
 
 		markDirty: map[string]time.Time{},
 		markKick:  make(chan struct{}, 1),
+
+		reports:    map[string]*reported{},
+		reportKick: make(chan struct{}, 1),
 	}
 	defer func() {
 		if err != nil {
@@ -415,7 +424,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.fanout.run} {
+	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
