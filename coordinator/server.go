@@ -79,6 +79,11 @@ type Config struct {
 	// RelayBandwidth caps each relay allocation in bytes per second in
 	// each direction; optional, zero: unlimited.
 	RelayBandwidth int64
+	// STUNRequestRate caps the STUN and TURN requests over UDP one source
+	// address may send per second (twice that at once); the rest are
+	// dropped unanswered. Optional: zero means relay.DefaultRequestRate,
+	// negative means no cap.
+	STUNRequestRate int
 	// RelayCredentialTTL is how long a credential from GET /v1/relay is
 	// good for; optional.
 	RelayCredentialTTL time.Duration
