@@ -155,8 +155,8 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 		// A burst of twice the rate: a netcheck's or a restart's few
 		// requests at once pass.
 		RequestRate: s.cfg.STUNRequestRate, RequestBurst: 2 * s.cfg.STUNRequestRate,
-		Logger:    s.cfg.Logger.With("node", s.cfg.Name),
-		Now:       s.cfg.Now,
+		Logger: s.cfg.Logger.With("node", s.cfg.Name),
+		Now:    s.cfg.Now,
 	}
 	if s.relayUDP != nil {
 		cfg.PacketConn = s.relayUDP

@@ -86,8 +86,8 @@ type Config struct {
 	// DefaultRequestRate and DefaultRequestBurst; a negative RequestRate
 	// lifts the cap.
 	RequestRate, RequestBurst int
-	Logger         *slog.Logger     // optional
-	Now            func() time.Time // optional
+	Logger                    *slog.Logger     // optional
+	Now                       func() time.Time // optional
 }
 
 func (c *Config) validate() error {
