@@ -1,11 +1,18 @@
 package coordinator
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -15,6 +22,8 @@ import (
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/tlspin"
+	"github.com/meshd/meshd/pkg/token"
 )
 
 // The tests in this file are the attacks of issue 13's hardening findings,
@@ -263,4 +272,214 @@ func TestHeartbeatWritesRateLimited(t *testing.T) {
 		t.Fatalf("the latest endpoint was written %s after the last heartbeat; want within about %s", landed, endpointWriteEvery)
 	}
 	t.Logf("%d heartbeats in %s: %d Raft writes; latest endpoint written %s after the last", n, took.Round(time.Millisecond), writes, landed.Round(time.Millisecond))
+}
+
+// dialAPI opens a TLS connection to the API that speaks HTTP/1.1.
+func dialAPI(t *testing.T, srv *Server) *tls.Conn {
+	t.Helper()
+	u, _ := url.Parse(srv.APIURL())
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", u.Host, tlspin.ClientConfig(srv.Pin()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestAPITimeouts: a request body trickled a byte at a time is cut off, an
+// idle kept-alive connection is closed, and a network-map watch outlives
+// both limits.
+func TestAPITimeouts(t *testing.T) {
+	const limit = 500 * time.Millisecond
+	srv, admin, _ := startSingleWith(t, func(c *Config) { c.APIReadTimeout, c.APIIdleTimeout = limit, limit })
+	ctx := context.Background()
+
+	t.Run("trickled body", func(t *testing.T) {
+		before := srv.Store().Dump()
+		c := dialAPI(t, srv)
+		start := time.Now()
+		fmt.Fprintf(c, "POST /v1/vnets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{", admin.Auth())
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() { // a byte every 100 ms, until the server hangs up
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					if _, err := c.Write([]byte(" ")); err != nil {
+						return
+					}
+				}
+			}
+		}()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		took := time.Since(start)
+		if err == nil {
+			resp.Body.Close()
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("a body trickled a byte every 100 ms was still being read after %s; want it cut off after about %s", took.Round(time.Millisecond), limit)
+		}
+		if took > 4*limit {
+			t.Fatalf("the trickled request ended after %s; want about %s", took.Round(time.Millisecond), limit)
+		}
+		if err == nil && resp.StatusCode < 400 {
+			t.Fatalf("status %d; want an error", resp.StatusCode)
+		}
+		if string(srv.Store().Dump()) != string(before) {
+			t.Fatal("the cut-off request changed the state")
+		}
+		t.Logf("trickled request ended after %s (%v)", took.Round(time.Millisecond), err)
+	})
+
+	t.Run("idle connection", func(t *testing.T) {
+		c := dialAPI(t, srv)
+		fmt.Fprint(c, "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(c)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		start := time.Now()
+		_, err = br.ReadByte()
+		if took := time.Since(start); err == nil || took > 4*limit {
+			t.Fatalf("idle kept-alive connection: read gave %v after %s; want it closed after about %s", err, took.Round(time.Millisecond), limit)
+		}
+	})
+
+	t.Run("watch outlives the limits", func(t *testing.T) {
+		_, pc := joinPeer(t, srv, admin, "watcher")
+		resp, err := pc.Stream(ctx, "/v1/netmap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		lines := make(chan api.MapUpdate, 16)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(nil, 1<<20)
+			for sc.Scan() {
+				var u api.MapUpdate
+				if json.Unmarshal(sc.Bytes(), &u) == nil {
+					lines <- u
+				}
+			}
+		}()
+		if _, ok := <-lines; !ok {
+			t.Fatal("watch ended before its first map")
+		}
+		// Three read timeouts and an idle timeout pass with nothing on
+		// the stream; then a change must still arrive.
+		select {
+		case _, ok := <-lines:
+			if !ok {
+				t.Fatalf("the watch ended within %s", 3*limit)
+			}
+		case <-time.After(3 * limit):
+		}
+		newcomer, _ := joinPeer(t, srv, admin, "newcomer")
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case u, ok := <-lines:
+				if !ok {
+					t.Fatal("the watch ended instead of carrying the change")
+				}
+				for _, p := range u.Peers {
+					if p.ID == newcomer.PeerID {
+						return
+					}
+				}
+			case <-deadline:
+				t.Fatal("the change did not reach the watch")
+			}
+		}
+	})
+}
+
+// TestWatchCapPerCredential: one peer credential holds at most
+// maxWatchesPerPeer watches; one more is refused while the others are
+// young, and ends the oldest once that has been open for a while (the
+// half-dead stream of an agent that reconnected).
+func TestWatchCapPerCredential(t *testing.T) {
+	srv, admin := startSingle(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, pc := joinPeer(t, srv, admin, "greedy")
+	type stream struct {
+		body  io.ReadCloser
+		ended chan struct{}
+	}
+	open := func() (*stream, error) {
+		resp, err := pc.Stream(ctx, "/v1/netmap")
+		if err != nil {
+			return nil, err
+		}
+		st := &stream{body: resp.Body, ended: make(chan struct{})}
+		br := bufio.NewReader(resp.Body)
+		if _, err := br.ReadBytes('\n'); err != nil {
+			t.Fatalf("first map: %v", err)
+		}
+		go func() { io.Copy(io.Discard, br); close(st.ended) }()
+		t.Cleanup(func() { resp.Body.Close() })
+		return st, nil
+	}
+	var streams []*stream
+	for i := range maxWatchesPerPeer {
+		st, err := open()
+		if err != nil {
+			t.Fatalf("watch %d: %v", i+1, err)
+		}
+		streams = append(streams, st)
+	}
+	if _, err := open(); !api.IsCode(err, api.CodeTooMany) {
+		t.Fatalf("watch %d while the others are young: got %v; want %s", maxWatchesPerPeer+1, err, api.CodeTooMany)
+	}
+	status, e := rawCall(t, srv, http.MethodGet, "/v1/netmap", nil, pc.Auth())
+	if status != http.StatusTooManyRequests || e == nil || e.Code != api.CodeTooMany {
+		t.Fatalf("got %d %+v; want 429 %s", status, e, api.CodeTooMany)
+	}
+	// The others grow old enough to be taken for abandoned.
+	srv.watchMu.Lock()
+	srv.watchEvictAfter = 0
+	srv.watchMu.Unlock()
+	if _, err := open(); err != nil {
+		t.Fatalf("a watch past the cap once the oldest is old: %v; want it accepted", err)
+	}
+	select {
+	case <-streams[0].ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the oldest watch was not ended")
+	}
+	for i, st := range streams[1:] {
+		select {
+		case <-st.ended:
+			t.Fatalf("watch %d ended; want only the oldest to make way", i+2)
+		default:
+		}
+	}
+	srv.watchMu.Lock()
+	n := len(srv.watches[peerIDOf(t, pc.Auth())])
+	srv.watchMu.Unlock()
+	if n != maxWatchesPerPeer {
+		t.Fatalf("%d watches registered; want %d", n, maxWatchesPerPeer)
+	}
+}
+
+func peerIDOf(t *testing.T, cred string) string {
+	t.Helper()
+	tok, err := token.ParseKind(cred, token.KindPeer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.ID
 }

@@ -51,7 +51,17 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.untilCaughtUp(mux)
+	return withWriteDeadline(s.untilCaughtUp(mux))
+}
+
+// withWriteDeadline gives every request apiWriteTimeout to have its answer
+// written: a client that stops reading cannot hold a handler for ever. A
+// watch replaces it with a deadline per write.
+func withWriteDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(apiWriteTimeout))
+		next.ServeHTTP(w, r)
+	})
 }
 
 // untilCaughtUp answers 503 (so clients move on to another coordinator)

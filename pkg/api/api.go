@@ -59,6 +59,9 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
 	CodeMethodNotAllowed = "method_not_allowed"
+	// CodeTooMany: a limit on concurrent or repeated requests was reached;
+	// retry after a moment.
+	CodeTooMany = "too_many_requests"
 )
 
 // Error is an API error: a stable code and a sentence a user can act on.
@@ -89,6 +92,8 @@ func (e *Error) Status() int {
 		return http.StatusRequestEntityTooLarge
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case CodeTooMany:
+		return http.StatusTooManyRequests
 	case CodeUnavailable:
 		return http.StatusServiceUnavailable
 	case CodeInternal:
