@@ -173,7 +173,7 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 		u, _ := url.Parse(s.apiURL)
 		s.relayTLSAddr = net.JoinHostPort(u.Hostname(), port)
 		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-		cfg.Listener = newHandshakeListener(ln, tlsCfg, handshakeSlots)
+		cfg.Listener = newHandshakeListener(ln, tlsCfg, apiLimits)
 	}
 	if cfg.PacketConn == nil && cfg.Listener == nil {
 		return nil

@@ -463,7 +463,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		err := s.http.Serve(newHandshakeListener(s.apiLn, s.http.TLSConfig, handshakeSlots))
+		err := s.http.Serve(newHandshakeListener(s.apiLn, s.http.TLSConfig, apiLimits))
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("serve api: %w", err)
 		}
