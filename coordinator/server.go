@@ -181,6 +181,9 @@ func (c *Config) validate() error {
 	if c.RelayCredentialTTL < time.Minute || c.RelayCredentialTTL > 24*time.Hour {
 		return fmt.Errorf("relay credential lifetime %s: use 1m to 24h", c.RelayCredentialTTL)
 	}
+	if c.APIReadTimeout < 0 || c.APIIdleTimeout < 0 {
+		return fmt.Errorf("API timeouts must be positive (read %s, idle %s)", c.APIReadTimeout, c.APIIdleTimeout)
+	}
 	if c.RelayBandwidth < 0 {
 		return fmt.Errorf("relay bandwidth %d: use 0 (unlimited) or more", c.RelayBandwidth)
 	}
