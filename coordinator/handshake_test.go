@@ -59,7 +59,7 @@ func TestHandshakeListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	const slots = 2
-	l := newHandshakeListener(raw, cfg, slots)
+	l := newHandshakeListener(raw, cfg, listenerLimits{Slots: slots, PerSource: 64, Timeout: handshakeTimeout})
 	accepted := make(chan net.Conn, 64)
 	go func() {
 		for {
@@ -152,4 +152,82 @@ func TestHandshakeListener(t *testing.T) {
 		t.Fatalf("Accept after Close: %v; want net.ErrClosed", err)
 	}
 	waitFor(t, 5*time.Second, "the listener's goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// helloConn counts the client hellos written through it, then stalls like
+// stallConn.
+type helloConn struct {
+	stallConn
+	hellos *atomic.Int64
+	once   sync.Once
+}
+
+func (c *helloConn) Write(p []byte) (int, error) {
+	n, err := c.stallConn.Conn.Write(p)
+	c.once.Do(func() { c.hellos.Add(1) })
+	return n, err
+}
+
+// TestHandshakeFairPerSource is the attack of 800 connections from one
+// address that send a client hello and go silent: another address's
+// handshake must not wait behind them (before the per-source limit it
+// took about 800 x 50 ms / 8 slots = 5 s).
+func TestHandshakeFairPerSource(t *testing.T) {
+	key, err := clusterkey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := key.APICA()
+	cert, err := ca.Issue("c1", []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newHandshakeListener(raw, &tls.Config{Certificates: []tls.Certificate{cert}}, apiLimits)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	client := tlspin.ClientConfig(ca.Pin())
+
+	const flood = 800
+	var hellos atomic.Int64
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range flood {
+		c, err := net.Dial("tcp", raw.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc := &helloConn{stallConn: stallConn{Conn: c, closed: make(chan struct{})}, hellos: &hellos}
+		held = append(held, hc)
+		go tls.Client(hc, client).Handshake()
+	}
+	waitFor(t, 10*time.Second, "every flooding client to send its hello", func() bool { return hellos.Load() == flood })
+
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	start := time.Now()
+	c, err := tls.DialWithDialer(d, "tcp", raw.Addr().String(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	c.Close()
+	if took > 500*time.Millisecond {
+		t.Fatalf("a handshake from another address behind %d silent hellos took %s; want under 0.5 s", flood, took.Round(time.Millisecond))
+	}
+	t.Logf("handshake from another address behind %d silent hellos: %s", flood, took.Round(time.Millisecond))
 }

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -50,7 +51,17 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.untilCaughtUp(mux)
+	return withWriteDeadline(s.untilCaughtUp(mux))
+}
+
+// withWriteDeadline gives every request apiWriteTimeout to have its answer
+// written: a client that stops reading cannot hold a handler for ever. A
+// watch replaces it with a deadline per write.
+func withWriteDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(apiWriteTimeout))
+		next.ServeHTTP(w, r)
+	})
 }
 
 // untilCaughtUp answers 503 (so clients move on to another coordinator)
@@ -499,14 +510,29 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeTokenUnknown, "join token belongs to another cluster"))
 		return
 	}
+	if err := state.ValidPeerEndpoints(req.Endpoints); err != nil {
+		writeError(w, err)
+		return
+	}
 	cred, err := token.New(token.KindPeer, token.NewID()+token.NewID(), s.pin, nil)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	if req.CredentialSecret != "" {
+		// The peer chose its credential: a repeat of this join proves
+		// it is the same peer by sending the same secret.
+		b, err := hex.DecodeString(req.CredentialSecret)
+		if err != nil || len(b) != len(cred.Secret) || [32]byte(b) == [32]byte{} {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "credential_secret must be %d random bytes in hex", len(cred.Secret)))
+			return
+		}
+		cred.Secret = [32]byte(b)
+	}
 	spec := state.JoinSpec{
 		TokenID: tok.ID, SecretHash: tok.SecretHash(), PeerID: cred.ID, Name: req.Name,
 		PublicKey: req.PublicKey, Routes: req.Routes, Endpoints: req.Endpoints, CredHash: cred.SecretHash(),
+		StrictRetry: true,
 	}
 	// Pre-check against the local replica so plainly bad joins cost no Raft
 	// write; the FSM checks again, authoritatively.
@@ -567,45 +593,4 @@ func (s *Server) precheckJoin(ctx context.Context, j state.JoinSpec) error {
 			return err
 		}
 	}
-}
-
-func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, peerID string) {
-	var req api.HeartbeatRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	if req.Endpoints != nil {
-		if err := state.ValidEndpoints(req.Endpoints); err != nil {
-			writeError(w, err)
-			return
-		}
-	}
-	if req.Relay != nil {
-		if err := state.ValidRelay(*req.Relay); err != nil {
-			writeError(w, err)
-			return
-		}
-	}
-	s.touch(peerID)
-	// Only what changed goes into Raft; an unchanged heartbeat writes
-	// nothing.
-	u := state.PeerUpdate{PeerID: peerID}
-	s.store.Read(func(t *state.Tables, _ uint64) {
-		p, ok := t.Peers[peerID]
-		if req.Endpoints != nil && (!ok || !slices.Equal(p.Endpoints, req.Endpoints)) {
-			eps := req.Endpoints
-			u.Endpoints = &eps
-		}
-		if req.Relay != nil && (!ok || p.Relay != *req.Relay) {
-			u.Relay = req.Relay
-		}
-	})
-	if u.Endpoints != nil || u.Relay != nil {
-		if _, err := s.raftApply(r.Context(), fsm.UpdatePeerType, &fsm.UpdatePeer{Update: u}); err != nil {
-			writeError(w, err)
-			return
-		}
-	}
-	w.WriteHeader(http.StatusNoContent)
 }

@@ -30,6 +30,18 @@ const (
 	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
 )
 
+// raftLimits bound the Raft listener. Only coordinators hold a certificate
+// of the cluster's Raft CA, and a few of them open a few connections each,
+// so the port needs little: a connection must finish its mutual TLS
+// handshake within 5 s of being accepted; one source address may have 8
+// handshakes under way and 32 waiting, and 64 connections open in all; the
+// listener holds at most 512. Anything past these is closed at once: idle
+// connections that never say hello cannot pile up.
+var raftLimits = listenerLimits{
+	Slots: 4, PerSource: 8, PerSourceWaiting: 32, Timeout: 5 * time.Second,
+	MaxConns: 512, PerSourceConns: 64,
+}
+
 // tlsStreamLayer is a raft.StreamLayer over mutually authenticated TLS.
 type tlsStreamLayer struct {
 	net.Listener
@@ -64,7 +76,7 @@ func newTLSTransport(listen, advertise string, server, client *tls.Config, log *
 		ln.Close()
 		return nil, fmt.Errorf("raft advertise address %q must be a reachable ip:port", advertise)
 	}
-	stream := &tlsStreamLayer{Listener: tls.NewListener(ln, server), advertise: adv, client: client}
+	stream := &tlsStreamLayer{Listener: newHandshakeListener(ln, server, raftLimits), advertise: adv, client: client}
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 8,

@@ -30,6 +30,9 @@ const (
 	// relayRevokeEvery bounds how often removed peers' allocations are
 	// looked for: at most once a second, after a state change.
 	relayRevokeEvery = time.Second
+	// DefaultSTUNRequestRate is how many STUN and TURN requests over UDP
+	// one source address may send per second (Config.STUNRequestRate).
+	DefaultSTUNRequestRate = relay.DefaultRequestRate
 	// relayResolveTimeout bounds the lookup of an advertised host name.
 	relayResolveTimeout = 3 * time.Second
 )
@@ -149,8 +152,11 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 		PeerOK:    s.peerExists,
 		PeerIPOK:  s.isRelayIP,
 		Bandwidth: s.cfg.RelayBandwidth,
-		Logger:    s.cfg.Logger.With("node", s.cfg.Name),
-		Now:       s.cfg.Now,
+		// A burst of twice the rate: a netcheck's or a restart's few
+		// requests at once pass.
+		RequestRate: s.cfg.STUNRequestRate, RequestBurst: 2 * s.cfg.STUNRequestRate,
+		Logger: s.cfg.Logger.With("node", s.cfg.Name),
+		Now:    s.cfg.Now,
 	}
 	if s.relayUDP != nil {
 		cfg.PacketConn = s.relayUDP
@@ -167,7 +173,7 @@ func (s *Server) startRelay(cert tls.Certificate) error {
 		u, _ := url.Parse(s.apiURL)
 		s.relayTLSAddr = net.JoinHostPort(u.Hostname(), port)
 		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-		cfg.Listener = newHandshakeListener(ln, tlsCfg, handshakeSlots)
+		cfg.Listener = newHandshakeListener(ln, tlsCfg, apiLimits)
 	}
 	if cfg.PacketConn == nil && cfg.Listener == nil {
 		return nil

@@ -79,6 +79,11 @@ type Config struct {
 	// RelayBandwidth caps each relay allocation in bytes per second in
 	// each direction; optional, zero: unlimited.
 	RelayBandwidth int64
+	// STUNRequestRate caps the STUN and TURN requests over UDP one source
+	// address may send per second (twice that at once); the rest are
+	// dropped unanswered. Optional: zero means relay.DefaultRequestRate,
+	// negative means no cap.
+	STUNRequestRate int
 	// RelayCredentialTTL is how long a credential from GET /v1/relay is
 	// good for; optional.
 	RelayCredentialTTL time.Duration
@@ -89,6 +94,13 @@ type Config struct {
 	// static-auth-secret); required with RelayURLs.
 	RelayURLs   []string
 	RelaySecret []byte
+	// APIReadTimeout bounds how long a request's headers and body may take
+	// to arrive (a network-map watch lifts it once its request is in);
+	// optional, DefaultAPIReadTimeout.
+	APIReadTimeout time.Duration
+	// APIIdleTimeout closes a kept-alive connection that has carried no
+	// request for this long; optional, DefaultAPIIdleTimeout.
+	APIIdleTimeout time.Duration
 	// OnlineWindow is how recently a peer must have been heard from to
 	// count as online; optional.
 	OnlineWindow time.Duration
@@ -124,6 +136,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.RelayCredentialTTL == 0 {
 		c.RelayCredentialTTL = DefaultRelayCredentialTTL
+	}
+	if c.APIReadTimeout == 0 {
+		c.APIReadTimeout = DefaultAPIReadTimeout
+	}
+	if c.APIIdleTimeout == 0 {
+		c.APIIdleTimeout = DefaultAPIIdleTimeout
 	}
 	if c.OnlineWindow == 0 {
 		c.OnlineWindow = 45 * time.Second
@@ -163,6 +181,9 @@ func (c *Config) validate() error {
 	if c.RelayCredentialTTL < time.Minute || c.RelayCredentialTTL > 24*time.Hour {
 		return fmt.Errorf("relay credential lifetime %s: use 1m to 24h", c.RelayCredentialTTL)
 	}
+	if c.APIReadTimeout < 0 || c.APIIdleTimeout < 0 {
+		return fmt.Errorf("API timeouts must be positive (read %s, idle %s)", c.APIReadTimeout, c.APIIdleTimeout)
+	}
 	if c.RelayBandwidth < 0 {
 		return fmt.Errorf("relay bandwidth %d: use 0 (unlimited) or more", c.RelayBandwidth)
 	}
@@ -184,6 +205,16 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// API timeouts (Config.APIReadTimeout, Config.APIIdleTimeout); an agent
+// sends a heartbeat every 10 s, so its connection is never idle that long.
+const (
+	DefaultAPIReadTimeout = 20 * time.Second
+	DefaultAPIIdleTimeout = 90 * time.Second
+	// apiWriteTimeout bounds writing one answer (a watch sets its own
+	// deadline for each write).
+	apiWriteTimeout = 30 * time.Second
+)
 
 // Server is one coordinator.
 type Server struct {
@@ -222,6 +253,17 @@ type Server struct {
 	markDirty map[string]time.Time
 	markKick  chan struct{}
 
+	watchMu sync.Mutex
+	watches map[string][]*openWatch // guarded by watchMu: peer id -> its open watches, oldest first
+	// watchEvictAfter is watchEvictAfter, shorter in tests.
+	watchEvictAfter time.Duration
+
+	// Reported endpoints, rate-limited per peer (heartbeat.go); reportKick
+	// wakes reportLoop when a report is held back.
+	reportMu   sync.Mutex
+	reports    map[string]*reported // guarded by reportMu
+	reportKick chan struct{}
+
 	closeOnce sync.Once
 
 	// bootIndex is the last log index on disk at start; the replica serves
@@ -247,6 +289,12 @@ func New(cfg Config) (_ *Server, err error) {
 
 		markDirty: map[string]time.Time{},
 		markKick:  make(chan struct{}, 1),
+
+		watches:         map[string][]*openWatch{},
+		watchEvictAfter: watchEvictAfter,
+
+		reports:    map[string]*reported{},
+		reportKick: make(chan struct{}, 1),
 	}
 	defer func() {
 		if err != nil {
@@ -348,7 +396,16 @@ func New(cfg Config) (_ *Server, err error) {
 		// the server sees a connection; "h2" for browsers on the dashboard.
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, DynamicRecordSizingDisabled: true,
 			NextProtos: []string{"h2", "http/1.1"}},
-		ReadHeaderTimeout: 10 * time.Second,
+		// A client gets ReadHeaderTimeout for its headers and
+		// ReadTimeout for the whole request, body included (a body
+		// trickled a byte at a time is cut off); a watch lifts the read
+		// deadline once its request is in. There is no blanket
+		// WriteTimeout, which would end every watch: each request gets a
+		// write deadline of its own (apiWriteTimeout, and per write in a
+		// watch).
+		ReadHeaderTimeout: min(10*time.Second, cfg.APIReadTimeout),
+		ReadTimeout:       cfg.APIReadTimeout,
+		IdleTimeout:       cfg.APIIdleTimeout,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          nil,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
@@ -409,13 +466,13 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		err := s.http.Serve(newHandshakeListener(s.apiLn, s.http.TLSConfig, handshakeSlots))
+		err := s.http.Serve(newHandshakeListener(s.apiLn, s.http.TLSConfig, apiLimits))
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("serve api: %w", err)
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.fanout.run} {
+	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

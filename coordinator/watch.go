@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -288,6 +289,23 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 			vnet = p.VNet
 		}
 	})
+	// At most maxWatchesPerPeer streams per credential; past that the
+	// oldest makes way (an agent that reconnected left it half dead),
+	// unless it is too young to be abandoned.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	release, err := s.openWatch(peerID, cancel)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer release()
+	// The server's read timeout bounds a request's headers and body; a
+	// watch has neither after its request and lives for hours. (net/http
+	// lifts the deadline itself once a request without a body is in; the
+	// watch does not rely on that.)
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Time{})
 	flusher, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
@@ -300,14 +318,13 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 	defer s.watchEnded(peerID)
 	sub, first := s.fanout.subscribe(peerID, vnet, since, r.URL.Query().Get(api.WatchCompressParam) == "1")
 	defer s.fanout.unsubscribe(sub)
-	rc := http.NewResponseController(w)
 	// write holds one of the fan-out's write slots while it writes and
 	// flushes; a peer that takes nothing for watchWriteTimeout loses its
 	// stream (it resumes from its index).
 	write := func(f func() error) bool {
 		select {
 		case s.fanout.slots <- struct{}{}:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return false
 		}
 		// A write that blocks (the peer is not reading) gives its slot
@@ -343,7 +360,7 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 	defer ka.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case msg := <-sub.ch:
 			if sub.lagging.Load() {
@@ -367,6 +384,48 @@ func (s *Server) handleNetmap(w http.ResponseWriter, r *http.Request, peerID str
 			}
 		}
 	}
+}
+
+// Watch limits per credential: maxWatchesPerPeer streams at once; when a
+// peer opens one more, the oldest is ended if it has been open for
+// watchEvictAfter, else the new one is refused with CodeTooMany.
+const (
+	maxWatchesPerPeer = 4
+	watchEvictAfter   = 2 * time.Second
+)
+
+// openWatch registers a watch of peerID that cancel ends; release
+// unregisters it.
+func (s *Server) openWatch(peerID string, cancel context.CancelFunc) (release func(), err error) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	open := s.watches[peerID]
+	if len(open) >= maxWatchesPerPeer {
+		oldest := open[0]
+		if time.Since(oldest.since) < s.watchEvictAfter {
+			return nil, api.Errorf(api.CodeTooMany, "this peer already holds %d network-map watches; close one or retry in a few seconds", len(open))
+		}
+		oldest.cancel()
+		open = open[1:]
+	}
+	ow := &openWatch{since: time.Now(), cancel: cancel}
+	s.watches[peerID] = append(open, ow)
+	return func() {
+		s.watchMu.Lock()
+		defer s.watchMu.Unlock()
+		rest := slices.DeleteFunc(s.watches[peerID], func(x *openWatch) bool { return x == ow })
+		if len(rest) == 0 {
+			delete(s.watches, peerID)
+		} else {
+			s.watches[peerID] = rest
+		}
+	}, nil
+}
+
+// openWatch is one open network-map watch.
+type openWatch struct {
+	since  time.Time
+	cancel context.CancelFunc
 }
 
 // connKey is the request-context key of the client's connection.

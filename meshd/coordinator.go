@@ -26,6 +26,7 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		relayPorts      string
 		relayBandwidth  string
 		relaySecretFile string
+		stunRate        int
 	)
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -60,6 +61,14 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 			if err := relayConfig(&cfg, cmd.Flags().Changed("relay-tls-listen"), relayTLS, relayPorts, relayBandwidth, relaySecretFile); err != nil {
 				return err
 			}
+			switch {
+			case stunRate < 0:
+				return fmt.Errorf("--stun-rate %d: use 0 (unlimited) or more", stunRate)
+			case stunRate == 0:
+				cfg.STUNRequestRate = -1
+			default:
+				cfg.STUNRequestRate = stunRate
+			}
 			srv, err := coordinator.New(cfg)
 			if err != nil {
 				return err
@@ -82,6 +91,9 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	f.DurationVar(&cfg.EphemeralGrace, "ephemeral-grace", 10*time.Minute, "how long an ephemeral peer may be offline before it is removed")
 	f.StringVar(&cfg.STUNListen, "stun-listen", "", "UDP host:port of STUN (peers learn their public address) and of the TURN relay over UDP; advertised with the host of the API URL (default: the host of --listen with port 3478, so several coordinators on one host each bind their own address; \"off\" disables both)")
 	f.StringVar(&relayTLS, "relay-tls-listen", "", "TCP host:port of the TURN relay over TLS, for networks that block UDP (default: the host of --listen with port 5349, or an ephemeral port of that host when 5349 is taken; \"off\" disables)")
+	f.DurationVar(&cfg.APIReadTimeout, "api-read-timeout", coordinator.DefaultAPIReadTimeout, "how long a client may take to send a whole API request, body included (a network-map watch is exempt once its request is in)")
+	f.DurationVar(&cfg.APIIdleTimeout, "api-idle-timeout", coordinator.DefaultAPIIdleTimeout, "close a kept-alive API connection that has carried no request for this long")
+	f.IntVar(&stunRate, "stun-rate", coordinator.DefaultSTUNRequestRate, "STUN and TURN requests over UDP answered per second per source address (bursts of twice that); the rest are dropped, so the port cannot reflect a flood at a forged address. The default leaves room for about a thousand agents behind one NAT address; 0 = unlimited")
 	f.StringVar(&relayPorts, "relay-ports", "49152-65535", "UDP port range of relayed addresses (open it in firewalls; \"0\" lets the system pick any port)")
 	f.StringVar(&relayBandwidth, "relay-bandwidth", "10M", "cap of each relay allocation, in bytes per second in each direction (K, M, G are powers of 1000; 0 = unlimited). The default, 80 Mbit/s, carries a relayed session well while a single peer cannot fill the uplink a coordinator shares with Raft and the API; relaying is the fallback until a direct path answers")
 	f.DurationVar(&cfg.RelayCredentialTTL, "relay-credential-ttl", coordinator.DefaultRelayCredentialTTL, "how long a relay credential handed to a peer is good for")

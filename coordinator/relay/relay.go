@@ -14,6 +14,9 @@
 //     relay to each other's allocations, nowhere else;
 //   - each allocation passes at most Config.Bandwidth bytes per second in
 //     each direction; the rest is dropped;
+//   - a source address may send Config.RequestRate STUN and TURN requests
+//     a second over UDP; the rest are dropped unanswered, so the relay
+//     cannot be used to reflect a flood at a forged source address;
 //   - Revoke ends the allocations of peers that were removed.
 package relay
 
@@ -77,8 +80,14 @@ type Config struct {
 	// MaxAllocations caps the allocations one peer holds at once;
 	// optional, defaults to DefaultMaxAllocations.
 	MaxAllocations int
-	Logger         *slog.Logger     // optional
-	Now            func() time.Time // optional
+	// RequestRate and RequestBurst cap the STUN and TURN requests one
+	// source address may send over UDP (per second, and at once); those
+	// over the cap are dropped unanswered. Optional, default
+	// DefaultRequestRate and DefaultRequestBurst; a negative RequestRate
+	// lifts the cap.
+	RequestRate, RequestBurst int
+	Logger                    *slog.Logger     // optional
+	Now                       func() time.Time // optional
 }
 
 func (c *Config) validate() error {
@@ -101,6 +110,9 @@ type Server struct {
 	turn    *turn.Server
 	ln      *trackingListener // nil without a listener
 	dropped atomic.Uint64
+	// requestsDropped counts STUN and TURN requests over their source's
+	// allowance.
+	requestsDropped atomic.Uint64
 
 	// fmu guards fast, what the fast path learned; routes is rebuilt
 	// from it (fastpath.go).
@@ -136,6 +148,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxAllocations == 0 {
 		cfg.MaxAllocations = DefaultMaxAllocations
 	}
+	if cfg.RequestRate == 0 {
+		cfg.RequestRate = DefaultRequestRate
+	}
+	if cfg.RequestBurst == 0 {
+		cfg.RequestBurst = max(DefaultRequestBurst, cfg.RequestRate)
+	}
 	if !cfg.BindIP.IsValid() {
 		cfg.BindIP = cfg.RelayIP
 	}
@@ -156,6 +174,10 @@ func New(cfg Config) (*Server, error) {
 			OnAllocationCreated: s.allocated,
 			OnAllocationDeleted: s.deallocated,
 		},
+	}
+	if cfg.PacketConn != nil && cfg.RequestRate >= 0 {
+		lim := newRequestLimiter(cfg.RequestRate, cfg.RequestBurst, cfg.Now)
+		cfg.PacketConn = &limitedPacketConn{PacketConn: cfg.PacketConn, lim: lim, dropped: func() { s.requestsDropped.Add(1) }}
 	}
 	if cfg.PacketConn != nil {
 		pc := cfg.PacketConn
@@ -199,6 +221,10 @@ func (s *Server) Close() error {
 
 // Dropped is how many bytes the bandwidth cap has dropped so far.
 func (s *Server) Dropped() uint64 { return s.dropped.Load() }
+
+// RequestsDropped is how many STUN and TURN requests over their source's
+// allowance were dropped so far.
+func (s *Server) RequestsDropped() uint64 { return s.requestsDropped.Load() }
 
 // Allocations is how many allocations peerID holds here.
 // Forwarded is how many payload bytes went from one allocation of this

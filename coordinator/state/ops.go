@@ -1,6 +1,7 @@
 package state
 
 import (
+	"crypto/subtle"
 	"encoding/base64"
 	"net/netip"
 	"regexp"
@@ -84,6 +85,36 @@ func ValidEndpoints(eps []string) error {
 		ap, err := netip.ParseAddrPort(e)
 		if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() {
 			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is not an ip:port", e)
+		}
+	}
+	return nil
+}
+
+// ValidPeerEndpoints checks endpoints a peer reports through the API: on
+// top of ValidEndpoints, each must be an address other peers can send
+// WireGuard packets to, so none is loopback, unspecified, multicast,
+// broadcast, link-local or in 0.0.0.0/8, and no port is 0. Every peer of
+// the vnet sends handshakes to what a peer reports; an address of their
+// own host or a multicast group would turn the mesh against itself. The
+// FSM applies the looser ValidEndpoints, so entries logged before this
+// check replay as they did.
+func ValidPeerEndpoints(eps []string) error {
+	if err := ValidEndpoints(eps); err != nil {
+		return err
+	}
+	for _, e := range eps {
+		a := netip.MustParseAddrPort(e).Addr().Unmap() // checked above
+		switch {
+		case a.IsLoopback():
+			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is a loopback address: other peers cannot reach it", e)
+		case a.IsMulticast():
+			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is a multicast address", e)
+		case a.IsLinkLocalUnicast():
+			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is a link-local address: other peers cannot reach it", e)
+		case a.Is4() && (a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || a.As4()[0] == 0):
+			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is not a unicast address", e)
+		case !a.IsGlobalUnicast():
+			return api.Errorf(api.CodeInvalidArgument, "endpoint %q is not a unicast address other peers can reach", e)
 		}
 	}
 	return nil
@@ -266,6 +297,14 @@ type JoinSpec struct {
 	Routes     []api.Route `json:"routes"`
 	Endpoints  []string    `json:"endpoints"`
 	CredHash   string      `json:"cred_hash"`
+	// StrictRetry is set by coordinators that admit a repeated join (same
+	// token, name and key, within JoinRetryWindow) only when it proves
+	// possession of the peer's credential (the same CredHash: the peer
+	// chose its credential's secret and sends it again) or takes a fresh
+	// use of a token that is still valid. Log entries written before it
+	// existed apply as they did then, so a replayed log gives the state it
+	// gave.
+	StrictRetry bool `json:"strict_retry,omitempty"`
 }
 
 // CheckToken says why a token cannot admit a peer now, or returns it; s.mu
@@ -347,10 +386,26 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 	defer s.mu.Unlock()
 	if id, ok := s.byKey[j.PublicKey]; ok {
 		// A repeat of a join whose answer was lost: same token, name and
-		// key, soon after. The peer gets its identity with a new credential.
+		// key, soon after. Name and key are no secret (every peer of the
+		// vnet sees them), so the repeat must also prove possession of the
+		// credential the first join set (it presents the same one, which
+		// changes nothing) or take a fresh use of a token that is still
+		// valid (which replaces the credential). A revoked, expired or
+		// used-up token never re-issues one.
 		p := s.t.Peers[id]
 		t, ok := s.t.Tokens[j.TokenID]
 		if ok && t.SecretHash == j.SecretHash && p.TokenID == j.TokenID && p.Name == j.Name && now.Sub(p.CreatedAt) < JoinRetryWindow {
+			if !j.StrictRetry {
+				p.CredHash = j.CredHash
+				return p, nil
+			}
+			if subtle.ConstantTimeCompare([]byte(p.CredHash), []byte(j.CredHash)) == 1 {
+				return p, nil
+			}
+			if _, _, err := s.checkToken(j.TokenID, j.SecretHash, now); err != nil {
+				return nil, err
+			}
+			t.UsesLeft--
 			p.CredHash = j.CredHash
 			return p, nil
 		}

@@ -253,3 +253,79 @@ func TestMarkWatches(t *testing.T) {
 		})
 	}
 }
+
+// TestJoinRetry is the attack of a join that repeats a victim's name and
+// public key (both visible to every peer of the vnet) with the token the
+// victim joined with: only the holder of the victim's credential, or a
+// fresh use of a token that is still valid, gets the identity back.
+func TestJoinRetry(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		spoil   func(s *Store) // what happened to the token since the first join
+		at      time.Duration  // retry this long after the first join
+		cred    byte           // the retry's credential hash
+		code    string         // "" for admitted
+		newCred bool           // the retry replaced the credential
+	}{
+		{name: "same credential", cred: 'c', at: time.Second},
+		{name: "same credential, token revoked", spoil: revoke, cred: 'c', at: time.Second},
+		{name: "same credential, token used up", spoil: useUp, cred: 'c', at: time.Second},
+		{name: "same credential, token expired", cred: 'c', at: 90 * time.Second},
+		{name: "new credential, token still valid", cred: 'd', at: time.Second, newCred: true},
+		{name: "new credential, token revoked", spoil: revoke, cred: 'd', at: time.Second, code: api.CodeTokenRevoked},
+		{name: "new credential, token used up", spoil: useUp, cred: 'd', at: time.Second, code: api.CodeTokenUsedUp},
+		{name: "new credential, token expired", cred: 'd', at: 90 * time.Second, code: api.CodeTokenExpired},
+		{name: "after the retry window", cred: 'c', at: JoinRetryWindow + time.Second, code: api.CodeTokenExpired},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := New()
+			s.SetIndex(1)
+			if err := s.Bootstrap(t0, make([]byte, 32)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.CreateToken(TokenSpec{ID: "tok1", SecretHash: hash('a'), VNet: api.DefaultVNet, Uses: 3, Expires: t0.Add(time.Minute)}, t0); err != nil {
+				t.Fatal(err)
+			}
+			victim := key()
+			if _, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p1", Name: "victim", PublicKey: victim, CredHash: hash('c'), StrictRetry: true}, t0); err != nil {
+				t.Fatal(err)
+			}
+			if tt.spoil != nil {
+				tt.spoil(s)
+			}
+			before := s.Dump()
+			usesBefore := s.t.Tokens["tok1"].UsesLeft
+			p, err := s.Join(JoinSpec{TokenID: "tok1", SecretHash: hash('a'), PeerID: "p2", Name: "victim", PublicKey: victim, CredHash: hash(tt.cred), StrictRetry: true}, t0.Add(tt.at))
+			if tt.code != "" {
+				if !api.IsCode(err, tt.code) {
+					t.Fatalf("got %v, %v; want code %s", p, err, tt.code)
+				}
+				if string(s.Dump()) != string(before) {
+					t.Fatal("a refused retry changed the state")
+				}
+				return
+			}
+			if err != nil || p.ID != "p1" {
+				t.Fatalf("got %v, %v; want the identity p1 back", p, err)
+			}
+			wantCred, wantUses := hash('c'), usesBefore
+			if tt.newCred {
+				wantCred, wantUses = hash(tt.cred), usesBefore-1
+			}
+			if got := s.t.Peers["p1"].CredHash; got != wantCred {
+				t.Fatalf("credential hash %s; want %s", got[:4], wantCred[:4])
+			}
+			if got := s.t.Tokens["tok1"].UsesLeft; got != wantUses {
+				t.Fatalf("token has %d uses left; want %d", got, wantUses)
+			}
+		})
+	}
+}
+
+func revoke(s *Store) {
+	if err := s.RevokeToken("tok1"); err != nil {
+		panic(err)
+	}
+}
+
+func useUp(s *Store) { s.t.Tokens["tok1"].UsesLeft = 0 }

@@ -7,6 +7,8 @@ package controlclient
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshd/meshd/pkg/api"
@@ -93,14 +96,32 @@ func WriteFile(path string, data []byte) error {
 	return os.Rename(tmp, path)
 }
 
+// JoinRetryFor is how long Join keeps repeating a join whose outcome is
+// unknown (no coordinator answered, or the answer was lost).
+var JoinRetryFor = 30 * time.Second
+
 // Join presents joinToken and returns the identity to save and the first
 // network map.
+//
+// The peer picks its credential's secret itself (unless req carries one)
+// and sends the same one with every attempt: a join whose answer was lost
+// is repeated, on this coordinator or another, until one answers or
+// JoinRetryFor has passed, and the repeat proves it comes from the peer
+// that joined, so it gets the same identity back even from a single-use
+// token that the lost attempt used up.
 func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*Identity, *api.JoinResponse, error) {
 	tok, err := token.ParseKind(joinToken, token.KindJoin)
 	if err != nil {
 		return nil, nil, fmt.Errorf("join token: %w", err)
 	}
-	resp, err := apiclient.Join(ctx, joinToken, req)
+	if req.CredentialSecret == "" {
+		var secret [32]byte
+		if _, err := rand.Read(secret[:]); err != nil {
+			return nil, nil, err
+		}
+		req.CredentialSecret = hex.EncodeToString(secret[:])
+	}
+	resp, err := joinRetrying(ctx, joinToken, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("join: %w", err)
 	}
@@ -112,6 +133,32 @@ func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*Identity
 		id.Coordinators = resp.Map.Coordinators
 	}
 	return id, resp, nil
+}
+
+// joinRetrying repeats the join with the same request while no coordinator
+// gives an answer, for up to JoinRetryFor.
+func joinRetrying(ctx context.Context, joinToken string, req api.JoinRequest) (*api.JoinResponse, error) {
+	deadline := time.Now().Add(JoinRetryFor)
+	backoff := 250 * time.Millisecond
+	for {
+		resp, err := apiclient.Join(ctx, joinToken, req)
+		if err != nil && req.CredentialSecret != "" && api.IsCode(err, api.CodeInvalidJSON) && strings.Contains(err.Error(), "credential_secret") {
+			// A coordinator from before credential_secret: it picks
+			// the credential, and a repeat needs a valid token.
+			req.CredentialSecret = ""
+			continue
+		}
+		var ae *api.Error
+		if err == nil || errors.As(err, &ae) && ae.Code != api.CodeUnavailable || ctx.Err() != nil || time.Now().Add(backoff).After(deadline) {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 4*time.Second)
+	}
 }
 
 // Client talks to the coordinators as one joined peer.

@@ -59,6 +59,9 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
 	CodeMethodNotAllowed = "method_not_allowed"
+	// CodeTooMany: a limit on concurrent or repeated requests was reached;
+	// retry after a moment.
+	CodeTooMany = "too_many_requests"
 )
 
 // Error is an API error: a stable code and a sentence a user can act on.
@@ -89,6 +92,8 @@ func (e *Error) Status() int {
 		return http.StatusRequestEntityTooLarge
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case CodeTooMany:
+		return http.StatusTooManyRequests
 	case CodeUnavailable:
 		return http.StatusServiceUnavailable
 	case CodeInternal:
@@ -193,6 +198,15 @@ type JoinRequest struct {
 	// from its watch, which it opens right after joining. In a large vnet
 	// the map is most of the cost of a join.
 	OmitMap bool `json:"omit_map,omitempty"`
+	// CredentialSecret is the secret of the credential the peer will hold
+	// (64 hex digits, chosen at random by the peer); optional, without it
+	// the coordinator picks one. A peer that repeats a join whose answer
+	// was lost sends the same secret again and so proves it is the peer
+	// that joined: the repeat gets the same identity and credential even
+	// after the token was used up, revoked or expired. A repeat with
+	// another secret (or none) needs a fresh use of a token that is still
+	// valid.
+	CredentialSecret string `json:"credential_secret,omitempty"`
 }
 
 // JoinResponse is what a peer receives when it joins.
