@@ -175,14 +175,14 @@ func New(cfg Config) (*Server, error) {
 			OnAllocationDeleted: s.deallocated,
 		},
 	}
-	if cfg.PacketConn != nil && cfg.RequestRate >= 0 {
-		lim := newRequestLimiter(cfg.RequestRate, cfg.RequestBurst, cfg.Now)
-		cfg.PacketConn = &limitedPacketConn{PacketConn: cfg.PacketConn, lim: lim, dropped: func() { s.requestsDropped.Add(1) }}
-	}
 	if cfg.PacketConn != nil {
 		pc := cfg.PacketConn
 		if uc, ok := pc.(*net.UDPConn); ok && cfg.RelayIP.IsValid() {
-			pc = newFastConn(s, uc)
+			pc = newFastConn(s, uc) // under the request limit: relayed data is no request
+		}
+		if cfg.RequestRate >= 0 {
+			lim := newRequestLimiter(cfg.RequestRate, cfg.RequestBurst, cfg.Now)
+			pc = &limitedPacketConn{PacketConn: pc, lim: lim, dropped: func() { s.requestsDropped.Add(1) }}
 		}
 		sc.PacketConnConfigs = []turn.PacketConnConfig{{PacketConn: pc, RelayAddressGenerator: gen, PermissionHandler: s.permit}}
 	}
