@@ -14,6 +14,9 @@
 //
 // Bodies: ping = txid (12) | count (1) | count x addrport; pong = txid (12)
 // | addrport, where addrport = family (1: 4 or 6) | addr (4 or 16) | port (2).
+// Health probes (peer/liveness, on the overlay, never on the WireGuard
+// socket): probe = txid (12); status = txid (12) | seq (8) | flags (1), a
+// peer's statement about itself answering that probe.
 // A receiver ignores bytes after the fields it knows, so later versions may
 // append fields.
 package disco
@@ -44,8 +47,16 @@ const (
 
 // Types of message.
 const (
-	TypePing byte = 1
-	TypePong byte = 2
+	TypePing   byte = 1
+	TypePong   byte = 2
+	TypeProbe  byte = 3
+	TypeStatus byte = 4
+)
+
+// Flags of a status.
+const (
+	StatusLANOK byte = 1 << iota // the gateway's LAN check passes (or it has none)
+	StatusFwdOK                  // the gateway forwards (IP forwarding on)
 )
 
 // TxID identifies a ping and the pong that answers it.
@@ -67,6 +78,10 @@ type Message struct {
 	// Src (pong): the address the ping came from, as the ponging side saw
 	// it (the pinger's reflexive address on that path).
 	Src netip.AddrPort
+	// Seq and Flags (status): the sender's statement number, which only
+	// grows, and what it says of itself.
+	Seq   uint64
+	Flags byte
 }
 
 // Errors of Open.
@@ -111,6 +126,9 @@ func Seal(m *Message, senderPub [KeyLen]byte, shared *[KeyLen]byte) []byte {
 		}
 	case TypePong:
 		body = appendAddrPort(body, m.Src)
+	case TypeStatus:
+		body = binary.BigEndian.AppendUint64(body, m.Seq)
+		body = append(body, m.Flags)
 	}
 	var nonce [NonceLen]byte
 	rand.Read(nonce[:])
@@ -160,6 +178,12 @@ func Open(pkt []byte, shared *[KeyLen]byte) (*Message, error) {
 			return nil, err
 		}
 		m.Src = a
+	case TypeProbe:
+	case TypeStatus:
+		if len(rest) < 9 {
+			return nil, ErrFormat
+		}
+		m.Seq, m.Flags = binary.BigEndian.Uint64(rest), rest[8]
 	default:
 		return nil, ErrFormat
 	}

@@ -35,6 +35,8 @@ func TestRoundTrip(t *testing.T) {
 		{"ping with addresses", Message{Type: TypePing, TxID: NewTxID(), Addrs: []netip.AddrPort{
 			netip.MustParseAddrPort("198.18.0.5:41641"), netip.MustParseAddrPort("[2001:db8::1]:51820")}}},
 		{"pong", Message{Type: TypePong, TxID: NewTxID(), Src: netip.MustParseAddrPort("198.18.0.9:1234")}},
+		{"probe", Message{Type: TypeProbe, TxID: NewTxID()}},
+		{"status", Message{Type: TypeStatus, TxID: NewTxID(), Seq: 1<<40 + 7, Flags: StatusLANOK | StatusFwdOK}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,7 +51,7 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got.Type != tt.m.Type || got.TxID != tt.m.TxID || got.Src != tt.m.Src || !slices.Equal(got.Addrs, tt.m.Addrs) {
+			if got.Type != tt.m.Type || got.TxID != tt.m.TxID || got.Src != tt.m.Src || got.Seq != tt.m.Seq || got.Flags != tt.m.Flags || !slices.Equal(got.Addrs, tt.m.Addrs) {
 				t.Fatalf("got %+v; want %+v", got, tt.m)
 			}
 		})
