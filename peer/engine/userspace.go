@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/policy/filter"
 )
 
 // Userspace is wireguard-go on a TUN device.
@@ -24,11 +25,16 @@ type Userspace struct {
 	// bind chooses each peer's path (nil: wireguard-go's own socket and
 	// the configured endpoints).
 	bind *bind.Conn
+	// tun is the TUN device with the policy filter in its packet path.
+	tun *filteredTUN
 
 	applied applied
 }
 
-var _ Engine = (*Userspace)(nil)
+var (
+	_ Engine   = (*Userspace)(nil)
+	_ Filterer = (*Userspace)(nil)
+)
 
 // NewUserspace creates the TUN interface name with mtu (0: DefaultMTU),
 // starts wireguard-go on it and opens its UAPI socket. With b, wireguard-go
@@ -58,13 +64,14 @@ func NewUserspace(name string, mtu int, log *slog.Logger, b *bind.Conn) (*Usersp
 	if b != nil {
 		cb = b
 	}
-	dev := device.NewDevice(tdev, cb, wlog)
+	ftun := newFilteredTUN(tdev)
+	dev := device.NewDevice(ftun, cb, wlog)
 	if b != nil {
 		// Each peer keeps the one endpoint the bind gave it: the bind, not
 		// the source of the last packet, decides where its packets go.
 		dev.DisableSomeRoamingForBrokenMobileSemantics()
 	}
-	e := &Userspace{name: name, log: log, dev: dev, bind: b}
+	e := &Userspace{name: name, log: log, dev: dev, bind: b, tun: ftun}
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {
 		dev.Close()
@@ -94,6 +101,12 @@ func NewUserspace(name string, mtu int, log *slog.Logger, b *bind.Conn) (*Usersp
 
 // Name implements Engine.
 func (e *Userspace) Name() string { return e.name }
+
+// SetPolicyRules implements Filterer.
+func (e *Userspace) SetPolicyRules(rs *filter.Ruleset) { e.tun.f.SetRules(rs) }
+
+// PolicyDropped implements Filterer.
+func (e *Userspace) PolicyDropped() uint64 { return e.tun.f.Stats().Dropped }
 
 // Reconfig implements Engine.
 func (e *Userspace) Reconfig(cfg *wgcfg.Config) error {
