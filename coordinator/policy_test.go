@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -226,18 +227,8 @@ func (m *mapWatch) names() string {
 	for _, n := range m.peers {
 		out = append(out, n)
 	}
-	return strings.Join(sortedStrings(out), ",")
-}
-
-func sortedStrings(s []string) []string {
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s
+	slices.Sort(out)
+	return strings.Join(out, ",")
 }
 
 // waitMap waits up to d for m to hold exactly want (names, sorted).

@@ -161,10 +161,17 @@ func (f *fanout) publish() {
 		var fulls map[*subscriber]*api.MapUpdate
 		f.s.store.ReadChanges(vnet, last, func(t *state.Tables, idx uint64, changed []string, glob, ok bool) {
 			f.last[vnet] = idx
-			view = f.viewLocked(t, idx, vnet)
 			if !ok {
+				view = f.viewLocked(t, idx, vnet)
 				horizon = true
 				return
+			}
+			// No policy change since last (ok): prev still holds unless
+			// a changed peer changed to the policy.
+			if view = prev.Reuse(t, idx, changed); view != nil && t.Policy(vnet) != nil {
+				f.views[vnet] = view
+			} else {
+				view = f.viewLocked(t, idx, vnet)
 			}
 			global = glob
 			upd, removed = netmap.VNetDelta(t, idx, vnet, changed, global)

@@ -76,6 +76,31 @@ func NewView(t *state.Tables, index uint64, vnet string) *View {
 	return v
 }
 
+// Reuse returns v as the View at index when the peers that changed since
+// v's index (changed, in t at index) are the same to the policy as in v
+// and the policy did not change (the caller knows): endpoint changes and
+// the like, most of a vnet's changes, then cost no new View. It returns
+// nil when a new View is needed.
+func (v *View) Reuse(t *state.Tables, index uint64, changed []string) *View {
+	if v == nil {
+		return nil
+	}
+	for _, id := range changed {
+		p, ok := t.Peers[id]
+		i, had := v.byID[id]
+		if !ok || !had {
+			return nil
+		}
+		a, b := dirPeer(p), v.dir.Peer(i)
+		if a.Name != b.Name || !slices.Equal(a.Tags, b.Tags) || !slices.Equal(a.Addrs, b.Addrs) || !slices.Equal(a.Subnets, b.Subnets) {
+			return nil
+		}
+	}
+	w := *v
+	w.Index = index
+	return &w
+}
+
 // Sees reports whether peer a may see peer b (their keys and endpoints).
 // A peer always sees itself.
 func (v *View) Sees(a, b string) bool {
