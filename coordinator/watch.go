@@ -77,6 +77,12 @@ type fanout struct {
 	last map[string]uint64               // guarded by mu: vnet -> index fanned out so far
 	subs map[string]map[*subscriber]bool // guarded by mu: vnet -> watchers
 	n    atomic.Int64                    // number of watchers
+	// In a vnet with a policy each watcher sees its own part of the vnet
+	// (netmap.View). prev is the View at last (nil: no policy, or not
+	// known); views is the latest View computed, which the full maps of
+	// a round of resyncs share. Both guarded by mu.
+	prev  map[string]*netmap.View
+	views map[string]*netmap.View
 
 	slots chan struct{} // write slots (writeSlots)
 }
@@ -91,7 +97,8 @@ type subscriber struct {
 }
 
 func newFanout(s *Server) *fanout {
-	return &fanout{s: s, last: map[string]uint64{}, subs: map[string]map[*subscriber]bool{}, slots: make(chan struct{}, writeSlots)}
+	return &fanout{s: s, last: map[string]uint64{}, subs: map[string]map[*subscriber]bool{}, slots: make(chan struct{}, writeSlots),
+		prev: map[string]*netmap.View{}, views: map[string]*netmap.View{}}
 }
 
 // run fans out changes until ctx is done.
@@ -142,19 +149,37 @@ func (f *fanout) publish() {
 		if len(subs) == 0 {
 			delete(f.subs, vnet)
 			delete(f.last, vnet)
+			delete(f.prev, vnet)
+			delete(f.views, vnet)
 			continue
 		}
+		last, prev := f.last[vnet], f.prev[vnet]
 		var upd *api.MapUpdate
 		var removed map[string]bool
-		var horizon bool
-		f.s.store.ReadChanges(vnet, f.last[vnet], func(t *state.Tables, idx uint64, changed []string, global, ok bool) {
+		var horizon, global bool
+		var view *netmap.View
+		var fulls map[*subscriber]*api.MapUpdate
+		f.s.store.ReadChanges(vnet, last, func(t *state.Tables, idx uint64, changed []string, glob, ok bool) {
 			f.last[vnet] = idx
 			if !ok {
+				view = f.viewLocked(t, idx, vnet)
 				horizon = true
 				return
 			}
+			// No policy change since last (ok): prev still holds unless
+			// a changed peer changed to the policy.
+			if view = prev.Reuse(t, idx, changed); view != nil && t.Policy(vnet) != nil {
+				f.views[vnet] = view
+			} else {
+				view = f.viewLocked(t, idx, vnet)
+			}
+			global = glob
 			upd, removed = netmap.VNetDelta(t, idx, vnet, changed, global)
+			if upd != nil && view != nil {
+				fulls = ownChanges(t, idx, subs, changed, view, prev, last)
+			}
 		})
+		f.prev[vnet] = view
 		if horizon {
 			for sub := range subs {
 				sub.lagging.Store(true)
@@ -163,6 +188,10 @@ func (f *fanout) publish() {
 			continue
 		}
 		if upd == nil {
+			continue
+		}
+		if view != nil {
+			sendFiltered(subs, upd, global, removed, view, prev, last, fulls)
 			continue
 		}
 		data, err := json.Marshal(upd)
@@ -186,20 +215,193 @@ func (f *fanout) publish() {
 			}
 			if removed[sub.peerID] {
 				if gone == nil {
-					gone, _ = json.Marshal(&api.MapUpdate{Index: upd.Index, SelfRemoved: true})
-					gone = append(gone, '\n')
+					gone = goneLine(upd.Index)
 				}
 				msg = gone
 			}
-			select {
-			case sub.ch <- msg:
-				sub.since = upd.Index
-			default:
-				sub.lagging.Store(true)
-				signal(sub)
-			}
+			offer(sub, msg, upd.Index)
 		}
 	}
+}
+
+// offer queues msg for sub, which then holds index; a watcher whose queue
+// is full is marked lagging and will get a full map.
+func offer(sub *subscriber, msg []byte, index uint64) {
+	select {
+	case sub.ch <- msg:
+		sub.since = index
+	default:
+		sub.lagging.Store(true)
+		signal(sub)
+	}
+}
+
+func goneLine(index uint64) []byte {
+	b, _ := json.Marshal(&api.MapUpdate{Index: index, SelfRemoved: true})
+	return append(b, '\n')
+}
+
+// viewLocked returns vnet's View at idx (nil when it has no policy),
+// computing it once per index; f.mu is held, and t is the state at idx.
+func (f *fanout) viewLocked(t *state.Tables, idx uint64, vnet string) *netmap.View {
+	if t.Policy(vnet) == nil {
+		delete(f.views, vnet)
+		return nil
+	}
+	if v := f.views[vnet]; v != nil && v.Index == idx {
+		return v
+	}
+	v := netmap.NewView(t, idx, vnet)
+	f.views[vnet] = v
+	return v
+}
+
+// ownChanges returns full maps for the watchers of a vnet with a policy
+// whose own entry changed so that what they see may have changed: its
+// subnets moved (prev says what they were at last), or the watcher came
+// in during the round and holds the map of an index after last. Any
+// other watcher sees the same peers as before except those that changed.
+func ownChanges(t *state.Tables, idx uint64, subs map[*subscriber]bool, changed []string, view, prev *netmap.View, last uint64) map[*subscriber]*api.MapUpdate {
+	set := make(map[string]bool, len(changed))
+	for _, id := range changed {
+		set[id] = true
+	}
+	var out map[*subscriber]*api.MapUpdate
+	for sub := range subs {
+		if !set[sub.peerID] || sub.since >= idx || sub.lagging.Load() {
+			continue
+		}
+		if sub.since <= last && view.SameEntry(prev, sub.peerID) {
+			continue
+		}
+		if u := netmap.FullIn(t, idx, sub.peerID, view); u != nil {
+			if out == nil {
+				out = map[*subscriber]*api.MapUpdate{}
+			}
+			out[sub] = u
+		}
+	}
+	return out
+}
+
+// sendFiltered fans out upd, the delta of a vnet with a policy, giving
+// each watcher only the changed peers it may see. A changed peer it may
+// not see is sent as removed when it may hold it from before: the peer's
+// entry changed since prev (its subnets decide who sees it), or the
+// watcher's map is of an index after last. Watchers that get the same
+// part of the delta share one encoding, and each changed peer is encoded
+// once however many watchers get it.
+func sendFiltered(subs map[*subscriber]bool, upd *api.MapUpdate, global bool, removed map[string]bool, view, prev *netmap.View, last uint64, fulls map[*subscriber]*api.MapUpdate) {
+	peerJSON := make([][]byte, len(upd.Peers)) // on first use
+	sameEntry := make([]int8, len(upd.Peers))  // 0: not known yet, 1: not held unless seen, -1: may be held
+	type encoded struct{ plain, zipped []byte }
+	lines := map[string]*encoded{} // by key: what a watcher gets of each changed peer
+	key := make([]byte, len(upd.Peers))
+	var gone []byte
+	for sub := range subs {
+		if sub.since >= upd.Index || sub.lagging.Load() {
+			continue
+		}
+		if removed[sub.peerID] {
+			if gone == nil {
+				gone = goneLine(upd.Index)
+			}
+			offer(sub, gone, upd.Index)
+			continue
+		}
+		if full := fulls[sub]; full != nil {
+			b, err := json.Marshal(full)
+			if err != nil {
+				continue
+			}
+			b = append(b, '\n')
+			if sub.compress && len(b) >= api.CompressMin {
+				if z, err := api.CompressLine(b[:len(b)-1]); err == nil {
+					b = z
+				}
+			}
+			offer(sub, b, upd.Index)
+			continue
+		}
+		fresh := sub.since > last
+		for k := range upd.Peers {
+			id := upd.Peers[k].ID
+			switch {
+			case view.Sees(sub.peerID, id):
+				key[k] = 'u'
+			case fresh:
+				key[k] = 'r'
+			default:
+				if sameEntry[k] == 0 {
+					// A peer new since prev was in no map yet.
+					sameEntry[k] = -1
+					if prev != nil && (!prev.Has(id) || view.SameEntry(prev, id)) {
+						sameEntry[k] = 1
+					}
+				}
+				key[k] = '-'
+				if sameEntry[k] < 0 {
+					key[k] = 'r'
+				}
+			}
+		}
+		e := lines[string(key)]
+		if e == nil {
+			e = &encoded{}
+			lines[string(key)] = e
+			h := api.MapUpdate{Index: upd.Index, GossipKeys: upd.GossipKeys, Coordinators: upd.Coordinators,
+				STUNServers: upd.STUNServers, Removed: slices.Clone(upd.Removed)}
+			var peers [][]byte
+			for k, c := range key {
+				switch c {
+				case 'u':
+					if peerJSON[k] == nil {
+						peerJSON[k], _ = json.Marshal(&upd.Peers[k])
+					}
+					peers = append(peers, peerJSON[k])
+				case 'r':
+					h.Removed = append(h.Removed, upd.Peers[k].ID)
+				}
+			}
+			if len(peers) > 0 || len(h.Removed) > 0 || global {
+				e.plain = encodeWithPeers(&h, peers)
+			}
+		}
+		if e.plain == nil {
+			continue // nothing it sees changed
+		}
+		msg := e.plain
+		if sub.compress && len(msg) >= api.CompressMin {
+			if e.zipped == nil {
+				var err error
+				if e.zipped, err = api.CompressLine(msg[:len(msg)-1]); err != nil {
+					e.zipped = msg
+				}
+			}
+			msg = e.zipped
+		}
+		offer(sub, msg, upd.Index)
+	}
+}
+
+// encodeWithPeers encodes u, whose Peers must be empty, as one line with
+// peers (each an encoded api.MapPeer) as its "peers".
+func encodeWithPeers(u *api.MapUpdate, peers [][]byte) []byte {
+	b, err := json.Marshal(u)
+	if err != nil {
+		return nil
+	}
+	if len(peers) > 0 {
+		b = append(b[:len(b)-1], `,"peers":[`...) // u always has "index": never {}
+		for i, p := range peers {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, p...)
+		}
+		b = append(b, "]}"...)
+	}
+	return append(b, '\n')
 }
 
 // signal wakes a lagging watcher whose queue is full: an empty message
@@ -247,12 +449,12 @@ func (f *fanout) catchUpLocked(sub *subscriber, since uint64) *api.MapUpdate {
 	f.s.store.ReadChanges(sub.vnet, since, func(t *state.Tables, idx uint64, changed []string, global, ok bool) {
 		switch {
 		case since == 0 || !ok:
-			upd = netmap.Full(t, idx, sub.peerID)
+			upd = netmap.FullIn(t, idx, sub.peerID, f.viewLocked(t, idx, sub.vnet))
 			if upd == nil {
 				upd = &api.MapUpdate{Index: idx, SelfRemoved: true}
 			}
 		case idx > since:
-			upd = netmap.Delta(t, idx, sub.peerID, changed, global)
+			upd = netmap.DeltaIn(t, idx, sub.peerID, changed, global, f.viewLocked(t, idx, sub.vnet))
 		}
 		sub.since = max(idx, since)
 	})

@@ -37,7 +37,14 @@ func run(args []string) int {
 	}
 	var ae *api.Error
 	if errors.As(err, &ae) {
-		fmt.Fprintf(os.Stderr, "meshd: %s (%s)\n", ae.Message, ae.Code)
+		if len(ae.Details) > 1 {
+			fmt.Fprintf(os.Stderr, "meshd: %d problems (%s):\n", len(ae.Details), ae.Code)
+			for _, d := range ae.Details {
+				fmt.Fprintf(os.Stderr, "  %s\n", d)
+			}
+		} else {
+			fmt.Fprintf(os.Stderr, "meshd: %s (%s)\n", ae.Message, ae.Code)
+		}
 	} else {
 		fmt.Fprintf(os.Stderr, "meshd: %v\n", err)
 	}
@@ -75,6 +82,7 @@ MESHD_ADMIN_TOKEN, the contents of a coordinator's DATA_DIR/admin.token.`,
 		newPeerCmd(g),
 		newRouteCmd(g),
 		newGossipCmd(g),
+		newPolicyCmd(g),
 		newStatusCmd(g),
 		newPingCmd(g),
 		newNetcheckCmd(g),

@@ -42,6 +42,8 @@ const (
 	ReapEphemeralType
 	RotateGossipKeyType
 	MarkWatchesType
+	SetPolicyType
+	DeletePolicyType
 )
 
 // Command bodies.
@@ -97,6 +99,22 @@ type (
 		Held        []string             `json:"held,omitempty"`
 		Released    map[string]time.Time `json:"released,omitempty"`
 	}
+	// SetPolicy puts a new version of a vnet's access policy in force.
+	// Prev is the version the API validated it against (0: none).
+	SetPolicy struct {
+		VNet   string          `json:"vnet"`
+		Policy json.RawMessage `json:"policy"`
+		SetBy  string          `json:"set_by"`
+		Now    time.Time       `json:"now"`
+		Prev   int             `json:"prev"`
+	}
+	// DeletePolicy removes a vnet's policy (as a new version).
+	DeletePolicy struct {
+		VNet  string    `json:"vnet"`
+		SetBy string    `json:"set_by"`
+		Now   time.Time `json:"now"`
+		Prev  int       `json:"prev"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -117,6 +135,8 @@ var newBody = map[MessageType]func() any{
 	ReapEphemeralType:       func() any { return new(ReapEphemeral) },
 	RotateGossipKeyType:     func() any { return new(RotateGossipKey) },
 	MarkWatchesType:         func() any { return new(MarkWatches) },
+	SetPolicyType:           func() any { return new(SetPolicy) },
+	DeletePolicyType:        func() any { return new(DeletePolicy) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -167,6 +187,8 @@ type Result struct {
 	Peer  *state.Peer `json:"peer,omitempty"`
 	Count int         `json:"count,omitempty"`
 	IDs   []string    `json:"ids,omitempty"`
+	// Version is the policy version a SetPolicy or DeletePolicy wrote.
+	Version int `json:"version,omitempty"`
 }
 
 // FSM applies commands to a store.
@@ -244,6 +266,12 @@ func (f *FSM) apply(l *raft.Log) any {
 	case MarkWatchesType:
 		c := body.(*MarkWatches)
 		f.store.MarkWatches(c.Coordinator, c.Held, c.Released)
+	case SetPolicyType:
+		c := body.(*SetPolicy)
+		r.Version, err = f.store.SetPolicy(c.VNet, c.Policy, c.SetBy, c.Now, c.Prev)
+	case DeletePolicyType:
+		c := body.(*DeletePolicy)
+		r.Version, err = f.store.DeletePolicy(c.VNet, c.SetBy, c.Now, c.Prev)
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

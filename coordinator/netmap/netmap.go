@@ -127,31 +127,21 @@ func cloneKeys(k [][]byte) [][]byte {
 	return out
 }
 
-// Full is the whole map for peer selfID at index. It is nil if the peer no
-// longer exists.
+// Full is the whole map for peer selfID at index: the peers of its vnet it
+// may see under the vnet's policy (all of them when there is none). It is
+// nil if the peer no longer exists.
 func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
 	self, ok := t.Peers[selfID]
 	if !ok {
 		return nil
 	}
-	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: cloneKeys(t.GossipKeys), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
-	if v, ok := t.VNets[self.VNet]; ok {
-		u.Overlay = v.Overlay.String()
-	}
-	sp := Peer(self)
-	u.Self = &sp
-	for _, p := range t.Peers {
-		if p.VNet == self.VNet && p.ID != selfID {
-			u.Peers = append(u.Peers, Peer(p))
-		}
-	}
-	slices.SortFunc(u.Peers, func(a, b api.MapPeer) int { return compare(a.Name, b.Name) })
-	return u
+	return FullIn(t, index, selfID, NewView(t, index, self.VNet))
 }
 
 // Delta is the update for peer selfID given the peers that changed since its
 // last index and whether the cluster-wide part changed: the vnet's shared
-// delta with the peer's own entry moved into Self. It is nil when nothing
+// delta with the peer's own entry moved into Self. It ignores the vnet's
+// policy: DeltaIn applies it. It is nil when nothing
 // concerns the peer, and has SelfRemoved when the peer is gone.
 func Delta(t *state.Tables, index uint64, selfID string, changed []string, global bool) *api.MapUpdate {
 	self, ok := t.Peers[selfID]

@@ -212,6 +212,7 @@ func (s *Store) DeleteVNet(name string) error {
 		return api.Errorf(api.CodeConflict, "vnet %q still has %d peers; remove them first", name, n)
 	}
 	delete(s.t.VNets, name)
+	delete(s.t.Policies, name) // a vnet created later under this name starts open
 	return nil
 }
 

@@ -111,6 +111,9 @@ type Tables struct {
 	Tokens       map[string]*Token       `json:"tokens"`
 	GossipKeys   [][]byte                `json:"gossip_keys"`
 	Coordinators map[string]*Coordinator `json:"coordinators"`
+	// Policies are the vnets' access policies (policy.go), by vnet name;
+	// absent from snapshots taken before there were any.
+	Policies map[string]*VNetPolicy `json:"policies,omitempty"`
 }
 
 func newTables() Tables {
@@ -119,11 +122,13 @@ func newTables() Tables {
 		Peers:        map[string]*Peer{},
 		Tokens:       map[string]*Token{},
 		Coordinators: map[string]*Coordinator{},
+		Policies:     map[string]*VNetPolicy{},
 	}
 }
 
 // Change records that a peer (or, with an empty VNet, the cluster-wide part
-// of every map) changed at Index.
+// of every map; with a VNet and no PeerID, who sees whom in that vnet: its
+// policy) changed at Index.
 type Change struct {
 	Index  uint64
 	VNet   string
@@ -164,6 +169,12 @@ func (s *Store) reset(t Tables) {
 	s.byKey = map[string]string{}
 	for _, p := range t.Peers {
 		s.indexPeer(p)
+	}
+	if s.t.Policies == nil {
+		s.t.Policies = map[string]*VNetPolicy{}
+	}
+	for _, vp := range s.t.Policies {
+		vp.decode()
 	}
 	s.changes = nil
 	s.horizon = s.index
@@ -239,7 +250,9 @@ func (s *Store) PeerIDByKey(key string) (string, bool) {
 
 // ChangesSince returns the ids of vnet's peers that changed after index
 // since, and whether the cluster-wide part changed. ok is false when since is
-// too old to be caught up from the log: the caller sends a full map.
+// too old to be caught up from the log, or when the vnet's policy changed
+// after it (what each peer may see changed at once): the caller sends a
+// full map.
 func (s *Store) ChangesSince(vnet string, since uint64) (peerIDs []string, global bool, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -265,6 +278,8 @@ func (s *Store) changesLocked(vnet string, since uint64) (peerIDs []string, glob
 		switch {
 		case c.VNet == "":
 			global = true
+		case c.VNet == vnet && c.PeerID == "":
+			return nil, false, false
 		case c.VNet == vnet && !seen[c.PeerID]:
 			seen[c.PeerID] = true
 			peerIDs = append(peerIDs, c.PeerID)

@@ -68,6 +68,9 @@ const (
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Details lists the problems one by one when there are several (a
+	// policy's, each naming its rule and field); optional.
+	Details []string `json:"details,omitempty"`
 }
 
 // Errorf returns an *Error with code and a formatted message.
