@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -201,7 +200,12 @@ func (s *Server) handleCreateVNet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if _, err := s.raftApply(r.Context(), fsm.CreateVNetType, &fsm.CreateVNet{Name: req.Name, Overlay: req.Overlay, Now: s.now()}); err != nil {
+	seed, err := newGossipSeed()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.CreateVNetType, &fsm.CreateVNet{Name: req.Name, Overlay: req.Overlay, Now: s.now(), GossipSeed: seed}); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -415,7 +419,14 @@ func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
 		return
 	}
-	if _, err := s.raftApply(r.Context(), fsm.RemovePeerType, &fsm.RemovePeer{ID: id}); err != nil {
+	// The vnet's gossip key rotates in the same command: the removed peer's
+	// key stops working once the grace is over.
+	seed, err := newGossipSeed()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.RemovePeerType, &fsm.RemovePeer{ID: id, Now: s.now(), GossipSeed: seed}); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -466,20 +477,6 @@ func (s *Server) handleOverlaps(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) handleRotateGossipKey(w http.ResponseWriter, r *http.Request) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		writeError(w, err)
-		return
-	}
-	if _, err := s.raftApply(r.Context(), fsm.RotateGossipKeyType, &fsm.RotateGossipKey{Key: key}); err != nil {
-		writeError(w, err)
-		return
-	}
-	s.log.Info("gossip key rotated")
-	w.WriteHeader(http.StatusNoContent)
-}
-
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var req api.JoinRequest
 	if err := decode(w, r, &req); err != nil {
@@ -527,7 +524,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		if v, ok := t.VNets[p.VNet]; ok {
 			resp.Overlay = v.Overlay.String()
 		}
-		resp.GossipKeys = slices.Clone(t.GossipKeys)
+		resp.GossipKeys = t.VNetGossipKeys(p.VNet)
 		if !req.OmitMap {
 			resp.Map = netmap.Full(t, index, p.ID)
 		}

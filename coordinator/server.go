@@ -63,6 +63,10 @@ type Config struct {
 	// EphemeralGrace is how long an ephemeral peer may stay offline before
 	// it is removed; optional.
 	EphemeralGrace time.Duration
+	// GossipKeyGrace is how long a vnet's previous gossip key stays
+	// accepted after a rotation (a peer removed, or an admin's); optional,
+	// DefaultGossipKeyGrace.
+	GossipKeyGrace time.Duration
 	// STUNListen is the UDP address of STUN and of TURN over UDP;
 	// optional, empty disables both.
 	STUNListen string
@@ -125,6 +129,9 @@ func (c *Config) setDefaults() {
 	if c.RelayCredentialTTL == 0 {
 		c.RelayCredentialTTL = DefaultRelayCredentialTTL
 	}
+	if c.GossipKeyGrace == 0 {
+		c.GossipKeyGrace = DefaultGossipKeyGrace
+	}
 	if c.OnlineWindow == 0 {
 		c.OnlineWindow = 45 * time.Second
 	}
@@ -162,6 +169,9 @@ func (c *Config) validate() error {
 	}
 	if c.RelayCredentialTTL < time.Minute || c.RelayCredentialTTL > 24*time.Hour {
 		return fmt.Errorf("relay credential lifetime %s: use 1m to 24h", c.RelayCredentialTTL)
+	}
+	if c.GossipKeyGrace < 0 {
+		return fmt.Errorf("gossip key grace %s: use a positive duration", c.GossipKeyGrace)
 	}
 	if c.RelayBandwidth < 0 {
 		return fmt.Errorf("relay bandwidth %d: use 0 (unlimited) or more", c.RelayBandwidth)
@@ -542,6 +552,7 @@ func (s *Server) leaderChores(ctx context.Context) {
 			s.log.Info("bootstrapped cluster state", "vnet", api.DefaultVNet, "overlay", api.DefaultOverlay)
 		}
 	}
+	go s.pruneGossipKeysLoop(ctx)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -581,7 +592,13 @@ func (s *Server) expireAndReap(ctx context.Context) {
 		}
 	}
 	if reap {
-		if r, err := s.raftApply(ctx, fsm.ReapEphemeralType, &fsm.ReapEphemeral{Now: now, Grace: s.cfg.EphemeralGrace}); err != nil {
+		// The gossip key of every vnet that loses a peer rotates with it.
+		seed, err := newGossipSeed()
+		if err != nil {
+			s.log.Warn("reap ephemeral peers", "err", err)
+			return
+		}
+		if r, err := s.raftApply(ctx, fsm.ReapEphemeralType, &fsm.ReapEphemeral{Now: now, Grace: s.cfg.EphemeralGrace, GossipSeed: seed}); err != nil {
 			s.log.Warn("reap ephemeral peers", "err", err)
 		} else {
 			s.log.Info("removed offline ephemeral peers", "ids", r.IDs)

@@ -119,14 +119,6 @@ func RelayIPs(t *state.Tables) []netip.Addr {
 	return out
 }
 
-func cloneKeys(k [][]byte) [][]byte {
-	out := make([][]byte, len(k))
-	for i := range k {
-		out[i] = slices.Clone(k[i])
-	}
-	return out
-}
-
 // Full is the whole map for peer selfID at index. It is nil if the peer no
 // longer exists.
 func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
@@ -134,7 +126,7 @@ func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
 	if !ok {
 		return nil
 	}
-	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: cloneKeys(t.GossipKeys), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
+	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: t.VNetGossipKeys(self.VNet), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
 	if v, ok := t.VNets[self.VNet]; ok {
 		u.Overlay = v.Overlay.String()
 	}
@@ -150,7 +142,7 @@ func Full(t *state.Tables, index uint64, selfID string) *api.MapUpdate {
 }
 
 // Delta is the update for peer selfID given the peers that changed since its
-// last index and whether the cluster-wide part changed: the vnet's shared
+// last index and whether the cluster-wide or vnet-wide part changed: the vnet's shared
 // delta with the peer's own entry moved into Self. It is nil when nothing
 // concerns the peer, and has SelfRemoved when the peer is gone.
 func Delta(t *state.Tables, index uint64, selfID string, changed []string, global bool) *api.MapUpdate {
@@ -183,7 +175,7 @@ func VNetDelta(t *state.Tables, index uint64, vnet string, changed []string, glo
 	var removed map[string]bool
 	any := false
 	if global {
-		u.GossipKeys = cloneKeys(t.GossipKeys)
+		u.GossipKeys = t.VNetGossipKeys(vnet)
 		u.Coordinators = Coordinators(t)
 		u.STUNServers = STUNServers(t)
 		any = true

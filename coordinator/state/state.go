@@ -110,6 +110,7 @@ type Tables struct {
 	Peers        map[string]*Peer        `json:"peers"`
 	Tokens       map[string]*Token       `json:"tokens"`
 	GossipKeys   [][]byte                `json:"gossip_keys"`
+	GossipRings  map[string][]GossipKey  `json:"gossip_rings,omitempty"` // per vnet; else GossipKeys (gossipkeys.go)
 	Coordinators map[string]*Coordinator `json:"coordinators"`
 }
 
@@ -122,8 +123,9 @@ func newTables() Tables {
 	}
 }
 
-// Change records that a peer (or, with an empty VNet, the cluster-wide part
-// of every map) changed at Index.
+// Change records that a peer (or, with an empty PeerID, the vnet-wide part
+// of its peers' maps such as the gossip keys; with an empty VNet too, the
+// cluster-wide part of every map) changed at Index.
 type Change struct {
 	Index  uint64
 	VNet   string
@@ -238,8 +240,9 @@ func (s *Store) PeerIDByKey(key string) (string, bool) {
 }
 
 // ChangesSince returns the ids of vnet's peers that changed after index
-// since, and whether the cluster-wide part changed. ok is false when since is
-// too old to be caught up from the log: the caller sends a full map.
+// since, and whether the cluster-wide or vnet-wide part changed. ok is
+// false when since is too old to be caught up from the log: the caller
+// sends a full map.
 func (s *Store) ChangesSince(vnet string, since uint64) (peerIDs []string, global bool, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -263,7 +266,7 @@ func (s *Store) changesLocked(vnet string, since uint64) (peerIDs []string, glob
 	seen := map[string]bool{}
 	for _, c := range s.changes[i:] {
 		switch {
-		case c.VNet == "":
+		case c.VNet == "", c.VNet == vnet && c.PeerID == "":
 			global = true
 		case c.VNet == vnet && !seen[c.PeerID]:
 			seen[c.PeerID] = true
