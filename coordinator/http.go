@@ -2,14 +2,12 @@ package coordinator
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/netip"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -216,7 +214,12 @@ func (s *Server) handleCreateVNet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if _, err := s.raftApply(r.Context(), fsm.CreateVNetType, &fsm.CreateVNet{Name: req.Name, Overlay: req.Overlay, Now: s.now()}); err != nil {
+	seed, err := newGossipSeed()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.CreateVNetType, &fsm.CreateVNet{Name: req.Name, Overlay: req.Overlay, Now: s.now(), GossipSeed: seed}); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -430,7 +433,14 @@ func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
 		return
 	}
-	if _, err := s.raftApply(r.Context(), fsm.RemovePeerType, &fsm.RemovePeer{ID: id}); err != nil {
+	// The vnet's gossip key rotates in the same command: the removed peer's
+	// key stops working once the grace is over.
+	seed, err := newGossipSeed()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.RemovePeerType, &fsm.RemovePeer{ID: id, Now: s.now(), GossipSeed: seed}); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -479,20 +489,6 @@ func (s *Server) handleOverlaps(w http.ResponseWriter, r *http.Request) {
 	var out []api.Overlap
 	s.store.Read(func(t *state.Tables, _ uint64) { out = netmap.Overlaps(t) })
 	writeJSON(w, http.StatusOK, out)
-}
-
-func (s *Server) handleRotateGossipKey(w http.ResponseWriter, r *http.Request) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		writeError(w, err)
-		return
-	}
-	if _, err := s.raftApply(r.Context(), fsm.RotateGossipKeyType, &fsm.RotateGossipKey{Key: key}); err != nil {
-		writeError(w, err)
-		return
-	}
-	s.log.Info("gossip key rotated")
-	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -557,7 +553,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		if v, ok := t.VNets[p.VNet]; ok {
 			resp.Overlay = v.Overlay.String()
 		}
-		resp.GossipKeys = slices.Clone(t.GossipKeys)
+		resp.GossipKeys = t.VNetGossipKeys(p.VNet)
 		if !req.OmitMap {
 			resp.Map = netmap.Full(t, index, p.ID)
 		}

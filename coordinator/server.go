@@ -63,6 +63,10 @@ type Config struct {
 	// EphemeralGrace is how long an ephemeral peer may stay offline before
 	// it is removed; optional.
 	EphemeralGrace time.Duration
+	// GossipKeyGrace is how long a vnet's previous gossip key stays
+	// accepted after a rotation (a peer removed, or an admin's); optional,
+	// DefaultGossipKeyGrace.
+	GossipKeyGrace time.Duration
 	// STUNListen is the UDP address of STUN and of TURN over UDP;
 	// optional, empty disables both.
 	STUNListen string
@@ -143,6 +147,9 @@ func (c *Config) setDefaults() {
 	if c.APIIdleTimeout == 0 {
 		c.APIIdleTimeout = DefaultAPIIdleTimeout
 	}
+	if c.GossipKeyGrace == 0 {
+		c.GossipKeyGrace = DefaultGossipKeyGrace
+	}
 	if c.OnlineWindow == 0 {
 		c.OnlineWindow = 45 * time.Second
 	}
@@ -183,6 +190,9 @@ func (c *Config) validate() error {
 	}
 	if c.APIReadTimeout < 0 || c.APIIdleTimeout < 0 {
 		return fmt.Errorf("API timeouts must be positive (read %s, idle %s)", c.APIReadTimeout, c.APIIdleTimeout)
+	}
+	if c.GossipKeyGrace < 0 {
+		return fmt.Errorf("gossip key grace %s: use a positive duration", c.GossipKeyGrace)
 	}
 	if c.RelayBandwidth < 0 {
 		return fmt.Errorf("relay bandwidth %d: use 0 (unlimited) or more", c.RelayBandwidth)
@@ -599,6 +609,7 @@ func (s *Server) leaderChores(ctx context.Context) {
 			s.log.Info("bootstrapped cluster state", "vnet", api.DefaultVNet, "overlay", api.DefaultOverlay)
 		}
 	}
+	go s.pruneGossipKeysLoop(ctx)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -638,7 +649,13 @@ func (s *Server) expireAndReap(ctx context.Context) {
 		}
 	}
 	if reap {
-		if r, err := s.raftApply(ctx, fsm.ReapEphemeralType, &fsm.ReapEphemeral{Now: now, Grace: s.cfg.EphemeralGrace}); err != nil {
+		// The gossip key of every vnet that loses a peer rotates with it.
+		seed, err := newGossipSeed()
+		if err != nil {
+			s.log.Warn("reap ephemeral peers", "err", err)
+			return
+		}
+		if r, err := s.raftApply(ctx, fsm.ReapEphemeralType, &fsm.ReapEphemeral{Now: now, Grace: s.cfg.EphemeralGrace, GossipSeed: seed}); err != nil {
 			s.log.Warn("reap ephemeral peers", "err", err)
 		} else {
 			s.log.Info("removed offline ephemeral peers", "ids", r.IDs)

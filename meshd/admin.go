@@ -390,17 +390,39 @@ func newRouteCmd(g *globals) *cobra.Command {
 
 func newGossipCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "gossip", Short: "Manage the peers' gossip encryption"}
-	cmd.AddCommand(&cobra.Command{
+	var vnet string
+	rotate := &cobra.Command{
 		Use:   "rotate-key",
-		Short: "Make a new gossip key primary; the previous one stays accepted",
-		Args:  cobra.NoArgs,
+		Short: "Give every vnet (or the one --vnet names) a new primary gossip key; the previous one stays accepted for the coordinators' grace period",
+		Long: `Give every vnet a new primary gossip key of its own, or only the vnet --vnet
+names. The previous key stays accepted for the coordinators' grace period
+(--gossip-key-grace, 60s by default) so the vnet's peers switch without a gap,
+and is then dropped. Removing a peer rotates its vnet's key by itself.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := g.call(cmd, http.MethodPost, "/v1/gossip/rotate-key", nil, nil); err != nil {
+			path := "/v1/gossip/rotate-key"
+			if vnet != "" {
+				path += "?vnet=" + url.QueryEscape(vnet)
+			}
+			var res api.RotateGossipKeyResponse
+			if err := g.call(cmd, http.MethodPost, path, nil, &res); err != nil {
 				return err
 			}
-			fmt.Fprintln(g.out, "gossip key rotated")
+			if g.json {
+				return printJSON(g.out, res)
+			}
+			if len(res.VNets) == 0 { // a coordinator that predates per-vnet keys
+				fmt.Fprintln(g.out, "gossip key rotated")
+				return nil
+			}
+			for _, v := range res.VNets {
+				fmt.Fprintf(g.out, "vnet %s: gossip key rotated; the previous key stays accepted for %s\n", v.VNet, dash(res.Grace))
+			}
 			return nil
 		},
-	})
+	}
+	rotate.Flags().StringVar(&vnet, "vnet", "", "rotate only this vnet's key (default: every vnet)")
+	addJSONFlag(rotate, g)
+	cmd.AddCommand(rotate)
 	return cmd
 }

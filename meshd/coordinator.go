@@ -16,6 +16,11 @@ import (
 	"github.com/meshd/meshd/pkg/logging"
 )
 
+// minGossipKeyGrace is the shortest --gossip-key-grace: peers encrypt with a
+// new gossip key 10 s after they receive it, and the previous one must stay
+// accepted until every member has switched.
+const minGossipKeyGrace = 15 * time.Second
+
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	var (
 		cfg             coordinator.Config
@@ -45,6 +50,9 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 				return err
 			}
 			cfg.ClusterKey = key
+			if cfg.GossipKeyGrace < minGossipKeyGrace {
+				return fmt.Errorf("--gossip-key-grace %s: use at least %s (peers switch to a new key 10s after they receive it)", cfg.GossipKeyGrace, minGossipKeyGrace)
+			}
 			if cfg.InitialCluster, err = parseInitialCluster(initial); err != nil {
 				return err
 			}
@@ -89,6 +97,7 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", coordinator.DefaultElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", coordinator.DefaultLeaderLeaseTimeout, "Raft leader lease timeout")
 	f.DurationVar(&cfg.EphemeralGrace, "ephemeral-grace", 10*time.Minute, "how long an ephemeral peer may be offline before it is removed")
+	f.DurationVar(&cfg.GossipKeyGrace, "gossip-key-grace", coordinator.DefaultGossipKeyGrace, "how long a vnet's previous gossip key stays accepted after a rotation (a peer removed, or 'meshd gossip rotate-key'); at least 15s, as peers switch to a new key 10s after they receive it")
 	f.StringVar(&cfg.STUNListen, "stun-listen", "", "UDP host:port of STUN (peers learn their public address) and of the TURN relay over UDP; advertised with the host of the API URL (default: the host of --listen with port 3478, so several coordinators on one host each bind their own address; \"off\" disables both)")
 	f.StringVar(&relayTLS, "relay-tls-listen", "", "TCP host:port of the TURN relay over TLS, for networks that block UDP (default: the host of --listen with port 5349, or an ephemeral port of that host when 5349 is taken; \"off\" disables)")
 	f.DurationVar(&cfg.APIReadTimeout, "api-read-timeout", coordinator.DefaultAPIReadTimeout, "how long a client may take to send a whole API request, body included (a network-map watch is exempt once its request is in)")

@@ -44,6 +44,8 @@ const (
 	MarkWatchesType
 	SetPolicyType
 	DeletePolicyType
+	RotateVNetKeysType
+	PruneGossipKeysType
 )
 
 // Command bodies.
@@ -52,10 +54,13 @@ type (
 		Now       time.Time `json:"now"`
 		GossipKey []byte    `json:"gossip_key"`
 	}
+	// CreateVNet with a GossipSeed gives the vnet a gossip keyring of its
+	// own; without one (older entries) it uses the cluster-wide ring.
 	CreateVNet struct {
-		Name    string    `json:"name"`
-		Overlay string    `json:"overlay"`
-		Now     time.Time `json:"now"`
+		Name       string    `json:"name"`
+		Overlay    string    `json:"overlay"`
+		Now        time.Time `json:"now"`
+		GossipSeed []byte    `json:"gossip_seed,omitempty"`
 	}
 	DeleteVNet struct {
 		Name string `json:"name"`
@@ -71,8 +76,12 @@ type (
 		Spec state.JoinSpec `json:"spec"`
 		Now  time.Time      `json:"now"`
 	}
+	// RemovePeer with a GossipSeed rotates the peer's vnet's gossip key
+	// in the same step; the previous key is superseded at Now.
 	RemovePeer struct {
-		ID string `json:"id"`
+		ID         string    `json:"id"`
+		Now        time.Time `json:"now,omitzero"`
+		GossipSeed []byte    `json:"gossip_seed,omitempty"`
 	}
 	UpdatePeer struct {
 		Update state.PeerUpdate `json:"update"`
@@ -86,10 +95,15 @@ type (
 	ExpireTokens struct {
 		Now time.Time `json:"now"`
 	}
+	// ReapEphemeral with a GossipSeed rotates the gossip key of every vnet
+	// that loses a peer.
 	ReapEphemeral struct {
-		Now   time.Time     `json:"now"`
-		Grace time.Duration `json:"grace"`
+		Now        time.Time     `json:"now"`
+		Grace      time.Duration `json:"grace"`
+		GossipSeed []byte        `json:"gossip_seed,omitempty"`
 	}
+	// RotateGossipKey rotates the cluster-wide legacy ring (entries written
+	// before keyrings were per vnet).
 	RotateGossipKey struct {
 		Key []byte `json:"key"`
 	}
@@ -115,6 +129,19 @@ type (
 		Now   time.Time `json:"now"`
 		Prev  int       `json:"prev"`
 	}
+	// RotateVNetKeys gives VNet ("" every vnet) a new primary gossip
+	// key derived from GossipSeed; the previous keys are superseded at Now.
+	RotateVNetKeys struct {
+		VNet       string    `json:"vnet,omitempty"`
+		GossipSeed []byte    `json:"gossip_seed"`
+		Now        time.Time `json:"now"`
+	}
+	// PruneGossipKeys drops the gossip keys superseded Grace or longer
+	// before Now.
+	PruneGossipKeys struct {
+		Now   time.Time     `json:"now"`
+		Grace time.Duration `json:"grace"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -137,6 +164,8 @@ var newBody = map[MessageType]func() any{
 	MarkWatchesType:         func() any { return new(MarkWatches) },
 	SetPolicyType:           func() any { return new(SetPolicy) },
 	DeletePolicyType:        func() any { return new(DeletePolicy) },
+	RotateVNetKeysType:      func() any { return new(RotateVNetKeys) },
+	PruneGossipKeysType:     func() any { return new(PruneGossipKeys) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -237,7 +266,12 @@ func (f *FSM) apply(l *raft.Log) any {
 		err = f.store.Bootstrap(c.Now, c.GossipKey)
 	case CreateVNetType:
 		c := body.(*CreateVNet)
-		err = f.store.CreateVNet(c.Name, c.Overlay, c.Now)
+		if err = state.ValidGossipSeed(c.GossipSeed); err == nil {
+			err = f.store.CreateVNet(c.Name, c.Overlay, c.Now)
+		}
+		if err == nil && c.GossipSeed != nil {
+			err = f.store.InitGossipRing(c.Name, c.GossipSeed)
+		}
 	case DeleteVNetType:
 		err = f.store.DeleteVNet(body.(*DeleteVNet).Name)
 	case CreateTokenType:
@@ -249,7 +283,8 @@ func (f *FSM) apply(l *raft.Log) any {
 		c := body.(*JoinPeer)
 		r.Peer, err = f.store.Join(c.Spec, c.Now)
 	case RemovePeerType:
-		err = f.store.RemovePeer(body.(*RemovePeer).ID)
+		c := body.(*RemovePeer)
+		err = f.store.RemovePeer(c.ID, c.Now, c.GossipSeed)
 	case UpdatePeerType:
 		err = f.store.UpdatePeer(body.(*UpdatePeer).Update)
 	case TouchPeersType:
@@ -260,7 +295,7 @@ func (f *FSM) apply(l *raft.Log) any {
 		r.Count = f.store.ExpireTokens(body.(*ExpireTokens).Now)
 	case ReapEphemeralType:
 		c := body.(*ReapEphemeral)
-		r.IDs = f.store.ReapEphemeral(c.Now, c.Grace)
+		r.IDs = f.store.ReapEphemeral(c.Now, c.Grace, c.GossipSeed)
 	case RotateGossipKeyType:
 		err = f.store.RotateGossipKey(body.(*RotateGossipKey).Key)
 	case MarkWatchesType:
@@ -272,6 +307,12 @@ func (f *FSM) apply(l *raft.Log) any {
 	case DeletePolicyType:
 		c := body.(*DeletePolicy)
 		r.Version, err = f.store.DeletePolicy(c.VNet, c.SetBy, c.Now, c.Prev)
+	case RotateVNetKeysType:
+		c := body.(*RotateVNetKeys)
+		r.IDs, err = f.store.RotateGossipKeys(c.VNet, c.GossipSeed, c.Now)
+	case PruneGossipKeysType:
+		c := body.(*PruneGossipKeys)
+		r.IDs = f.store.PruneGossipKeys(c.Now, c.Grace)
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

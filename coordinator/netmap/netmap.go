@@ -173,7 +173,7 @@ func VNetDelta(t *state.Tables, index uint64, vnet string, changed []string, glo
 	var removed map[string]bool
 	any := false
 	if global {
-		u.GossipKeys = cloneKeys(t.GossipKeys)
+		u.GossipKeys = t.VNetGossipKeys(vnet)
 		u.Coordinators = Coordinators(t)
 		u.STUNServers = STUNServers(t)
 		any = true

@@ -152,7 +152,7 @@ func FullIn(t *state.Tables, index uint64, selfID string, v *View) *api.MapUpdat
 	if !ok {
 		return nil
 	}
-	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: cloneKeys(t.GossipKeys), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
+	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: t.VNetGossipKeys(self.VNet), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
 	if vn, ok := t.VNets[self.VNet]; ok {
 		u.Overlay = vn.Overlay.String()
 	}

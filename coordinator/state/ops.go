@@ -213,6 +213,7 @@ func (s *Store) DeleteVNet(name string) error {
 	}
 	delete(s.t.VNets, name)
 	delete(s.t.Policies, name) // a vnet created later under this name starts open
+	delete(s.t.GossipRings, name)
 	return nil
 }
 
@@ -451,8 +452,16 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 	return p, nil
 }
 
-// RemovePeer deletes a peer; its address is free again.
-func (s *Store) RemovePeer(id string) error {
+// RemovePeer deletes a peer; its address is free again. With a gossip seed
+// (a removal written before rotation on removal has none), its vnet's
+// gossip key is rotated in the same step, so the removed peer's key stops
+// working once the previous key's grace is over.
+func (s *Store) RemovePeer(id string, now time.Time, gossipSeed []byte) error {
+	if gossipSeed != nil {
+		if err := validSeed(gossipSeed); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.t.Peers[id]
@@ -462,6 +471,9 @@ func (s *Store) RemovePeer(id string) error {
 	s.unindexPeer(p)
 	delete(s.t.Peers, id)
 	s.record(p.VNet, id)
+	if gossipSeed != nil {
+		s.rotateLocked(p.VNet, gossipSeed, now)
+	}
 	return nil
 }
 
@@ -622,7 +634,9 @@ func (s *Store) ExpireTokens(now time.Time) int {
 // ReapEphemeral removes ephemeral peers not seen for longer than grace and
 // returns their ids, sorted. A peer whose watch a coordinator holds is
 // being seen now, whatever its LastSeen (which records when a watch ended).
-func (s *Store) ReapEphemeral(now time.Time, grace time.Duration) []string {
+// With a gossip seed of the right length, the gossip key of every vnet that
+// lost a peer is rotated (RemovePeer).
+func (s *Store) ReapEphemeral(now time.Time, grace time.Duration, gossipSeed []byte) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var gone []string
@@ -632,11 +646,20 @@ func (s *Store) ReapEphemeral(now time.Time, grace time.Duration) []string {
 		}
 	}
 	slices.Sort(gone)
+	rotate := map[string]bool{}
 	for _, id := range gone {
 		p := s.t.Peers[id]
 		s.unindexPeer(p)
 		delete(s.t.Peers, id)
 		s.record(p.VNet, id)
+		rotate[p.VNet] = true
+	}
+	if validSeed(gossipSeed) == nil {
+		for _, v := range s.sortedVNets() {
+			if rotate[v.Name] {
+				s.rotateLocked(v.Name, gossipSeed, now)
+			}
+		}
 	}
 	return gone
 }

@@ -142,6 +142,6 @@ func (s *Store) putPolicy(vnet string, v PolicyVersion, prev int) (int, error) {
 	}
 	vp.decode()
 	// Who sees whom changes for the whole vnet: its watchers get full maps.
-	s.record(vnet, "")
+	s.recordPolicy(vnet)
 	return v.Version, nil
 }

@@ -179,3 +179,25 @@ func TestOldSnapshotLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestKeyRotationIsNoPolicyChange: both a policy change and a gossip key
+// rotation are vnet-wide changes, but only the policy change needs full
+// maps; a rotation reaches the vnet's watchers as a delta with the keys.
+func TestKeyRotationIsNoPolicyChange(t *testing.T) {
+	s := setup(t)
+	s.SetIndex(10)
+	if _, err := s.SetPolicy(api.DefaultVNet, []byte(openDoc), "admin", t0, 0); err != nil {
+		t.Fatal(err)
+	}
+	s.SetIndex(11)
+	if _, err := s.RotateGossipKeys(api.DefaultVNet, seed(4), t0); err != nil {
+		t.Fatal(err)
+	}
+	ids, global, ok := s.ChangesSince(api.DefaultVNet, 10)
+	if !ok || !global || len(ids) != 0 {
+		t.Fatalf("after a key rotation: ids %v, global %v, ok %v; want a vnet-wide delta", ids, global, ok)
+	}
+	if _, _, ok := s.ChangesSince(api.DefaultVNet, 9); ok {
+		t.Fatal("a watcher from before the policy change got a delta")
+	}
+}

@@ -110,6 +110,7 @@ type Tables struct {
 	Peers        map[string]*Peer        `json:"peers"`
 	Tokens       map[string]*Token       `json:"tokens"`
 	GossipKeys   [][]byte                `json:"gossip_keys"`
+	GossipRings  map[string][]GossipKey  `json:"gossip_rings,omitempty"` // per vnet; else GossipKeys (gossipkeys.go)
 	Coordinators map[string]*Coordinator `json:"coordinators"`
 	// Policies are the vnets' access policies (policy.go), by vnet name;
 	// absent from snapshots taken before there were any.
@@ -126,13 +127,15 @@ func newTables() Tables {
 	}
 }
 
-// Change records that a peer (or, with an empty VNet, the cluster-wide part
-// of every map; with a VNet and no PeerID, who sees whom in that vnet: its
-// policy) changed at Index.
+// Change records that a peer changed at Index; with an empty PeerID, the
+// vnet-wide part of its peers' maps (such as the gossip keys), or with
+// Policy, who sees whom in that vnet (its policy); with an empty VNet too,
+// the cluster-wide part of every map.
 type Change struct {
 	Index  uint64
 	VNet   string
 	PeerID string
+	Policy bool
 }
 
 // Store is the in-memory state.
@@ -249,10 +252,10 @@ func (s *Store) PeerIDByKey(key string) (string, bool) {
 }
 
 // ChangesSince returns the ids of vnet's peers that changed after index
-// since, and whether the cluster-wide part changed. ok is false when since is
-// too old to be caught up from the log, or when the vnet's policy changed
-// after it (what each peer may see changed at once): the caller sends a
-// full map.
+// since, and whether the cluster-wide or vnet-wide part changed. ok is false
+// when since is too old to be caught up from the log, or when the vnet's
+// policy changed after it (what each peer may see changed at once): the
+// caller sends a full map.
 func (s *Store) ChangesSince(vnet string, since uint64) (peerIDs []string, global bool, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -278,9 +281,12 @@ func (s *Store) changesLocked(vnet string, since uint64) (peerIDs []string, glob
 		switch {
 		case c.VNet == "":
 			global = true
-		case c.VNet == vnet && c.PeerID == "":
+		case c.VNet != vnet:
+		case c.Policy:
 			return nil, false, false
-		case c.VNet == vnet && !seen[c.PeerID]:
+		case c.PeerID == "":
+			global = true
+		case !seen[c.PeerID]:
 			seen[c.PeerID] = true
 			peerIDs = append(peerIDs, c.PeerID)
 		}
@@ -289,13 +295,19 @@ func (s *Store) changesLocked(vnet string, since uint64) (peerIDs []string, glob
 }
 
 // record appends a change at the current index; s.mu must be held.
-func (s *Store) record(vnet, peerID string) {
+func (s *Store) record(vnet, peerID string) { s.recordChange(Change{VNet: vnet, PeerID: peerID}) }
+
+// recordPolicy records that vnet's policy changed; s.mu must be held.
+func (s *Store) recordPolicy(vnet string) { s.recordChange(Change{VNet: vnet, Policy: true}) }
+
+func (s *Store) recordChange(c Change) {
 	if len(s.changes) >= maxChanges {
 		drop := len(s.changes) / 4
 		s.horizon = s.changes[drop-1].Index
 		s.changes = append(s.changes[:0:0], s.changes[drop:]...)
 	}
-	s.changes = append(s.changes, Change{Index: s.index, VNet: vnet, PeerID: peerID})
+	c.Index = s.index
+	s.changes = append(s.changes, c)
 	s.recorded++
 }
 

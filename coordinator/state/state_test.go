@@ -192,16 +192,16 @@ func TestReapEphemeralSparesWatchedPeers(t *testing.T) {
 		}
 	}
 	s.MarkWatches("c1", []string{"watched"}, nil)
-	if got := s.ReapEphemeral(t0.Add(time.Hour), 10*time.Minute); !slices.Equal(got, []string{"gone"}) {
+	if got := s.ReapEphemeral(t0.Add(time.Hour), 10*time.Minute, nil); !slices.Equal(got, []string{"gone"}) {
 		t.Fatalf("reaped %v; want [gone]", got)
 	}
 	// The watch ends at t0+50m, carrying that time: the peer is offline
 	// from then, and goes only once the grace has passed after it.
 	s.MarkWatches("c1", nil, map[string]time.Time{"watched": t0.Add(50 * time.Minute)})
-	if got := s.ReapEphemeral(t0.Add(55*time.Minute), 10*time.Minute); len(got) != 0 {
+	if got := s.ReapEphemeral(t0.Add(55*time.Minute), 10*time.Minute, nil); len(got) != 0 {
 		t.Fatalf("reaped %v 5 minutes after its watch ended; want none within the 10-minute grace", got)
 	}
-	if got := s.ReapEphemeral(t0.Add(61*time.Minute), 10*time.Minute); !slices.Equal(got, []string{"watched"}) {
+	if got := s.ReapEphemeral(t0.Add(61*time.Minute), 10*time.Minute, nil); !slices.Equal(got, []string{"watched"}) {
 		t.Fatalf("reaped %v 11 minutes after its watch ended; want [watched]", got)
 	}
 }

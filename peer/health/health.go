@@ -19,6 +19,7 @@
 package health
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -112,6 +114,13 @@ type Gossip struct {
 	ml   *memberlist.Memberlist
 	ring *memberlist.Keyring
 
+	keyMu       sync.Mutex
+	want        [][]byte             // guarded by keyMu: the ring last given, primary first
+	arrived     map[string]time.Time // guarded by keyMu: when each key of want was first given
+	switchAfter time.Duration        // guarded by keyMu
+	switchT     *time.Timer          // guarded by keyMu: the next switch of primary, or nil
+	keysClosed  bool                 // guarded by keyMu: Leave was called
+
 	mu      sync.Mutex
 	self    Meta               // guarded by mu
 	members map[string]*member // guarded by mu: by peer ID
@@ -152,6 +161,11 @@ func New(cfg Config) (*Gossip, error) {
 		return nil, fmt.Errorf("gossip keyring: %w", err)
 	}
 	g.ring = ring
+	g.want = cfg.Keys
+	g.arrived = map[string]time.Time{} // the first keys are in use already
+	for _, k := range cfg.Keys {
+		g.arrived[string(k)] = time.Time{}
+	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Self.ID
 	mc.BindAddr = cfg.BindAddr
@@ -219,36 +233,130 @@ func (g *Gossip) SetSelf(m Meta) {
 	}
 }
 
-// SetKeys installs a new keyring, primary first. The previous primary keeps
-// encrypting for grace so that peers that have not yet heard of the new key
-// still understand this one; then the new key takes over.
-func (g *Gossip) SetKeys(keys [][]byte, grace time.Duration) {
-	if len(keys) == 0 {
+// SetKeys installs the keyring the coordinators sent, primary first, with no
+// gap in membership:
+//
+//   - every key listed is accepted at once;
+//   - a listed key newer than the one this peer encrypts with becomes the
+//     primary switchAfter after it first arrived, so every member of the
+//     vnet has it by then (the coordinators keep the previous key listed
+//     for longer than that);
+//   - a key no longer listed stops being accepted at once, unless this peer
+//     still encrypts with it (it goes when the switch comes).
+//
+// A removed peer, which keeps only the old keys, can no longer read the
+// others once they switch, nor be read once the old key is dropped.
+func (g *Gossip) SetKeys(keys [][]byte, switchAfter time.Duration) {
+	var want [][]byte
+	for _, k := range keys {
+		if memberlist.ValidateKey(k) == nil {
+			want = append(want, slices.Clone(k))
+		}
+	}
+	if len(want) == 0 {
 		return
 	}
-	for _, k := range keys {
-		g.ring.AddKey(k)
+	g.keyMu.Lock()
+	defer g.keyMu.Unlock()
+	if g.keysClosed {
+		return
 	}
-	primary := keys[0]
-	time.AfterFunc(grace, func() {
-		if err := g.ring.UseKey(primary); err != nil {
-			g.log.Warn("switch gossip key", "err", err)
-			return
+	now := time.Now()
+	arrived := make(map[string]time.Time, len(want))
+	for _, k := range want {
+		at, ok := g.arrived[string(k)]
+		if !ok {
+			at = now
 		}
-		// Drop keys the coordinators no longer list.
-		for _, k := range g.ring.GetKeys() {
-			keep := false
-			for _, w := range keys {
-				if string(w) == string(k) {
-					keep = true
-				}
+		arrived[string(k)] = at
+		if err := g.ring.AddKey(k); err != nil {
+			g.log.Warn("add gossip key", "err", err)
+		}
+	}
+	g.want, g.arrived, g.switchAfter = want, arrived, switchAfter
+	g.rekeyLocked(now)
+}
+
+// rekeyLocked switches to the newest listed key that every member has had
+// time to learn, drops keys no longer listed, and arms the timer for the
+// next switch; g.keyMu is held.
+func (g *Gossip) rekeyLocked(now time.Time) {
+	cur := g.ring.GetPrimaryKey()
+	// next is when the next newer key may become primary; g.want is
+	// newest first.
+	var next time.Time
+	for _, k := range g.want {
+		if bytes.Equal(k, cur) {
+			break // only newer keys replace the primary
+		}
+		if at := g.arrived[string(k)].Add(g.switchAfter); now.Before(at) {
+			if next.IsZero() || at.Before(next) {
+				next = at
 			}
-			if !keep {
-				g.ring.RemoveKey(k)
-			}
+			continue
+		}
+		if err := g.ring.UseKey(k); err != nil {
+			g.log.Warn("switch gossip key", "err", err)
+			break
 		}
 		g.log.Info("gossip key rotated")
-	})
+		break
+	}
+	g.dropKeysLocked()
+	if g.switchT != nil {
+		g.switchT.Stop()
+		g.switchT = nil
+	}
+	if !next.IsZero() && !bytes.Equal(g.ring.GetPrimaryKey(), g.want[0]) {
+		g.switchT = time.AfterFunc(next.Sub(now), func() {
+			g.keyMu.Lock()
+			defer g.keyMu.Unlock()
+			if !g.keysClosed {
+				g.rekeyLocked(time.Now())
+			}
+		})
+	}
+}
+
+// dropKeysLocked removes from the ring every key that is neither listed nor
+// the primary; g.keyMu is held. memberlist's RemoveKey shifts the ring's
+// backing array in place while its readers hold no lock, unless the key is
+// the last one: so keys go from the tail, and a listed key behind one that
+// goes is added back right away.
+func (g *Gossip) dropKeysLocked() {
+	have := slices.Clone(g.ring.GetKeys())
+	listed := func(k []byte) bool {
+		return slices.ContainsFunc(g.want, func(w []byte) bool { return bytes.Equal(w, k) })
+	}
+	first := slices.IndexFunc(have, func(k []byte) bool { return !listed(k) })
+	if first == 0 { // the primary: it stays until the switch
+		first = slices.IndexFunc(have[1:], func(k []byte) bool { return !listed(k) })
+		if first >= 0 {
+			first++
+		}
+	}
+	if first < 0 {
+		return
+	}
+	for i := len(have) - 1; i >= first; i-- {
+		g.ring.RemoveKey(have[i])
+	}
+	for _, k := range have[first:] {
+		if listed(k) {
+			g.ring.AddKey(k)
+		}
+	}
+}
+
+// Keys returns the keys gossip accepts now, the one it encrypts with first.
+func (g *Gossip) Keys() [][]byte {
+	g.keyMu.Lock()
+	defer g.keyMu.Unlock()
+	var out [][]byte
+	for _, k := range g.ring.GetKeys() {
+		out = append(out, slices.Clone(k))
+	}
+	return out
 }
 
 // Status is what Gossip knows of one peer.
@@ -308,6 +416,12 @@ func (g *Gossip) Members() int { return g.ml.NumMembers() }
 
 // Leave announces departure and stops gossip.
 func (g *Gossip) Leave(timeout time.Duration) {
+	g.keyMu.Lock()
+	g.keysClosed = true
+	if g.switchT != nil {
+		g.switchT.Stop()
+	}
+	g.keyMu.Unlock()
 	g.ml.Leave(timeout)
 	g.ml.Shutdown()
 }

@@ -359,3 +359,19 @@ type RoutePlace struct {
 	VNet   string `json:"vnet"`
 	Prefix string `json:"prefix"`
 }
+
+// GossipRing describes one vnet's gossip keyring (never the keys): how many
+// keys its peers accept, the primary included.
+type GossipRing struct {
+	VNet string `json:"vnet"`
+	Keys int    `json:"keys"`
+}
+
+// RotateGossipKeyResponse answers POST /v1/gossip/rotate-key (every vnet, or
+// one with ?vnet=NAME): the vnets that got a new primary key, and how long
+// their previous keys stay accepted (a Go duration, such as "1m0s").
+type RotateGossipKeyResponse struct {
+	Index uint64       `json:"index"`
+	VNets []GossipRing `json:"vnets"`
+	Grace string       `json:"grace"`
+}
