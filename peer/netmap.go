@@ -143,6 +143,9 @@ type buildOptions struct {
 	endpointPick map[string]int
 	// noEndpoints leaves endpoints out: the bind picks each peer's path.
 	noEndpoints bool
+	// active, when not nil, is the failover core's choice of gateways
+	// (decide); healthy and selfUnhealthy are then not used.
+	active map[netip.Prefix]gatewayOf
 }
 
 // compute turns the map into the WireGuard and OS configuration: one
@@ -197,7 +200,10 @@ func compute(m *netMap, o buildOptions) *desired {
 		})
 		d.names[key] = p.Name
 	}
-	active := activeGateways(m, o.healthy, !o.selfUnhealthy)
+	active := o.active
+	if active == nil {
+		active = activeGateways(m, o.healthy, !o.selfUnhealthy)
+	}
 	prefixes := make([]netip.Prefix, 0, len(active))
 	for pfx := range active {
 		prefixes = append(prefixes, pfx)
