@@ -20,7 +20,9 @@ import (
 //	down --reported OK again--> holding (hold-down) --> healthy
 //
 // so a recovered gateway takes its routes back only after staying OK for
-// the hold-down; a gateway that flaps inside it restarts it every time.
+// the hold-down; a gateway that flaps inside it restarts it every time. A
+// gateway held down still carries a route that no other gateway can carry
+// (activeGateways' last resort).
 // Until this peer has heard of any other (gossip has not joined yet), every
 // peer counts as healthy and routes follow priority alone; after that a
 // peer never heard of is not healthy.
@@ -185,11 +187,12 @@ type decision struct {
 // sees the active gateway healthy never wants the VIP, whatever it cannot
 // hear directly.
 func decide(m *netMap, v *healthView, self selfCheck, now time.Time) decision {
-	var healthy func(string) bool
+	var healthy, holding func(string) bool
 	if v != nil {
 		healthy = func(id string) bool { return v.healthy(id, now) }
+		holding = func(id string) bool { p, ok := v.peers[id]; return ok && v.holding(p, now) }
 	}
-	d := decision{active: activeGateways(m, healthy, self.ok())}
+	d := decision{active: activeGateways(m, healthy, self.ok(), holding)}
 	for _, g := range d.active {
 		if g.peerID == "" {
 			d.vip = true

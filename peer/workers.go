@@ -233,16 +233,29 @@ func (a *Agent) vipLoop(ctx context.Context) error {
 }
 
 // joinLoop contacts gossip seeds for the loop, one join at a time; a newer
-// request replaces one not yet started.
+// request replaces one not yet started. It tries the seeds one by one in a
+// random order and stops at the first that answers (gossip spreads the
+// rest), so that stopping the agent never waits for more than one seed's
+// connect timeout.
 func (a *Agent) joinLoop(ctx context.Context) error {
 	for {
+		var req joinRequest
 		select {
 		case <-ctx.Done():
 			return nil
-		case req := <-a.joinCh:
-			if n, err := req.h.Join(req.seeds); err != nil && n == 0 {
-				a.log.Debug("gossip join", "err", err)
+		case req = <-a.joinCh:
+		}
+		seeds := slices.Clone(req.seeds)
+		rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
+		for _, s := range seeds {
+			if ctx.Err() != nil {
+				return nil
 			}
+			n, err := req.h.Join([]string{s})
+			if n > 0 {
+				break
+			}
+			a.log.Debug("gossip join", "seed", s, "err", err)
 		}
 	}
 }
