@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshd/meshd/peer/controlclient"
@@ -232,11 +233,15 @@ func (a *Agent) vipLoop(ctx context.Context) error {
 	}
 }
 
-// joinLoop contacts gossip seeds for the loop, one join at a time; a newer
-// request replaces one not yet started. It tries the seeds one by one in a
-// random order and stops at the first that answers (gossip spreads the
-// rest), so that stopping the agent never waits for more than one seed's
-// connect timeout.
+// joinFanout is how many seeds a gossip join contacts at once.
+const joinFanout = 4
+
+// joinLoop contacts gossip seeds for the loop, one request at a time; a
+// newer request replaces one not yet started. It tries the seeds in a
+// random order, joinFanout at once (a seed behind a tunnel that is still
+// coming up can take a connect timeout), and stops at the first batch in
+// which one answers (gossip spreads the rest). Stopping the agent waits
+// for one batch at most.
 func (a *Agent) joinLoop(ctx context.Context) error {
 	for {
 		var req joinRequest
@@ -247,15 +252,24 @@ func (a *Agent) joinLoop(ctx context.Context) error {
 		}
 		seeds := slices.Clone(req.seeds)
 		rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
-		for _, s := range seeds {
-			if ctx.Err() != nil {
-				return nil
+		for len(seeds) > 0 && ctx.Err() == nil {
+			batch := seeds[:min(joinFanout, len(seeds))]
+			seeds = seeds[len(batch):]
+			var wg sync.WaitGroup
+			var answered atomic.Bool
+			for _, s := range batch {
+				wg.Go(func() {
+					if n, err := req.h.Join([]string{s}); n > 0 {
+						answered.Store(true)
+					} else {
+						a.log.Debug("gossip join", "seed", s, "err", err)
+					}
+				})
 			}
-			n, err := req.h.Join([]string{s})
-			if n > 0 {
+			wg.Wait()
+			if answered.Load() {
 				break
 			}
-			a.log.Debug("gossip join", "seed", s, "err", err)
 		}
 	}
 }
