@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,24 +20,11 @@ import (
 	"github.com/meshd/meshd/pkg/api"
 )
 
-// serveLocal answers `meshd status` on a unix socket in the state dir that
-// only root (the socket's owner) can open.
-func (a *Agent) serveLocal(ctx context.Context) (net.Listener, error) {
-	path := filepath.Join(a.cfg.StateDir, SocketName)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale %s: %w", path, err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("local api: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("local api: %w", err)
-	}
+// localMux answers `meshd status`, `meshd ping` and `meshd netcheck`.
+func (a *Agent) localMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		st, err := a.Status()
+		st, err := a.Status(r.Context())
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
 			w.WriteHeader(http.StatusInternalServerError)
@@ -55,83 +41,82 @@ func (a *Agent) serveLocal(ctx context.Context) (net.Listener, error) {
 		res, err := a.Netcheck(r.Context())
 		writeLocal(w, res, err)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	return ln, nil
+	return mux
 }
 
-// Status reports the peer as `meshd status` shows it.
-func (a *Agent) Status() (*api.LocalStatus, error) {
-	var st []engine.PeerStatus
-	if a.eng != nil {
-		var err error
-		if st, err = a.eng.Status(); err != nil {
-			return nil, err
+// Status reports the peer as `meshd status` shows it. The loop answers
+// from its state; the engine and the bind are asked afterwards, off the
+// loop.
+func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
+	var out *api.LocalStatus
+	var want *desired
+	err := a.do(ctx, func(s *state) {
+		out = &api.LocalStatus{
+			Self:         api.LocalSelf{Name: a.id.Name, VNet: a.id.VNet, OverlayIP: a.id.OverlayIP, PublicKey: a.PublicKey().String(), Role: api.RoleClient},
+			Interface:    a.cfg.Interface,
+			ListenPort:   int(a.cfg.ListenPort),
+			Endpoints:    slices.Clone(s.endpoints),
+			Coordinator:  s.connected,
+			MapIndex:     s.nm.index,
+			Coordinators: slices.Clone(s.nm.coordinators),
+			Peers:        []api.LocalPeer{},
+			Routes:       []api.LocalRoute{},
 		}
+		if s.nm.self != nil && s.nm.self.Role != "" {
+			out.Self.Role = s.nm.self.Role
+		}
+		want = s.want // never changed once made
+	})
+	if err != nil {
+		return nil, err
+	}
+	if want == nil {
+		return out, nil
+	}
+	st, err := a.eng.Status()
+	if err != nil {
+		return nil, err
 	}
 	byKey := map[wgcfg.Key]engine.PeerStatus{}
 	for _, s := range st {
 		byKey[s.PublicKey] = s
 	}
 	var paths map[wgcfg.Key]bind.PathStatus
-	relay := ""
 	if a.bind != nil {
 		paths = a.bind.Paths()
-		relay = addrString(a.bind.Discovery().Relay)
+		out.Relay = addrString(a.bind.Discovery().Relay)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := &api.LocalStatus{
-		Self:         api.LocalSelf{Name: a.id.Name, VNet: a.id.VNet, OverlayIP: a.id.OverlayIP, PublicKey: a.PublicKey().String(), Role: api.RoleClient},
-		Interface:    a.cfg.Interface,
-		ListenPort:   int(a.cfg.ListenPort),
-		Endpoints:    slices.Clone(a.endpoints),
-		Relay:        relay,
-		Coordinator:  a.connected,
-		MapIndex:     a.nm.index,
-		Coordinators: slices.Clone(a.nm.coordinators),
-		Peers:        []api.LocalPeer{},
-		Routes:       []api.LocalRoute{},
-	}
-	if a.nm.self != nil && a.nm.self.Role != "" {
-		out.Self.Role = a.nm.self.Role
-	}
-	if a.want != nil {
-		out.Routes = append(out.Routes, a.want.routes...)
-		for _, p := range a.want.wg.Peers {
-			s := byKey[p.PublicKey]
-			lp := api.LocalPeer{Name: a.want.names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: s.RxBytes, TxBytes: s.TxBytes}
-			for _, pfx := range p.AllowedIPs {
-				if pfx.IsSingleIP() && lp.OverlayIP == "" {
-					lp.OverlayIP = pfx.Addr().String()
-				} else {
-					lp.Routes = append(lp.Routes, pfx.String())
-				}
+	out.Routes = append(out.Routes, want.routes...)
+	now := a.clk.Now()
+	for _, p := range want.wg.Peers {
+		s := byKey[p.PublicKey]
+		lp := api.LocalPeer{Name: want.names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: s.RxBytes, TxBytes: s.TxBytes}
+		for _, pfx := range p.AllowedIPs {
+			if pfx.IsSingleIP() && lp.OverlayIP == "" {
+				lp.OverlayIP = pfx.Addr().String()
+			} else {
+				lp.Routes = append(lp.Routes, pfx.String())
 			}
-			ep := s.Endpoint
-			if !ep.IsValid() {
-				ep = p.Endpoint
-			}
-			if ps, ok := paths[p.PublicKey]; ok {
-				ep = ps.Addr
-				lp.Path, lp.RTTMs = ps.Path, float64(ps.RTT.Microseconds())/1000
-			} else if paths == nil && ep.IsValid() {
-				lp.Path = api.PathDirect
-			}
-			if ep.IsValid() {
-				lp.Endpoint = ep.String()
-			}
-			if !s.LastHandshake.IsZero() {
-				t := s.LastHandshake.UTC()
-				lp.LastHandshake = &t
-				lp.Online = time.Since(t) < OnlineWithin
-			}
-			out.Peers = append(out.Peers, lp)
 		}
+		ep := s.Endpoint
+		if !ep.IsValid() {
+			ep = p.Endpoint
+		}
+		if ps, ok := paths[p.PublicKey]; ok {
+			ep = ps.Addr
+			lp.Path, lp.RTTMs = ps.Path, float64(ps.RTT.Microseconds())/1000
+		} else if paths == nil && ep.IsValid() {
+			lp.Path = api.PathDirect
+		}
+		if ep.IsValid() {
+			lp.Endpoint = ep.String()
+		}
+		if !s.LastHandshake.IsZero() {
+			t := s.LastHandshake.UTC()
+			lp.LastHandshake = &t
+			lp.Online = now.Sub(t) < OnlineWithin
+		}
+		out.Peers = append(out.Peers, lp)
 	}
 	slices.SortFunc(out.Peers, func(x, y api.LocalPeer) int { return strings.Compare(x.Name, y.Name) })
 	return out, nil
@@ -160,15 +145,17 @@ func (a *Agent) Ping(ctx context.Context, name string) (*api.PingResult, error) 
 	if a.bind == nil {
 		return nil, api.Errorf(api.CodeInvalidArgument, "ping needs the userspace engine (this peer runs --wg-mode kernel)")
 	}
-	a.mu.Lock()
 	var found *api.MapPeer
-	for _, p := range a.nm.peers {
-		if p.Name == name || p.OverlayIP == name {
-			found = &p
-			break
+	if err := a.do(ctx, func(s *state) {
+		for _, p := range s.nm.peers {
+			if p.Name == name || p.OverlayIP == name {
+				found = &p
+				break
+			}
 		}
+	}); err != nil {
+		return nil, err
 	}
-	a.mu.Unlock()
 	if found == nil {
 		return nil, api.Errorf(api.CodeNotFound, "no peer %q in this peer's network map", name)
 	}

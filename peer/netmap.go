@@ -83,8 +83,12 @@ type gatewayOf struct {
 // priority among the healthy ones, drained gateways only when no undrained
 // healthy one is left, ties broken by name so that every peer picks the
 // same. healthy (by peer ID) nil means all others are healthy; selfHealthy
-// says whether this peer may carry its own routes.
-func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy bool) map[netip.Prefix]gatewayOf {
+// says whether this peer may carry its own routes. lastResort (nil: none)
+// names the peers that are not healthy only because they are held down
+// after coming back: when no gateway of a prefix is healthy, those count as
+// healthy for it, since holding a route with nobody only lengthens an
+// outage.
+func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy bool, lastResort func(peerID string) bool) map[netip.Prefix]gatewayOf {
 	cands := map[netip.Prefix][]gatewayOf{}
 	add := func(p *api.MapPeer, id string) {
 		for _, r := range p.Routes {
@@ -108,7 +112,18 @@ func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy boo
 			ok := g.peerID == "" && selfHealthy || g.peerID != "" && (healthy == nil || healthy(g.peerID))
 			cs[i] = gateway.Candidate{Name: g.name, Priority: g.priority, Healthy: ok, Drained: g.drained}
 		}
-		if i, why := gateway.Choose(cs); i >= 0 {
+		i, why := gateway.Choose(cs)
+		if i < 0 && lastResort != nil {
+			for k, g := range gs {
+				if g.peerID != "" && lastResort(g.peerID) {
+					cs[k].Healthy = true
+				}
+			}
+			if i, why = gateway.Choose(cs); i >= 0 {
+				why = "held down after coming back, but no other gateway is healthy; " + why
+			}
+		}
+		if i >= 0 {
 			g := gs[i]
 			g.why = why
 			out[pfx] = g
@@ -143,6 +158,9 @@ type buildOptions struct {
 	endpointPick map[string]int
 	// noEndpoints leaves endpoints out: the bind picks each peer's path.
 	noEndpoints bool
+	// active, when not nil, is the failover core's choice of gateways
+	// (decide); healthy and selfUnhealthy are then not used.
+	active map[netip.Prefix]gatewayOf
 }
 
 // compute turns the map into the WireGuard and OS configuration: one
@@ -197,7 +215,10 @@ func compute(m *netMap, o buildOptions) *desired {
 		})
 		d.names[key] = p.Name
 	}
-	active := activeGateways(m, o.healthy, !o.selfUnhealthy)
+	active := o.active
+	if active == nil {
+		active = activeGateways(m, o.healthy, !o.selfUnhealthy, nil)
+	}
 	prefixes := make([]netip.Prefix, 0, len(active))
 	for pfx := range active {
 		prefixes = append(prefixes, pfx)

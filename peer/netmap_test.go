@@ -175,7 +175,7 @@ func TestActiveGatewaysFeedsTheSharedRule(t *testing.T) {
 				Self:  &api.MapPeer{ID: "a1", Name: "gwa1", Routes: site, Drained: tt.selfDrained},
 				Peers: []api.MapPeer{{ID: "a2", Name: "gwa2", Routes: standby, Drained: tt.otherDrained}},
 			})
-			active := activeGateways(&m, func(string) bool { return tt.otherHealthy }, tt.selfHealthy)
+			active := activeGateways(&m, func(string) bool { return tt.otherHealthy }, tt.selfHealthy, nil)
 			g, ok := active[netip.MustParsePrefix("192.168.10.0/24")]
 			got := ""
 			if ok {

@@ -8,14 +8,10 @@
 // memberlist delegates never block: they record the change under a lock and
 // signal the agent through a channel of capacity one.
 //
-// A gateway's state as Gateway reports it:
-//
-//	unknown (never seen) --alive--> healthy
-//	healthy --dead / LAN check fails / drained--> unhealthy
-//	unhealthy --alive again--> holding (HoldDown) --> healthy
-//
-// so a recovered gateway does not take its routes back until it has stayed
-// alive for the hold-down time.
+// The package reports facts, not decisions: for each peer it has heard of,
+// whether it is alive and whether it says its LAN and forwarding are fine
+// (State). What the agent makes of them (hold-down, which gateway carries a
+// route) is the agent's; Fake stands in for gossip in its tests.
 package health
 
 import (
@@ -42,13 +38,14 @@ const MetaVersion = 1
 const DefaultPort = 7946
 
 // DefaultHoldDown is how long a gateway that came back must stay alive
-// before it carries routes again.
+// before it carries routes again (the agent applies it).
 const DefaultHoldDown = 3 * time.Second
 
 // Meta is what a peer tells the others about itself.
 type Meta struct {
 	ID string `json:"id"`
-	// LANOK is false when a gateway's LAN check fails.
+	// LANOK is false when a gateway cannot forward to its LAN: its LAN
+	// check fails or IPv4 forwarding is off.
 	LANOK bool `json:"lan_ok"`
 	// Role and Routes repeat the network map, for status and debugging.
 	Role   string   `json:"role,omitempty"`
@@ -71,11 +68,10 @@ func decodeMeta(b []byte) (Meta, error) {
 
 // Config configures a Gossip.
 type Config struct {
-	Self     Meta          // required: ID set
-	BindAddr string        // required: the overlay address
-	Port     int           // optional: DefaultPort
-	Keys     [][]byte      // required: the keyring, primary first
-	HoldDown time.Duration // optional: DefaultHoldDown
+	Self     Meta     // required: ID set
+	BindAddr string   // required: the overlay address
+	Port     int      // optional: DefaultPort
+	Keys     [][]byte // required: the keyring, primary first
 	Logger   *slog.Logger
 	// Timing, optional: the package defaults below.
 	ProbeInterval  time.Duration
@@ -97,14 +93,27 @@ const (
 	DefaultGossipInterval = 30 * time.Millisecond
 )
 
+// State is what a health source says of one peer.
+type State struct {
+	// Alive: the peer answers (directly or through others' probes).
+	Alive bool
+	// LANOK: the peer says it reaches its LAN (gateways; true otherwise).
+	LANOK bool
+	// Forwarding: the peer says IPv4 forwarding is on (gateways; true
+	// otherwise). Gossip metadata folds it into LANOK, so from gossip it
+	// is always true and a zombie shows as LANOK false.
+	Forwarding bool
+}
+
+// OK reports whether the peer is alive and says it can forward.
+func (s State) OK() bool { return s.Alive && s.LANOK && s.Forwarding }
+
 // member is what Gossip knows of one other peer.
 type member struct {
-	meta       Meta
-	alive      bool
-	aliveSince time.Time
-	// wasDead: the member was seen dead (or unhealthy) since the agent
-	// started, so coming back is subject to hold-down.
-	wasDead bool
+	meta  Meta
+	alive bool
+	// downs counts the times the member was seen going down.
+	downs int
 }
 
 // Gossip is one peer's membership in its vnet's gossip.
@@ -124,8 +133,10 @@ type Gossip struct {
 	mu      sync.Mutex
 	self    Meta               // guarded by mu
 	members map[string]*member // guarded by mu: by peer ID
-	joined  bool               // guarded by mu: another member has been seen
+	closed  bool               // guarded by mu: Leave was called
 	changed chan struct{}
+	// updates counts UpdateNode calls in flight (SetSelf); Leave waits.
+	updates sync.WaitGroup
 }
 
 // New starts gossip on cfg.BindAddr.
@@ -135,9 +146,6 @@ func New(cfg Config) (*Gossip, error) {
 	}
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
-	}
-	if cfg.HoldDown == 0 {
-		cfg.HoldDown = DefaultHoldDown
 	}
 	if cfg.ProbeInterval == 0 {
 		cfg.ProbeInterval = DefaultProbeInterval
@@ -225,12 +233,18 @@ func (g *Gossip) Join(seeds []string) (int, error) {
 // SetSelf replaces this peer's metadata and gossips it.
 func (g *Gossip) SetSelf(m Meta) {
 	g.mu.Lock()
-	same := fmt.Sprint(g.self) == fmt.Sprint(m)
-	g.self = m
-	g.mu.Unlock()
-	if !same {
-		go g.ml.UpdateNode(time.Second)
+	defer g.mu.Unlock()
+	if fmt.Sprint(g.self) == fmt.Sprint(m) || g.closed {
+		return
 	}
+	g.self = m
+	// UpdateNode waits for the broadcast to go out (at most a second);
+	// the caller must not.
+	g.updates.Add(1)
+	go func() {
+		defer g.updates.Done()
+		g.ml.UpdateNode(time.Second)
+	}()
 }
 
 // SetKeys installs the keyring the coordinators sent, primary first, with no
@@ -359,62 +373,23 @@ func (g *Gossip) Keys() [][]byte {
 	return out
 }
 
-// Status is what Gossip knows of one peer.
-type Status struct {
-	Alive   bool
-	LANOK   bool
-	Holding bool // alive again, inside its hold-down
-	Known   bool // seen at least once
-}
-
-// Peer reports on peer id at now.
-func (g *Gossip) Peer(id string, now time.Time) Status {
+// Peers reports every peer Gossip has heard of, by peer ID.
+func (g *Gossip) Peers() map[string]State {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	m, ok := g.members[id]
-	if !ok {
-		return Status{}
+	out := make(map[string]State, len(g.members))
+	for id, m := range g.members {
+		out[id] = State{Alive: m.alive, LANOK: m.meta.LANOK, Forwarding: true}
 	}
-	s := Status{Known: true, Alive: m.alive, LANOK: m.meta.LANOK}
-	s.Holding = m.alive && m.meta.LANOK && m.wasDead && now.Sub(m.aliveSince) < g.cfg.HoldDown
-	return s
-}
-
-// Healthy reports whether peer id may carry routes now: alive, LAN check
-// passing, and not inside a hold-down. Until gossip has reached any other
-// member every peer counts as healthy (routes follow priority alone);
-// after that, a peer never seen is not.
-func (g *Gossip) Healthy(id string, now time.Time) bool {
-	s := g.Peer(id, now)
-	if !s.Known {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return !g.joined
-	}
-	return s.Alive && s.LANOK && !s.Holding
-}
-
-// NextHoldDownEnd is the earliest end of a running hold-down (zero: none),
-// so the agent can recompute routes exactly then.
-func (g *Gossip) NextHoldDownEnd(now time.Time) time.Time {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	var next time.Time
-	for _, m := range g.members {
-		if m.alive && m.meta.LANOK && m.wasDead {
-			end := m.aliveSince.Add(g.cfg.HoldDown)
-			if end.After(now) && (next.IsZero() || end.Before(next)) {
-				next = end
-			}
-		}
-	}
-	return next
+	return out
 }
 
 // Members is the number of alive members, self included.
 func (g *Gossip) Members() int { return g.ml.NumMembers() }
 
 // Leave announces departure and stops gossip.
+// Gossip is done once Leave returns: no goroutine or timer of its own is
+// left.
 func (g *Gossip) Leave(timeout time.Duration) {
 	g.keyMu.Lock()
 	g.keysClosed = true
@@ -422,8 +397,12 @@ func (g *Gossip) Leave(timeout time.Duration) {
 		g.switchT.Stop()
 	}
 	g.keyMu.Unlock()
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 	g.ml.Leave(timeout)
 	g.ml.Shutdown()
+	g.updates.Wait()
 }
 
 // observe records a member's state.
@@ -442,21 +421,12 @@ func (g *Gossip) observe(n *memberlist.Node, alive bool) {
 		m = &member{}
 		g.members[n.Name] = m
 	}
-	before := m.alive && m.meta.LANOK
 	if alive {
 		m.meta = meta
-		if !g.joined {
-			g.joined = true
-		}
+	} else if m.alive {
+		m.downs++
 	}
 	m.alive = alive
-	after := m.alive && m.meta.LANOK
-	switch {
-	case after && !before:
-		m.aliveSince = time.Now()
-	case before && !after:
-		m.wasDead = true
-	}
 	g.mu.Unlock()
 	g.kick()
 }

@@ -81,9 +81,8 @@ func TestRemovedMemberLosesGossip(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	now := time.Now
 	waitFor(t, 5*time.Second, "everyone to see everyone", func() bool {
-		return a.Peer("b", now()).Alive && a.Peer("c", now()).Alive && b.Peer("a", now()).Alive && b.Peer("c", now()).Alive && c.Peer("a", now()).Alive
+		return a.Peers()["b"].Alive && a.Peers()["c"].Alive && b.Peers()["a"].Alive && b.Peers()["c"].Alive && c.Peers()["a"].Alive
 	})
 
 	// c is removed: the coordinators send a and b the vnet's new ring.
@@ -94,7 +93,7 @@ func TestRemovedMemberLosesGossip(t *testing.T) {
 		return bytes.Equal(primary(a), k2) && bytes.Equal(primary(b), k2)
 	})
 	waitFor(t, 5*time.Second, "a and b to see c dead", func() bool {
-		return !a.Peer("c", now()).Alive && !b.Peer("c", now()).Alive
+		return !a.Peers()["c"].Alive && !b.Peers()["c"].Alive
 	})
 
 	// The grace is over: K1 is dropped.
@@ -103,7 +102,7 @@ func TestRemovedMemberLosesGossip(t *testing.T) {
 	if n, err := c.Join([]string{seedA, "127.0.0.1:" + itoa(ports["b"])}); err == nil || n > 0 {
 		t.Fatalf("c joined %d members with the dropped key (err %v)", n, err)
 	}
-	if a.Peer("c", now()).Alive || b.Peer("c", now()).Alive || a.Members() != 2 || b.Members() != 2 {
+	if a.Peers()["c"].Alive || b.Peers()["c"].Alive || a.Members() != 2 || b.Members() != 2 {
 		t.Fatalf("c is seen after K1 was dropped (a sees %d members, b %d)", a.Members(), b.Members())
 	}
 
@@ -114,7 +113,7 @@ func TestRemovedMemberLosesGossip(t *testing.T) {
 	}{{a, "b"}, {b, "a"}} {
 		x.g.mu.Lock()
 		m := x.g.members[x.other]
-		dead := m == nil || !m.alive || m.wasDead
+		dead := m == nil || !m.alive || m.downs > 0
 		x.g.mu.Unlock()
 		if dead {
 			t.Fatalf("%s was seen dead during the key switch", x.other)
