@@ -5,16 +5,19 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/meshd/meshd/pkg/policy"
 	"github.com/meshd/meshd/pkg/policy/filter"
 )
 
 // Filterer is an engine that enforces the vnet's policy on what reaches
 // this host through the mesh (and, on a gateway, what it forwards into its
-// LAN). SetPolicyRules(nil) lets everything pass; flows are tracked either
-// way, so a policy that arrives later keeps the established flows it
+// LAN): rules are this peer's receiver rules (policy.ReceiverRules); nil
+// (no policy) lets everything pass, an empty list nothing new. Replies to
+// an accepted flow always pass, and flows are tracked with or without a
+// policy, so a policy that arrives later keeps the established flows it
 // accepts.
 type Filterer interface {
-	SetPolicyRules(rs *filter.Ruleset)
+	SetPolicyRules(rules []policy.AddrRule)
 	// PolicyDropped counts the packets the policy dropped.
 	PolicyDropped() uint64
 }

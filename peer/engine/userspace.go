@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/policy"
 	"github.com/meshd/meshd/pkg/policy/filter"
 )
 
@@ -103,7 +104,13 @@ func NewUserspace(name string, mtu int, log *slog.Logger, b *bind.Conn) (*Usersp
 func (e *Userspace) Name() string { return e.name }
 
 // SetPolicyRules implements Filterer.
-func (e *Userspace) SetPolicyRules(rs *filter.Ruleset) { e.tun.f.SetRules(rs) }
+func (e *Userspace) SetPolicyRules(rules []policy.AddrRule) {
+	if rules == nil {
+		e.tun.f.SetRules(nil)
+		return
+	}
+	e.tun.f.SetRules(filter.Compile(rules))
+}
 
 // PolicyDropped implements Filterer.
 func (e *Userspace) PolicyDropped() uint64 { return e.tun.f.Stats().Dropped }
