@@ -47,6 +47,7 @@ import (
 	"github.com/meshd/meshd/peer/endpoints"
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
+	"github.com/meshd/meshd/peer/liveness"
 	"github.com/meshd/meshd/peer/router"
 	"github.com/meshd/meshd/peer/vip"
 	"github.com/meshd/meshd/peer/wgcfg"
@@ -99,7 +100,10 @@ type Config struct {
 	LANCheck   netip.Addr
 	HoldDown   time.Duration // optional: health.DefaultHoldDown
 	GossipPort int           // optional: health.DefaultPort
-	Logger     *slog.Logger
+	// LivenessPort is the UDP port of gateway health probes on the overlay
+	// address; optional: liveness.DefaultPort.
+	LivenessPort int
+	Logger       *slog.Logger
 
 	// The rest replace the OS and the network (tests); all optional.
 	NewEngine func(name string) (engine.Engine, error)
@@ -110,6 +114,8 @@ type Config struct {
 	NewControl func(id *controlclient.Identity) (Control, error)
 	// NewHealth replaces health gossip (health.New).
 	NewHealth func(cfg health.Config) (Health, error)
+	// NewLiveness replaces the gateway health probes (liveness.New).
+	NewLiveness func(cfg liveness.Config) (Liveness, error)
 	// NewVIP replaces the LAN VIP (vip.New).
 	NewVIP func(cfg vip.Config) (vip.VIP, error)
 	// Checker replaces the forwarding sysctl and the ARP LAN check.
@@ -151,6 +157,9 @@ type Agent struct {
 	hbKick chan struct{} // asks the heartbeat to report now
 	// stun is the STUN servers of the last map, for the heartbeat.
 	stun atomic.Pointer[[]string]
+	// selfFlags is what this peer's health statements say of it
+	// (disco.StatusLANOK, StatusFwdOK); written by the loop.
+	selfFlags atomic.Uint32
 }
 
 // New checks cfg and loads (or creates) the peer's key. Run joins if needed.
@@ -213,6 +222,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.NewHealth == nil {
 		cfg.NewHealth = newGossip
+	}
+	if cfg.NewLiveness == nil {
+		cfg.NewLiveness = newProberLiveness
 	}
 	if cfg.NewVIP == nil {
 		log := cfg.Logger

@@ -13,8 +13,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/meshd/meshd/peer/controlclient"
+	"github.com/meshd/meshd/peer/disco"
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
+	"github.com/meshd/meshd/peer/liveness"
 	"github.com/meshd/meshd/peer/router"
 	"github.com/meshd/meshd/peer/vip"
 	"github.com/meshd/meshd/peer/wgcfg"
@@ -92,6 +94,44 @@ func (c *fakeControl) Relay(context.Context) (*api.RelayConfig, error) {
 func (c *fakeControl) SetCoordinators([]string) {}
 func (c *fakeControl) Coordinators() []string   { return []string{"https://c1.test:8443"} }
 
+// fakeLiveness is the gateways' own statements as the test sets them.
+type fakeLiveness struct {
+	*health.Fake
+	mu    sync.Mutex
+	peers []LivePeer  // guarded by mu: as last Set
+	self  func() byte // guarded by mu: what this peer's statements say
+}
+
+// says is what this peer's statements say now (0 before it started).
+func (f *fakeLiveness) says() byte {
+	f.mu.Lock()
+	self := f.self
+	f.mu.Unlock()
+	if self == nil {
+		return 0
+	}
+	return self()
+}
+
+func (f *fakeLiveness) Set(peers []LivePeer) {
+	f.mu.Lock()
+	f.peers = peers
+	f.mu.Unlock()
+}
+
+func (f *fakeLiveness) target(id string) (LivePeer, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.peers {
+		if p.ID == id {
+			return p, p.Target
+		}
+	}
+	return LivePeer{}, false
+}
+
+func (f *fakeLiveness) Close() error { return nil }
+
 // fakeChecker is a gateway's OS as its checks see it.
 type fakeChecker struct {
 	fwdOff, lanDown atomic.Bool
@@ -148,6 +188,7 @@ type testPeer struct {
 	eng    *engine.Fake
 	rtr    *router.Fake
 	hl     *health.Fake
+	lv     *fakeLiveness
 	ctl    *fakeControl
 	vip    *vip.Fake
 	chk    *fakeChecker
@@ -177,7 +218,7 @@ func (s *site) start(id string) *testPeer {
 		t.Fatal(err)
 	}
 	tp := &testPeer{id: id, eng: &engine.Fake{IfName: "meshd0"}, rtr: router.NewFake("meshd0"), hl: health.NewFake(),
-		ctl: newFakeControl(), chk: &fakeChecker{}, done: make(chan error, 1)}
+		lv: &fakeLiveness{Fake: health.NewFake()}, ctl: newFakeControl(), chk: &fakeChecker{}, done: make(chan error, 1)}
 	tp.vip = s.lan.NewFake(self.Name)
 	cfg := Config{
 		StateDir: dir, Name: self.Name, Routes: self.Routes, HoldDown: holdDown, ListenPort: 51820,
@@ -187,8 +228,14 @@ func (s *site) start(id string) *testPeer {
 		Endpoints:  func(context.Context, []string) []string { return []string{"198.51.100.7:51820"} },
 		NewControl: func(*controlclient.Identity) (Control, error) { return tp.ctl, nil },
 		NewHealth:  func(health.Config) (Health, error) { return tp.hl, nil },
-		Checker:    tp.chk,
-		Clock:      s.clk,
+		NewLiveness: func(c liveness.Config) (Liveness, error) {
+			tp.lv.mu.Lock()
+			tp.lv.self = c.Self
+			tp.lv.mu.Unlock()
+			return tp.lv, nil
+		},
+		Checker: tp.chk,
+		Clock:   s.clk,
 	}
 	if len(self.Routes) > 0 {
 		cfg.LANVIP = netip.MustParsePrefix("192.168.10.1/24")
@@ -559,4 +606,54 @@ func containsRoute(rs []router.Route, p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// TestAgentGatewayHealthFromLiveness: once a gateway's own statements are
+// heard, gossip about it decides nothing: forged "dead" or "LAN down"
+// gossip does not take its routes away, forged "alive" gossip does not
+// keep a gateway whose statements stopped. The gateways are probe
+// targets (fast: without a bind the agent cannot tell traffic); a
+// gateway's partner on its prefix is probed fast too; what a gateway's
+// statements say of itself follows its own checks.
+func TestAgentGatewayHealthFromLiveness(t *testing.T) {
+	s := newSite(t)
+	cl := s.start("c1")
+	cl.hl.Alive("a1")
+	cl.hl.Alive("a2")
+	cl.lv.Alive("a1")
+	cl.lv.Alive("a2")
+	cl.hears(t, "a1", "a2")
+	waitFor(t, "the client to send the site to gwa1", func() bool { return s.carrier(cl) == "gwa1" })
+	for _, id := range []string{"a1", "a2"} {
+		if p, ok := cl.lv.target(id); !ok || !p.Fast || p.Key != s.keys[id] {
+			t.Fatalf("%s as a probe target: %+v, %v; want a fast target with its key", id, p, ok)
+		}
+	}
+	if _, ok := cl.lv.target("c1"); ok {
+		t.Fatal("the client probes itself")
+	}
+
+	// Forged gossip: gwa1 dead, then alive with its LAN down.
+	cl.hl.Dead("a1")
+	cl.hl.Set("a1", health.State{Alive: true, Forwarding: true})
+	time.Sleep(20 * time.Millisecond) // give the loop the chance to act on the forgery
+	if got := s.carrier(cl); got != "gwa1" {
+		t.Fatalf("forged gossip moved the site to %q", got)
+	}
+
+	// gwa1's statements stop while gossip says it is fine.
+	cl.hl.Alive("a1")
+	cl.lv.Dead("a1")
+	waitFor(t, "the route to move to gwa2", func() bool { return s.carrier(cl) == "gwa2" })
+
+	// A gateway probes its partner fast, and says what its checks find.
+	gw := s.start("a1")
+	waitFor(t, "gwa1 to probe gwa2 fast", func() bool { p, ok := gw.lv.target("a2"); return ok && p.Fast })
+	waitFor(t, "gwa1's statements to say LAN and forwarding OK", func() bool {
+		return gw.lv.says() == disco.StatusLANOK|disco.StatusFwdOK
+	})
+	gw.chk.lanDown.Store(true)
+	s.advanceUntil(t, selfCheckEvery, "gwa1's statements to say its LAN is down", func() bool {
+		return gw.lv.says()&disco.StatusLANOK == 0
+	})
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
+	"github.com/meshd/meshd/peer/liveness"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/clock"
@@ -66,6 +67,10 @@ type state struct {
 	fwdArmed   bool
 	health     Health // nil until the map brings keys and an address
 	gossipKeys [][]byte
+	// live is the gateways' own health (probes); nil until the map brings
+	// this peer's address. liveRetry: when to try starting it again.
+	live      Liveness
+	liveRetry time.Time
 
 	pick      map[string]int            // endpoint rotation per peer ID
 	pickSince map[string]time.Time      // when the current pick was made
@@ -101,14 +106,21 @@ func (st *state) stop() {
 		st.health.Leave(500 * time.Millisecond)
 		st.health = nil
 	}
+	if st.live != nil {
+		st.live.Close()
+		st.live = nil
+	}
 }
 
 // loop runs until ctx is done.
 func (a *Agent) loop(ctx context.Context, st *state) {
 	for {
-		var healthCh <-chan struct{}
+		var healthCh, liveCh <-chan struct{}
 		if st.health != nil {
 			healthCh = st.health.Changed()
+		}
+		if st.live != nil {
+			liveCh = st.live.Changed()
 		}
 		dirty := false
 		select {
@@ -126,7 +138,9 @@ func (a *Agent) loop(ctx context.Context, st *state) {
 				}
 			}
 		case <-healthCh:
-			dirty = st.view.observe(st.health.Peers(), a.clk.Now())
+			dirty = st.view.observe(gossipReports(st), a.clk.Now())
+		case <-liveCh:
+			dirty = st.view.observe(st.live.Peers(), a.clk.Now())
 		case r := <-a.checkCh:
 			if st.self.observe(r, st.fwdArmed) {
 				a.log.Warn("gateway health changed", "healthy", st.self.ok(), "forwarding", !st.self.fwdOff, "lan_check", !st.self.lanDown)
@@ -203,6 +217,9 @@ func (a *Agent) chores(st *state) {
 	}
 	if st.health != nil && st.health.Members() == 1 {
 		a.requestJoin(st)
+	}
+	if st.live != nil {
+		st.live.Set(a.livePeers(st, a.clk.Now())) // which gateways carry traffic now
 	}
 }
 
@@ -282,7 +299,9 @@ func (a *Agent) reconcile(st *state) {
 	} else if d.router.Forward {
 		st.fwdArmed = true
 	}
+	a.selfFlags.Store(selfFlags(st.self))
 	a.ensureHealth(st)
+	a.ensureLiveness(st, now)
 	if a.vip != nil {
 		offer(a.vipCh, dec.vip)
 	}
@@ -331,6 +350,45 @@ func (a *Agent) ensureHealth(st *state) {
 		st.gossipKeys = st.nm.gossipKeys
 		st.health.SetKeys(st.nm.gossipKeys, 10*time.Second)
 	}
+}
+
+// gossipReports is what gossip says, less the peers whose own statements
+// liveness has heard: for those, gossip decides nothing.
+func gossipReports(st *state) map[string]health.State {
+	r := st.health.Peers()
+	if st.live != nil {
+		for id := range st.live.Peers() {
+			delete(r, id)
+		}
+	}
+	return r
+}
+
+// ensureLiveness starts the gateway health probes once the map has brought
+// this peer's address, and keeps who probes and is probed current.
+func (a *Agent) ensureLiveness(st *state, now time.Time) {
+	if st.nm.self == nil {
+		return
+	}
+	if st.live == nil {
+		if now.Before(st.liveRetry) {
+			return
+		}
+		addr, err := netip.ParseAddr(st.nm.self.OverlayIP)
+		if err != nil {
+			return
+		}
+		l, err := a.cfg.NewLiveness(liveness.Config{PrivateKey: a.priv, Addr: addr, Port: a.cfg.LivenessPort,
+			Self: func() byte { return byte(a.selfFlags.Load()) }, Logger: a.cfg.Logger})
+		if err != nil {
+			st.liveRetry = now.Add(5 * time.Second)
+			a.log.Warn("gateway health probes not started; gateways' health comes from gossip", "err", err)
+			return
+		}
+		st.live = l
+		a.log.Info("gateway health probes started", "addr", addr)
+	}
+	st.live.Set(a.livePeers(st, now))
 }
 
 // logRouteChanges says when a route moves to another gateway.

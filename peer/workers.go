@@ -166,8 +166,8 @@ func (a *Agent) relayLoop(ctx context.Context) error {
 // selfCheckEvery paces a gateway's own checks; lanCheckWait bounds the
 // ARP probe of one round.
 const (
-	selfCheckEvery = 300 * time.Millisecond
-	lanCheckWait   = 200 * time.Millisecond
+	selfCheckEvery = 100 * time.Millisecond
+	lanCheckWait   = 100 * time.Millisecond
 )
 
 // selfCheckLoop runs a gateway's own checks every selfCheckEvery and hands

@@ -620,6 +620,21 @@ func (c *Conn) SetSTUNServers(servers []netip.AddrPort) {
 // SetRelays hands the relay manager the relays and credentials to use.
 func (c *Conn) SetRelays(cfg api.RelayConfig) { c.relay.setConfig(cfg) }
 
+// LastSend is when WireGuard last sent to the peer with key k (zero:
+// never).
+func (c *Conn) LastSend(k wgcfg.Key) time.Time {
+	c.epMu.Lock()
+	e := c.eps[k]
+	c.epMu.Unlock()
+	if e == nil {
+		return time.Time{}
+	}
+	if ns := e.lastSend.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // Paths reports the path in use to every peer.
 func (c *Conn) Paths() map[wgcfg.Key]PathStatus {
 	out := map[wgcfg.Key]PathStatus{}
