@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/clock"
 	"github.com/meshd/meshd/pkg/logging"
+	"github.com/meshd/meshd/pkg/policy"
 	"github.com/meshd/meshd/pkg/token"
 )
 
@@ -656,4 +658,41 @@ func TestAgentGatewayHealthFromLiveness(t *testing.T) {
 	s.advanceUntil(t, selfCheckEvery, "gwa1's statements to say its LAN is down", func() bool {
 		return gw.lv.says()&disco.StatusLANOK == 0
 	})
+}
+
+// TestAgentAppliesPolicy: the policy a full map carries becomes the
+// engine's receiver rules, resolved against this peer's map (cl1's
+// overlay address may reach the site's LAN on 443 through gwa1); deltas
+// that change nothing the rules are made of do not touch them; a full map
+// without a policy lifts it.
+func TestAgentAppliesPolicy(t *testing.T) {
+	s := newSite(t)
+	gw := s.start("a1")
+	gw.hl.Alive("a2")
+	gw.hl.Alive("c1")
+	u := s.update("a1", 11, nil)
+	u.Policy = []byte(`{"acls": [{"action": "accept", "src": ["peer:cl1"], "dst": ["192.168.10.0/24:443"], "proto": "tcp"}]}`)
+	gw.ctl.updates <- u
+	var rules []policy.AddrRule
+	waitFor(t, "gwa1's engine to get the policy", func() bool { rules, _ = gw.eng.PolicyRules(); return len(rules) > 0 })
+	if len(rules) != 1 || !slices.Contains(rules[0].Src, netip.MustParsePrefix("100.96.0.9/32")) ||
+		!slices.Contains(rules[0].Dst, sitePrefix) || !rules[0].Ports.Contains(443) || rules[0].Ports.Contains(22) {
+		t.Fatalf("rules %+v; want cl1's address to the site's LAN on 443 only", rules)
+	}
+	_, sets := gw.eng.PolicyRules()
+	// A delta that only moves an endpoint leaves the rules alone.
+	p := sitePeers[2]
+	p.PublicKey = s.keys["c1"].String()
+	p.Endpoints = []string{"198.51.100.9:51820"}
+	gw.ctl.updates <- &api.MapUpdate{Index: 12, Peers: []api.MapPeer{p}}
+	waitFor(t, "the delta to land", func() bool {
+		var ok bool
+		gw.a.do(context.Background(), func(st *state) { ok = st.nm.index == 12 })
+		return ok
+	})
+	if _, n := gw.eng.PolicyRules(); n != sets {
+		t.Fatalf("an endpoint change set the policy rules again (%d times, was %d)", n, sets)
+	}
+	gw.ctl.updates <- s.update("a1", 13, nil)
+	waitFor(t, "the policy to be lifted", func() bool { r, n := gw.eng.PolicyRules(); return r == nil && n > sets })
 }

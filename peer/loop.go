@@ -71,6 +71,8 @@ type state struct {
 	// this peer's address. liveRetry: when to try starting it again.
 	live      Liveness
 	liveRetry time.Time
+	// policyIn is what the engine's policy rules were last made from.
+	policyIn *string
 
 	pick      map[string]int            // endpoint rotation per peer ID
 	pickSince map[string]time.Time      // when the current pick was made
@@ -288,6 +290,8 @@ func (a *Agent) reconcile(st *state) {
 		}
 		a.bind.SetPeers(pathConfigs(&st.nm, nets), exclude)
 	}
+	// The rules first: a peer the new map adds may send at once.
+	a.applyPolicy(st)
 	if err := a.eng.Reconfig(d.wg); err != nil && !errors.Is(err, engine.ErrNoChanges) {
 		a.log.Warn("configure interface", "err", err)
 	}
@@ -349,6 +353,27 @@ func (a *Agent) ensureHealth(st *state) {
 	if !slices.EqualFunc(st.gossipKeys, st.nm.gossipKeys, func(x, y []byte) bool { return string(x) == string(y) }) {
 		st.gossipKeys = st.nm.gossipKeys
 		st.health.SetKeys(st.nm.gossipKeys, 10*time.Second)
+	}
+}
+
+// applyPolicy hands the engine this peer's receiver rules when what they
+// are made from changed.
+func (a *Agent) applyPolicy(st *state) {
+	f, ok := a.eng.(engine.Filterer)
+	if !ok {
+		return
+	}
+	in := policyInputs(&st.nm)
+	if st.policyIn != nil && *st.policyIn == in {
+		return
+	}
+	st.policyIn = &in
+	rules := receiverRules(&st.nm)
+	f.SetPolicyRules(rules)
+	if rules == nil {
+		a.log.Info("no access policy: every peer of the vnet may reach this one")
+	} else {
+		a.log.Info("access policy applied", "rules", len(rules))
 	}
 }
 

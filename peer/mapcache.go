@@ -22,7 +22,7 @@ const MapFile = "netmap.json"
 func (m *netMap) snapshot() *api.MapUpdate {
 	u := &api.MapUpdate{
 		Index: m.index, Full: true, VNet: m.vnet, Self: m.self,
-		Coordinators: m.coordinators, STUNServers: m.stunServers, GossipKeys: m.gossipKeys,
+		Coordinators: m.coordinators, STUNServers: m.stunServers, GossipKeys: m.gossipKeys, Policy: m.policy,
 	}
 	if m.overlay.IsValid() {
 		u.Overlay = m.overlay.String()

@@ -26,12 +26,18 @@ type netMap struct {
 	coordinators []string
 	stunServers  []string
 	gossipKeys   [][]byte
+	// policy is the vnet's access policy in force (nil: none), as the
+	// last full map carried it.
+	policy []byte
 }
 
 // apply folds one update into m.
 func (m *netMap) apply(u *api.MapUpdate) {
 	if u.Full || m.peers == nil {
 		m.peers = map[string]api.MapPeer{}
+	}
+	if u.Full {
+		m.policy = u.Policy
 	}
 	if u.Index > m.index {
 		m.index = u.Index

@@ -158,6 +158,11 @@ func FullIn(t *state.Tables, index uint64, selfID string, v *View) *api.MapUpdat
 	}
 	sp := Peer(self)
 	u.Self = &sp
+	if p := t.Policy(self.VNet); p != nil {
+		if b, err := p.MarshalJSON(); err == nil {
+			u.Policy = b
+		}
+	}
 	if i, ok := v.index(selfID); ok {
 		u.Peers = make([]api.MapPeer, 0, v.vis.Count(i))
 		for j := range v.vis.Peers(i) { // in name order

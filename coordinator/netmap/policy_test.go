@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/pkg/policy"
 	"github.com/meshd/meshd/pkg/api"
 )
 
@@ -66,6 +67,10 @@ func TestFullAndDeltaUnderPolicy(t *testing.T) {
 			if got := names(u.Peers); got != tt.want || u.Self == nil || u.Self.ID != tt.self {
 				t.Errorf("%s's full map: %q; want %q", tt.self, got, tt.want)
 			}
+			// The map carries the policy, for the peer to enforce.
+			if p, err := policy.Decode(u.Policy); err != nil || len(p.Rules) != len(tb.Policy("default").Rules) {
+				t.Errorf("%s's full map carries policy %s (%v); want the vnet's", tt.self, u.Policy, err)
+			}
 			if got := names(FullIn(tb, idx, tt.self, v).Peers); got != tt.want {
 				t.Errorf("%s's full map with a view: %q; want %q", tt.self, got, tt.want)
 			}
@@ -88,8 +93,8 @@ func TestFullAndDeltaUnderPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Read(func(tb *state.Tables, idx uint64) {
-		if got := names(Full(tb, idx, "b1").Peers); got != "gwa1,gwa2,laptop" {
-			t.Fatalf("got %q; want everyone", got)
+		if u := Full(tb, idx, "b1"); names(u.Peers) != "gwa1,gwa2,laptop" || u.Policy != nil {
+			t.Fatalf("got %q with policy %s; want everyone and no policy", names(u.Peers), u.Policy)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/policy"
 )
 
 // Fake is an Engine that records the configurations it is given.
@@ -13,10 +14,33 @@ type Fake struct {
 	applied applied
 
 	mu    sync.Mutex
-	calls int // guarded by mu: Reconfig calls that changed something
+	calls int               // guarded by mu: Reconfig calls that changed something
+	rules []policy.AddrRule // guarded by mu: the policy rules last set
+	sets  int               // guarded by mu: SetPolicyRules calls
 }
 
-var _ Engine = (*Fake)(nil)
+var (
+	_ Engine   = (*Fake)(nil)
+	_ Filterer = (*Fake)(nil)
+)
+
+// SetPolicyRules implements Filterer.
+func (f *Fake) SetPolicyRules(rules []policy.AddrRule) {
+	f.mu.Lock()
+	f.rules = rules
+	f.sets++
+	f.mu.Unlock()
+}
+
+// PolicyDropped implements Filterer.
+func (f *Fake) PolicyDropped() uint64 { return 0 }
+
+// PolicyRules returns the rules last set and how many times they were.
+func (f *Fake) PolicyRules() ([]policy.AddrRule, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rules, f.sets
+}
 
 // Name implements Engine.
 func (f *Fake) Name() string { return f.IfName }

@@ -4,6 +4,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -261,6 +262,11 @@ type MapUpdate struct {
 	STUNServers []string `json:"stun_servers,omitempty"`
 	// SelfRemoved tells the receiver it was removed; the stream ends.
 	SelfRemoved bool `json:"self_removed,omitempty"`
+	// Policy is the vnet's access policy in force, in full maps only
+	// (a policy change sends every peer of the vnet a full map); absent,
+	// the vnet has none and every peer may reach every other. The
+	// receiver enforces it on what reaches it through the mesh.
+	Policy json.RawMessage `json:"policy,omitempty"`
 }
 
 // HeartbeatRequest is sent by a peer periodically; Endpoints, when not nil,

@@ -1,0 +1,73 @@
+package peer
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/policy"
+)
+
+// receiverRules are the rules of the vnet's policy that decide what may
+// reach this peer (or, on a gateway, its LAN) through the mesh; nil when
+// the vnet has no policy. The directory they resolve against is this
+// peer's map: it holds every peer that may reach this one (the
+// coordinators leave out only peers this one may neither reach nor be
+// reached by). A policy this version cannot read lets nothing new in.
+func receiverRules(m *netMap) []policy.AddrRule {
+	if m.policy == nil || m.self == nil {
+		return nil
+	}
+	p, err := policy.Decode(m.policy)
+	if err != nil {
+		return []policy.AddrRule{}
+	}
+	peers := make([]policy.Peer, 0, len(m.peers)+1)
+	peers = append(peers, directoryPeer(*m.self))
+	for _, mp := range m.peers {
+		peers = append(peers, directoryPeer(mp))
+	}
+	rules := p.ReceiverRules(policy.NewDirectory(peers), m.self.Name)
+	if rules == nil {
+		rules = []policy.AddrRule{}
+	}
+	return rules
+}
+
+// directoryPeer is a map peer as the policy sees it.
+func directoryPeer(mp api.MapPeer) policy.Peer {
+	p := policy.Peer{Name: mp.Name, Tags: mp.Tags}
+	if a, err := netip.ParseAddr(mp.OverlayIP); err == nil {
+		p.Addrs = []netip.Addr{a}
+	}
+	for _, r := range mp.Routes {
+		if pf, err := netip.ParsePrefix(r.Prefix); err == nil {
+			p.Subnets = append(p.Subnets, pf)
+		}
+	}
+	return p
+}
+
+// policyInputs fingerprints what receiverRules reads, so the engine gets
+// new rules only when they may differ (a new rule set makes every flow be
+// judged again).
+func policyInputs(m *netMap) string {
+	if m.policy == nil || m.self == nil {
+		return ""
+	}
+	var b strings.Builder
+	b.Write(m.policy)
+	ps := []api.MapPeer{*m.self}
+	for _, p := range m.peers {
+		ps = append(ps, p)
+	}
+	slices.SortFunc(ps, func(x, y api.MapPeer) int { return strings.Compare(x.ID, y.ID) })
+	for _, p := range ps {
+		b.WriteString("\x00" + p.Name + "\x01" + p.OverlayIP + "\x01" + strings.Join(p.Tags, ",") + "\x01")
+		for _, r := range p.Routes {
+			b.WriteString(r.Prefix + ",")
+		}
+	}
+	return b.String()
+}
