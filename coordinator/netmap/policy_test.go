@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/meshd/meshd/coordinator/state"
-	"github.com/meshd/meshd/pkg/policy"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/policy"
 )
 
 // Peers of default in testStore: gwa1 and gwa2 (192.168.10.0/24), gwb1
