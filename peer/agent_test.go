@@ -675,8 +675,14 @@ func TestAgentAppliesPolicy(t *testing.T) {
 	gw.ctl.updates <- u
 	var rules []policy.AddrRule
 	waitFor(t, "gwa1's engine to get the policy", func() bool { rules, _ = gw.eng.PolicyRules(); return len(rules) > 0 })
-	if len(rules) != 1 || !slices.Contains(rules[0].Src, netip.MustParsePrefix("100.96.0.9/32")) ||
-		!slices.Contains(rules[0].Dst, sitePrefix) || !rules[0].Ports.Contains(443) || rules[0].Ports.Contains(22) {
+	// The mesh's own traffic first (gossip and health probes to gwa1's
+	// overlay address), then cl1's address to the site's LAN on 443 only.
+	if len(rules) != 2 || rules[0].Rule != -1 || !rules[0].Ports.Contains(7946) || !rules[0].Ports.Contains(7947) ||
+		!slices.Contains(rules[0].Dst, netip.MustParsePrefix("100.96.0.1/32")) {
+		t.Fatalf("rules %+v; want the control rule first", rules)
+	}
+	if r := rules[1]; !slices.Contains(r.Src, netip.MustParsePrefix("100.96.0.9/32")) ||
+		!slices.Contains(r.Dst, sitePrefix) || !r.Ports.Contains(443) || r.Ports.Contains(22) {
 		t.Fatalf("rules %+v; want cl1's address to the site's LAN on 443 only", rules)
 	}
 	_, sets := gw.eng.PolicyRules()

@@ -368,13 +368,26 @@ func (a *Agent) applyPolicy(st *state) {
 		return
 	}
 	st.policyIn = &in
-	rules := receiverRules(&st.nm)
+	rules := receiverRules(&st.nm, a.controlPorts())
 	f.SetPolicyRules(rules)
 	if rules == nil {
 		a.log.Info("no access policy: every peer of the vnet may reach this one")
 	} else {
 		a.log.Info("access policy applied", "rules", len(rules))
 	}
+}
+
+// controlPorts are the overlay ports of the mesh's own traffic: health
+// gossip and gateway health probes.
+func (a *Agent) controlPorts() []uint16 {
+	g, l := a.cfg.GossipPort, a.cfg.LivenessPort
+	if g == 0 {
+		g = health.DefaultPort
+	}
+	if l == 0 {
+		l = liveness.DefaultPort
+	}
+	return []uint16{uint16(g), uint16(l)}
 }
 
 // gossipReports is what gossip says, less the peers whose own statements

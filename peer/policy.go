@@ -15,24 +15,32 @@ import (
 // peer's map: it holds every peer that may reach this one (the
 // coordinators leave out only peers this one may neither reach nor be
 // reached by). A policy this version cannot read lets nothing new in.
-func receiverRules(m *netMap) []policy.AddrRule {
+// Whatever the policy, the mesh's own traffic to this peer passes: health
+// gossip and probes from the vnet's overlay to control (ports on this
+// peer's overlay address), without which failover would stop.
+func receiverRules(m *netMap, control []uint16) []policy.AddrRule {
 	if m.policy == nil || m.self == nil {
 		return nil
 	}
+	rules := []policy.AddrRule{}
+	if self, err := netip.ParseAddr(m.self.OverlayIP); err == nil && m.overlay.IsValid() && len(control) > 0 {
+		r := policy.AddrRule{Rule: -1, Src: []netip.Prefix{m.overlay}, Dst: []netip.Prefix{netip.PrefixFrom(self, self.BitLen())},
+			Proto: policy.ProtoTCP | policy.ProtoUDP}
+		for _, port := range slices.Sorted(slices.Values(control)) {
+			r.Ports = append(r.Ports, policy.PortRange{First: port, Last: port})
+		}
+		rules = append(rules, r)
+	}
 	p, err := policy.Decode(m.policy)
 	if err != nil {
-		return []policy.AddrRule{}
+		return rules
 	}
 	peers := make([]policy.Peer, 0, len(m.peers)+1)
 	peers = append(peers, directoryPeer(*m.self))
 	for _, mp := range m.peers {
 		peers = append(peers, directoryPeer(mp))
 	}
-	rules := p.ReceiverRules(policy.NewDirectory(peers), m.self.Name)
-	if rules == nil {
-		rules = []policy.AddrRule{}
-	}
-	return rules
+	return append(rules, p.ReceiverRules(policy.NewDirectory(peers), m.self.Name)...)
 }
 
 // directoryPeer is a map peer as the policy sees it.

@@ -73,7 +73,38 @@ func NewView(t *state.Tables, index uint64, vnet string) *View {
 	for i, id := range ids {
 		v.byID[id] = i
 	}
+	linkGateways(d, v.vis)
 	return v
+}
+
+// linkGateways lets gateways that announce the same subnet (an HA pair)
+// see each other whatever the policy says: they watch each other's health
+// and hand the subnet over.
+func linkGateways(d *policy.Directory, vis *policy.Visibility) {
+	var gws []int
+	for i := range d.Len() {
+		if len(d.Peer(i).Subnets) > 0 {
+			gws = append(gws, i)
+		}
+	}
+	for x, i := range gws {
+		for _, j := range gws[x+1:] {
+			if shareAny(d.Peer(i).Subnets, d.Peer(j).Subnets) {
+				vis.Link(i, j)
+			}
+		}
+	}
+}
+
+func shareAny(a, b []netip.Prefix) bool {
+	for _, p := range a {
+		for _, q := range b {
+			if p == q {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Reuse returns v as the View at index when the peers that changed since

@@ -98,3 +98,21 @@ func TestFullAndDeltaUnderPolicy(t *testing.T) {
 		}
 	})
 }
+
+// TestHAPairSeesEachOther: the gateways of one subnet see each other even
+// when no rule lets them talk: they watch each other and hand it over.
+func TestHAPairSeesEachOther(t *testing.T) {
+	s := testStore(t)
+	doc := `{"acls": [{"action": "accept", "src": ["peer:laptop"], "dst": ["192.168.10.0/25:443"]}]}`
+	if _, err := s.SetPolicy("default", []byte(doc), "admin", t0, 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Read(func(tb *state.Tables, idx uint64) {
+		if got := names(Full(tb, idx, "a1").Peers); got != "gwa2,laptop" {
+			t.Fatalf("gwa1 sees %q; want its partner gwa2 and the laptop", got)
+		}
+		if got := names(Full(tb, idx, "b1").Peers); got != "" {
+			t.Fatalf("gwb1, whose /25 lies inside the pair's /24, sees %q; want no one", got)
+		}
+	})
+}

@@ -139,6 +139,14 @@ func (p *Policy) Visibility(d *Directory) *Visibility {
 
 func (v *Visibility) row(i int) bitset { return v.rows[i*v.words : (i+1)*v.words] }
 
+// Link makes peers i and j see each other whatever the rules say: the
+// gateways of one subnet (an HA pair) must, to watch each other and hand
+// over the subnet.
+func (v *Visibility) Link(i, j int) {
+	v.row(i).set(j)
+	v.row(j).set(i)
+}
+
 // Sees reports whether peer i may see peer j. It is symmetric.
 func (v *Visibility) Sees(i, j int) bool { return v.row(i).has(j) }
 
