@@ -58,13 +58,17 @@ func serve(addr string) int {
 }
 
 func probe(proto, addr string) int {
-	c, err := net.DialTimeout(proto, addr, 2*time.Second)
+	timeout := 2 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("MESHD_E2E_TIMEOUT")); err == nil {
+		timeout = d
+	}
+	c, err := net.DialTimeout(proto, addr, timeout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
+	c.SetDeadline(time.Now().Add(timeout))
 	if proto == "udp" {
 		c.Write([]byte("hello"))
 	}
