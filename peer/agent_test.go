@@ -99,9 +99,10 @@ func (c *fakeControl) Coordinators() []string   { return []string{"https://c1.te
 // fakeLiveness is the gateways' own statements as the test sets them.
 type fakeLiveness struct {
 	*health.Fake
-	mu    sync.Mutex
-	peers []LivePeer  // guarded by mu: as last Set
-	self  func() byte // guarded by mu: what this peer's statements say
+	mu     sync.Mutex
+	peers  []LivePeer  // guarded by mu: as last Set
+	self   func() byte // guarded by mu: what this peer's statements say
+	probed time.Time   // guarded by mu: when another peer last probed this one
 }
 
 // says is what this peer's statements say now (0 before it started).
@@ -133,6 +134,19 @@ func (f *fakeLiveness) target(id string) (LivePeer, bool) {
 }
 
 func (f *fakeLiveness) Close() error { return nil }
+
+func (f *fakeLiveness) LastProbed() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.probed
+}
+
+func (f *fakeLiveness) setProbed(t time.Time) {
+	f.mu.Lock()
+	f.probed = t
+	f.mu.Unlock()
+	f.Fake.Set("", health.State{}) // a change to look at
+}
 
 // fakeChecker is a gateway's OS as its checks see it.
 type fakeChecker struct {
@@ -701,4 +715,35 @@ func TestAgentAppliesPolicy(t *testing.T) {
 	}
 	gw.ctl.updates <- s.update("a1", 13, nil)
 	waitFor(t, "the policy to be lifted", func() bool { r, n := gw.eng.PolicyRules(); return r == nil && n > sets })
+}
+
+// TestAgentIsolatedGatewayLetsVIPGo: the active gateway whose uplink is cut
+// hears none of the other gateways and nobody probes it any more: it lets
+// the VIP go IsolatedAfter after the last probe, though gossip (slower)
+// still counts the others alive; while peers still probe it (its partner
+// died, the mesh still reaches it) it keeps the VIP.
+func TestAgentIsolatedGatewayLetsVIPGo(t *testing.T) {
+	s := newSite(t)
+	gw := s.start("a1")
+	gw.hl.Alive("a2")
+	gw.hl.Alive("c1")
+	gw.lv.Alive("a2")
+	gw.lv.setProbed(s.clk.Now())
+	waitFor(t, "gwa1 to own the VIP", func() bool { return gw.vip.Owned() })
+
+	// Its partner dies; clients still probe it: it keeps the VIP.
+	gw.lv.Dead("a2")
+	gw.lv.setProbed(s.clk.Now())
+	s.clk.Advance(IsolatedAfter / 2)
+	gw.lv.setProbed(s.clk.Now())
+	s.clk.Advance(IsolatedAfter / 2)
+	time.Sleep(20 * time.Millisecond) // give the loop the chance to act
+	if !gw.vip.Owned() {
+		t.Fatal("gwa1 let the VIP go while peers still probed it")
+	}
+	// Nobody probes it any more: cut off.
+	s.advanceUntil(t, IsolatedAfter/5, "gwa1 to let the VIP go", func() bool { return !gw.vip.Owned() })
+	if _, alive := gw.heard(t, "c1"); !alive {
+		t.Fatal("gossip should still count cl1 alive here: the VIP went on liveness alone")
+	}
 }

@@ -142,6 +142,9 @@ type selfCheck struct {
 	lanFails int
 	lanDown  bool
 	fwdOff   bool
+	// isolated: the mesh no longer reaches this gateway (isolation); it
+	// keeps its routes but not the VIP.
+	isolated bool
 }
 
 // observe folds in one round. Forwarding counts only once armed: after the
@@ -197,6 +200,9 @@ func decide(m *netMap, v *healthView, self selfCheck, now time.Time) decision {
 		if g.peerID == "" {
 			d.vip = true
 		}
+	}
+	if self.isolated {
+		d.vip = false
 	}
 	if v != nil {
 		if len(m.peers) > 0 && v.aliveOthers() == 0 {

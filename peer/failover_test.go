@@ -296,3 +296,29 @@ func TestJoinSecretStable(t *testing.T) {
 		t.Fatal("the secret does not depend on both the token and the key")
 	}
 }
+
+func TestIsolation(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	dead, alive := health.State{}, health.State{Alive: true, LANOK: true, Forwarding: true}
+	gws := map[string]bool{"a2": true, "b1": true}
+	cases := []struct {
+		name       string
+		targets    map[string]bool
+		live       map[string]health.State
+		lastProbed time.Time
+		isolated   bool
+		until      time.Time
+	}{
+		{"no other gateway", nil, nil, time.Time{}, false, time.Time{}},
+		{"one answers", gws, map[string]health.State{"a2": dead, "b1": alive}, time.Time{}, false, time.Time{}},
+		{"one never heard", gws, map[string]health.State{"a2": dead}, time.Time{}, false, time.Time{}},
+		{"none answers, probed just now", gws, map[string]health.State{"a2": dead, "b1": dead}, now.Add(-100 * time.Millisecond), false, now.Add(IsolatedAfter - 100*time.Millisecond)},
+		{"none answers, unprobed", gws, map[string]health.State{"a2": dead, "b1": dead}, now.Add(-IsolatedAfter), true, time.Time{}},
+	}
+	for _, tc := range cases {
+		iso, until := isolation(tc.targets, tc.live, tc.lastProbed, now)
+		if iso != tc.isolated || !until.Equal(tc.until) {
+			t.Errorf("%s: isolated %v until %v; want %v until %v", tc.name, iso, until, tc.isolated, tc.until)
+		}
+	}
+}

@@ -2,14 +2,12 @@ package peer
 
 import (
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/meshd/meshd/peer/disco"
 	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/peer/liveness"
 	"github.com/meshd/meshd/peer/wgcfg"
-	"github.com/meshd/meshd/pkg/api"
 )
 
 // Liveness is where a gateway's health comes from: the gateway's own
@@ -27,6 +25,9 @@ type Liveness interface {
 	// Set replaces who may probe this peer (the whole map) and whom this
 	// peer probes (Target), fast or slowly.
 	Set(peers []LivePeer)
+	// LastProbed is when another peer last probed this one (zero:
+	// never): evidence that the mesh still reaches it.
+	LastProbed() time.Time
 	Close() error
 }
 
@@ -85,9 +86,34 @@ func (l *proberLiveness) Set(peers []LivePeer) {
 	l.ids = ids
 }
 
+func (l *proberLiveness) LastProbed() time.Time { return l.p.LastProbed() }
+
 func (l *proberLiveness) Close() error { return l.p.Close() }
 
-// selfFlags is what this peer's statements say of it.
+// IsolatedAfter is how long a gateway that hears none of the other
+// gateways must also go unprobed before it counts as cut off from the mesh.
+const IsolatedAfter = 500 * time.Millisecond
+
+// isolation says whether this gateway is cut off from the mesh at now: it
+// probes other gateways and none answers, and no peer has probed it for
+// IsolatedAfter (the peers sending through it probe it every 50 ms). When
+// it is not, but might become so without another event, until is when to
+// look again. A gateway that is cut off lets its LAN VIP go at once, so its
+// partner, which sees it dead, can take it.
+func isolation(targets map[string]bool, live map[string]health.State, lastProbed, now time.Time) (isolated bool, until time.Time) {
+	if len(targets) == 0 {
+		return false, time.Time{}
+	}
+	for id := range targets {
+		if s, ok := live[id]; !ok || s.Alive {
+			return false, time.Time{} // one answers, or has not been heard yet
+		}
+	}
+	if end := lastProbed.Add(IsolatedAfter); now.Before(end) {
+		return false, end
+	}
+	return true, time.Time{}
+}
 func selfFlags(s selfCheck) uint32 {
 	var f byte
 	if !s.lanDown {
@@ -101,7 +127,8 @@ func selfFlags(s selfCheck) uint32 {
 
 // livePeers lists the map for Liveness: every peer may probe this one; the
 // gateways are targets, fast while this peer sends to them (or always
-// without a bind to tell) and when they share a prefix with this gateway.
+// without a bind to tell), and always when this peer is a gateway itself
+// (it must tell quickly whether it is cut off, isolated).
 func (a *Agent) livePeers(st *state, now time.Time) []LivePeer {
 	own := map[string]bool{}
 	if st.nm.self != nil {
@@ -121,8 +148,7 @@ func (a *Agent) livePeers(st *state, now time.Time) []LivePeer {
 		}
 		lp := LivePeer{ID: id, Key: key, Addr: addr, Target: len(p.Routes) > 0}
 		if lp.Target {
-			lp.Fast = a.bind == nil || now.Sub(a.bind.LastSend(key)) < ActiveFor ||
-				slices.ContainsFunc(p.Routes, func(r api.Route) bool { return own[r.Prefix] })
+			lp.Fast = a.bind == nil || len(own) > 0 || now.Sub(a.bind.LastSend(key)) < ActiveFor
 		}
 		out = append(out, lp)
 	}

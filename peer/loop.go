@@ -247,7 +247,21 @@ func (a *Agent) reconcile(st *state) {
 	if st.health != nil {
 		view = st.view
 	}
+	var isoUntil time.Time
+	st.self.isolated = false
+	if st.live != nil && st.nm.self != nil && len(st.nm.self.Routes) > 0 {
+		gws := map[string]bool{}
+		for id, p := range st.nm.peers {
+			if len(p.Routes) > 0 {
+				gws[id] = true
+			}
+		}
+		st.self.isolated, isoUntil = isolation(gws, st.live.Peers(), st.live.LastProbed(), now)
+	}
 	dec := decide(&st.nm, view, st.self, now)
+	if !isoUntil.IsZero() && (dec.wake.IsZero() || isoUntil.Before(dec.wake)) {
+		dec.wake = isoUntil
+	}
 	nets := localNets(a.cfg.Interface)
 	d := compute(&st.nm, buildOptions{
 		privateKey: a.priv, listenPort: a.cfg.ListenPort, mtu: a.cfg.MTU,

@@ -50,6 +50,9 @@ type Prober struct {
 	conn *net.UDPConn
 	pub  wgcfg.Key
 	seq  atomic.Uint64
+	// probed is when a peer last probed this one (unix ns): evidence that
+	// the mesh reaches it.
+	probed atomic.Int64
 
 	mu      sync.Mutex
 	peers   map[wgcfg.Key]*[32]byte // guarded by mu: who may probe, with the shared key
@@ -161,6 +164,14 @@ func (p *Prober) SetTargets(ts []Target) {
 	}
 }
 
+// LastProbed is when a peer last probed this one (zero: never).
+func (p *Prober) LastProbed() time.Time {
+	if ns := p.probed.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // Observe returns what is known of target k.
 func (p *Prober) Observe(k wgcfg.Key) (Observation, bool) {
 	p.mu.Lock()
@@ -235,6 +246,7 @@ func (p *Prober) handle(in inbound) []outbound {
 	}
 	switch m.Type {
 	case disco.TypeProbe:
+		p.probed.Store(in.at.UnixNano())
 		st := &disco.Message{Type: disco.TypeStatus, TxID: m.TxID, Seq: p.seq.Add(1), Flags: p.cfg.Self()}
 		return []outbound{{disco.Seal(st, p.pub, shared), in.from}}
 	case disco.TypeStatus:
