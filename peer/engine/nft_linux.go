@@ -119,7 +119,6 @@ func (f *nftFilter) set(rules []policy.AddrRule) error {
 	err := f.apply(want, gen, f.built)
 	if err != nil && f.built {
 		// The table may have been deleted under us; build it anew.
-		f.built = false
 		err = f.apply(want, gen, false)
 	}
 	if err != nil {
@@ -140,13 +139,13 @@ func (f *nftFilter) apply(rules []nftRule, gen uint32, flush bool) error {
 	t := f.table
 	policyCh := &nftables.Chain{Name: policyChain, Table: t}
 	admitCh := &nftables.Chain{Name: admitChain, Table: t}
+	var carry uint64 // the count of a table this batch replaces
 	if flush {
 		c.FlushChain(policyCh)
 		c.FlushChain(admitCh)
 	} else {
 		if f.built {
-			f.base += f.readLocked(c)
-			f.last = 0
+			carry = f.readLocked(c)
 		}
 		// Adding, then deleting, removes the table whether or not it existed.
 		c.AddTable(t)
@@ -179,11 +178,17 @@ func (f *nftFilter) apply(rules []nftRule, gen uint32, flush bool) error {
 		}
 		c.AddRule(&r.Rule)
 	}
-	for _, r := range admitRules(gen) {
+	for _, r := range admitRules(rules, gen) {
 		r.Table, r.Chain = t, admitCh
 		c.AddRule(&r)
 	}
-	return c.Flush()
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	if !flush {
+		f.base, f.last = f.base+carry, 0
+	}
+	return nil
 }
 
 // close deletes the table and releases the namespace; the filter is
@@ -202,16 +207,16 @@ func (f *nftFilter) close() error {
 	if err != nil {
 		return err
 	}
+	var carry uint64
 	if f.built {
-		f.base += f.readLocked(c)
-		f.last = 0
+		carry = f.readLocked(c)
 	}
-	f.built = false
 	c.AddTable(f.table)
 	c.DelTable(f.table)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("policy filter: delete nftables table inet %s: %w", f.table.Name, err)
 	}
+	f.built, f.base, f.last = false, f.base+carry, 0
 	return nil
 }
 
@@ -302,8 +307,12 @@ func policyRules(rules []nftRule, gen uint32) []nftRuleSets {
 }
 
 // admitRules is the admit chain: mark the flow as admitted by generation
-// gen (a packet without a connection skips that), and accept.
-func admitRules(gen uint32) []nftables.Rule {
+// gen (a packet without a connection skips that), and accept. With no
+// policy (nil rules) it is empty.
+func admitRules(rules []nftRule, gen uint32) []nftables.Rule {
+	if rules == nil {
+		return nil
+	}
 	return []nftables.Rule{
 		{Exprs: []expr.Any{
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
