@@ -21,7 +21,7 @@ import (
 // arrives through one interface: the kernel engine's counterpart of the
 // userspace engine's filteredTUN, with the kernel's connection tracking
 // in place of pkg/policy/filter's flow table. It owns one table, family
-// inet, named PolicyTableName(dev):
+// inet, named PolicyTableName(dev); with rules of generation GEN:
 //
 //	table inet meshd-policy-DEV {
 //		counter dropped
@@ -29,31 +29,43 @@ import (
 //		chain forward { type filter hook forward priority filter; policy accept; iifname "DEV" jump policy }
 //		chain policy {
 //			ct direction reply accept              # replies to flows this side (or its LAN) opened
-//			ct mark & 0xff000000 == GEN accept     # flows the rules in force admitted
-//			ip saddr ... th dport ... goto admit   # one rule per family and kind of each AddrRule (nftRules)
+//			ct mark & 0xff000000 == GEN<<24 accept # flows the rules in force admitted
+//			jump rules_GEN
 //			counter name "dropped" drop
 //		}
-//		chain admit {
-//			ct mark set ct mark & 0x00ffffff | GEN # the flow is admitted by this generation of rules
+//		chain rules_GEN {
+//			ip saddr ... th dport ... goto admit_GEN # per AddrRule, family and kind (nftRules)
+//		}
+//		chain admit_GEN {
+//			ct mark set ct mark & 0x00ffffff | GEN<<24 # admitted by this generation of rules
 //			accept
 //		}
 //	}
 //
 // The top byte of the connection mark holds the generation of the rules
 // that last admitted a flow opened from the mesh. Every change of rules
-// gets a new generation, so the next packet of each such flow is judged
-// again: kept if the new rules admit it, dropped otherwise. That is the
-// userspace filter's behaviour: a policy change never cuts a flow the new
-// rules accept, and does cut one they refuse. The other 24 bits of the
-// mark are left to whoever else uses it.
+// gets a new generation (1 to 255, then 1 again), so the next packet of
+// each such flow is judged again: kept if the new rules admit it, dropped
+// otherwise. That is the userspace filter's behaviour: a policy change
+// never cuts a flow the new rules accept, and does cut one they refuse.
+// (A flow silent through exactly 255 changes would skip one judgement.)
+// The other 24 bits of the mark are left to whoever else uses it.
 //
 // With no policy (nil rules) the policy chain holds one rule that passes
 // everything; it reads the connection state, which keeps the kernel
 // tracking connections in this network namespace, so that the first
 // policy keeps the established flows it admits.
 //
-// Every change is one netlink batch, which the kernel applies atomically:
-// no packet is judged by half a ruleset.
+// A change takes two netlink batches, each applied atomically by the
+// kernel. The first adds the chains of the new generation, which nothing
+// jumps to yet; the second rewrites the policy chain to jump there and
+// deletes the previous generation's chains. Packets see the old rules or
+// the new, never a mix, and never an interval set the kernel is still
+// building: a lookup in an interval set created in the same batch that
+// puts it to use misses for a moment after the commit, which would drop
+// packets the new rules admit. A table built whole (the first time, or
+// after it was deleted under the filter) is one batch, with that moment
+// failing closed.
 type nftFilter struct {
 	dev   string
 	table *nftables.Table
@@ -63,13 +75,14 @@ type nftFilter struct {
 	ns      netns.NsHandle // guarded by mu: network namespace of the table; closed by close
 	built   bool           // guarded by mu: the table in the kernel is this filter's own
 	current []nftRule      // guarded by mu: the rules installed (nil: no policy); meaningful when built
-	gen     uint32         // guarded by mu: generation of current, 1..255
+	gen     uint32         // guarded by mu: generation of the last rules installed, 1..255
 	base    uint64         // guarded by mu: drops counted by tables this filter has since replaced
 	last    uint64         // guarded by mu: the counter as last read
 }
 
 // Names and values in the policy table.
 const (
+	policyChain    = "policy"
 	droppedCounter = "dropped"
 	ctMarkGenMask  = 0xff000000 // the connection mark's bits that hold the generation
 	ctMarkGenShift = 24
@@ -99,9 +112,9 @@ func (f *nftFilter) conn() (*nftables.Conn, error) {
 }
 
 // set installs rules (nil: no policy, everything passes; empty: nothing
-// new passes) in one atomic batch. The same rules again change nothing.
-// After an error the kernel keeps what it had, and the next call rebuilds
-// the table whole.
+// new passes). The same rules again change nothing. After an error the
+// kernel keeps rules that were in force (old or new), and the next call
+// rebuilds the table whole.
 func (f *nftFilter) set(rules []policy.AddrRule) error {
 	want := nftRules(rules)
 	f.mu.Lock()
@@ -116,79 +129,128 @@ func (f *nftFilter) set(rules []policy.AddrRule) error {
 	if want != nil {
 		gen = gen%255 + 1
 	}
-	err := f.apply(want, gen, f.built)
-	if err != nil && f.built {
-		// The table may have been deleted under us; build it anew.
-		err = f.apply(want, gen, false)
+	var err error
+	if f.built {
+		err = f.update(want, gen)
+	}
+	if !f.built || err != nil {
+		// First time, or the table may have been deleted under us.
+		err = f.build(want, gen)
 	}
 	if err != nil {
+		f.built = false
 		return fmt.Errorf("policy filter: nftables table inet %s: %w", f.table.Name, err)
 	}
 	f.built, f.current, f.gen = true, want, gen
 	return nil
 }
 
-// apply sends one batch: the chains policy and admit flushed and filled
-// again when the table is in place (flush), else the table deleted, if it
-// is there, and made anew.
-func (f *nftFilter) apply(rules []nftRule, gen uint32, flush bool) error {
+func (f *nftFilter) chains(gen uint32) (policyCh, rulesCh, admitCh *nftables.Chain) {
+	return &nftables.Chain{Name: policyChain, Table: f.table},
+		&nftables.Chain{Name: rulesChain(gen), Table: f.table},
+		&nftables.Chain{Name: admitChain(gen), Table: f.table}
+}
+
+// update replaces the rules of the table in place: the chains of
+// generation gen first, then, in a second batch, the switch to them.
+func (f *nftFilter) update(rules []nftRule, gen uint32) error {
+	policyCh, rulesCh, admitCh := f.chains(gen)
+	if rules != nil {
+		c, err := f.conn()
+		if err != nil {
+			return err
+		}
+		if err := f.addGen(c, rules, gen, rulesCh, admitCh); err != nil {
+			return err
+		}
+		if err := c.Flush(); err != nil {
+			return err
+		}
+	}
 	c, err := f.conn()
 	if err != nil {
 		return err
 	}
+	c.FlushChain(policyCh)
+	f.addPolicy(c, policyCh, rules, gen)
+	if f.current != nil {
+		_, oldRules, oldAdmit := f.chains(f.gen)
+		c.DelChain(oldRules) // with its rules; they hold the only reference to oldAdmit
+		c.DelChain(oldAdmit)
+	}
+	return c.Flush()
+}
+
+// build makes the table anew in one batch, deleting the one in place.
+func (f *nftFilter) build(rules []nftRule, gen uint32) error {
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	var carry uint64 // the count of the table this batch replaces
+	if f.built {
+		carry = f.readLocked(c)
+	}
 	t := f.table
-	policyCh := &nftables.Chain{Name: policyChain, Table: t}
-	admitCh := &nftables.Chain{Name: admitChain, Table: t}
-	var carry uint64 // the count of a table this batch replaces
-	if flush {
-		c.FlushChain(policyCh)
-		c.FlushChain(admitCh)
-	} else {
-		if f.built {
-			carry = f.readLocked(c)
-		}
-		// Adding, then deleting, removes the table whether or not it existed.
-		c.AddTable(t)
-		c.DelTable(t)
-		c.AddTable(t)
-		c.AddObj(&nftables.CounterObj{Table: t, Name: droppedCounter})
-		c.AddChain(policyCh)
-		c.AddChain(admitCh)
-		accept := nftables.ChainPolicyAccept
-		for _, hook := range []struct {
-			name string
-			num  *nftables.ChainHook
-		}{{"input", nftables.ChainHookInput}, {"forward", nftables.ChainHookForward}} {
-			ch := c.AddChain(&nftables.Chain{Name: hook.name, Table: t, Type: nftables.ChainTypeFilter,
-				Hooknum: hook.num, Priority: nftables.ChainPriorityFilter, Policy: &accept})
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(f.dev)},
-				&expr.Verdict{Kind: expr.VerdictJump, Chain: policyChain},
-			}})
+	// Adding, then deleting, removes the table whether or not it existed.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	c.AddObj(&nftables.CounterObj{Table: t, Name: droppedCounter})
+	policyCh, rulesCh, admitCh := f.chains(gen)
+	if rules != nil {
+		if err := f.addGen(c, rules, gen, rulesCh, admitCh); err != nil {
+			return err
 		}
 	}
-	for _, r := range policyRules(rules, gen) {
-		r.Table, r.Chain = t, policyCh
+	c.AddChain(policyCh)
+	f.addPolicy(c, policyCh, rules, gen)
+	accept := nftables.ChainPolicyAccept
+	for _, hook := range []struct {
+		name string
+		num  *nftables.ChainHook
+	}{{"input", nftables.ChainHookInput}, {"forward", nftables.ChainHookForward}} {
+		ch := c.AddChain(&nftables.Chain{Name: hook.name, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: hook.num, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(f.dev)},
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: policyChain},
+		}})
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	f.base, f.last = f.base+carry, 0
+	return nil
+}
+
+// addGen adds the chains of one generation of rules to c's batch.
+func (f *nftFilter) addGen(c *nftables.Conn, rules []nftRule, gen uint32, rulesCh, admitCh *nftables.Chain) error {
+	c.AddChain(admitCh)
+	for _, r := range admitRules(gen) {
+		r.Table, r.Chain = f.table, admitCh
+		c.AddRule(&r)
+	}
+	c.AddChain(rulesCh)
+	for _, r := range acceptRules(rules, gen) {
+		r.Table, r.Chain = f.table, rulesCh
 		for _, s := range r.sets {
-			s.set.Table = t
+			s.set.Table = f.table
 			if err := c.AddSet(s.set, s.elems); err != nil {
 				return err
 			}
 		}
 		c.AddRule(&r.Rule)
 	}
-	for _, r := range admitRules(rules, gen) {
-		r.Table, r.Chain = t, admitCh
+	return nil
+}
+
+func (f *nftFilter) addPolicy(c *nftables.Conn, policyCh *nftables.Chain, rules []nftRule, gen uint32) {
+	for _, r := range policyRules(rules, gen) {
+		r.Table, r.Chain = f.table, policyCh
 		c.AddRule(&r)
 	}
-	if err := c.Flush(); err != nil {
-		return err
-	}
-	if !flush {
-		f.base, f.last = f.base+carry, 0
-	}
-	return nil
 }
 
 // close deletes the table and releases the namespace; the filter is
@@ -266,53 +328,51 @@ type anonSet struct {
 
 // policyRules is the policy chain for rules of generation gen (nil rules:
 // no policy). Tables and chains are left for the caller to fill in.
-func policyRules(rules []nftRule, gen uint32) []nftRuleSets {
-	ctState := func(bits uint32) []expr.Any {
-		return []expr.Any{
-			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(bits), Xor: native32(0)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0)},
-		}
-	}
+func policyRules(rules []nftRule, gen uint32) []nftables.Rule {
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	if rules == nil {
-		any := expr.CtStateBitNEW | expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED | expr.CtStateBitUNTRACKED
-		return []nftRuleSets{{Rule: nftables.Rule{
-			Exprs:    append(ctState(any), accept),
-			UserData: comment("no policy: everything passes, connections are tracked"),
-		}}}
+		states := expr.CtStateBitNEW | expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED | expr.CtStateBitUNTRACKED
+		return []nftables.Rule{{Exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(states), Xor: native32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0)},
+			accept,
+		}, UserData: comment("no policy: everything passes, connections are tracked")}}
 	}
-	out := []nftRuleSets{
-		{Rule: nftables.Rule{Exprs: []expr.Any{
+	return []nftables.Rule{
+		{Exprs: []expr.Any{
 			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirReply}},
 			accept,
-		}, UserData: comment("replies to flows opened from this side")}},
-		{Rule: nftables.Rule{Exprs: []expr.Any{
+		}, UserData: comment("replies to flows opened from this side")},
+		{Exprs: []expr.Any{
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(ctMarkGenMask), Xor: native32(0)},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(gen << ctMarkGenShift)},
 			accept,
-		}, UserData: comment("flows the rules in force admitted")}},
+		}, UserData: comment("flows the rules in force admitted")},
+		{Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: rulesChain(gen)}}},
+		{Exprs: []expr.Any{
+			&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: droppedCounter},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}},
 	}
+}
+
+// acceptRules is the rules chain of generation gen: each rule goes to the
+// admit chain.
+func acceptRules(rules []nftRule, gen uint32) []nftRuleSets {
+	var out []nftRuleSets
 	var setID uint32
 	for _, r := range rules {
-		out = append(out, ruleExprs(r, &setID))
+		out = append(out, ruleExprs(r, admitChain(gen), &setID))
 	}
-	out = append(out, nftRuleSets{Rule: nftables.Rule{Exprs: []expr.Any{
-		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: droppedCounter},
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	}}})
 	return out
 }
 
-// admitRules is the admit chain: mark the flow as admitted by generation
-// gen (a packet without a connection skips that), and accept. With no
-// policy (nil rules) it is empty.
-func admitRules(rules []nftRule, gen uint32) []nftables.Rule {
-	if rules == nil {
-		return nil
-	}
+// admitRules is the admit chain of generation gen: mark the flow as
+// admitted by gen (a packet without a connection skips that), and accept.
+func admitRules(gen uint32) []nftables.Rule {
 	return []nftables.Rule{
 		{Exprs: []expr.Any{
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
@@ -323,9 +383,13 @@ func admitRules(rules []nftRule, gen uint32) []nftables.Rule {
 	}
 }
 
-// ruleExprs is r in nftables expressions; *setID numbers the anonymous
-// sets within the batch.
-func ruleExprs(r nftRule, setID *uint32) nftRuleSets {
+// The chains of one generation of rules.
+func rulesChain(gen uint32) string { return fmt.Sprintf("rules_%d", gen) }
+func admitChain(gen uint32) string { return fmt.Sprintf("admit_%d", gen) }
+
+// ruleExprs is r in nftables expressions, going to chain admit; *setID
+// numbers the anonymous sets within the batch.
+func ruleExprs(r nftRule, admit string, setID *uint32) nftRuleSets {
 	out := nftRuleSets{Rule: nftables.Rule{UserData: comment(r.comment())}}
 	newSet := func(key nftables.SetDatatype, interval bool, elems []nftables.SetElement) *expr.Lookup {
 		*setID++
@@ -380,7 +444,7 @@ func ruleExprs(r nftRule, setID *uint32) nftRuleSets {
 			e = append(e, newSet(nftables.TypeInetService, true, portElems(r.ports)))
 		}
 	}
-	out.Exprs = append(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: admitChain})
+	out.Exprs = append(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: admit})
 	return out
 }
 

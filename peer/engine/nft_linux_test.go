@@ -67,27 +67,31 @@ func TestPolicyRulesExprs(t *testing.T) {
 	if got := policyRules(nil, 7); len(got) != 1 {
 		t.Errorf("no policy: got %d rules; want 1 that passes everything", len(got))
 	}
-	if got := policyRules([]nftRule{}, 7); len(got) != 3 {
-		t.Errorf("empty policy: got %d rules; want reply, generation, drop", len(got))
+	head := policyRules([]nftRule{}, 7)
+	if len(head) != 4 {
+		t.Fatalf("policy chain: got %d rules; want reply, generation, jump, drop", len(head))
+	}
+	// The generation sits in the top byte of the connection mark.
+	if cmp, ok := head[1].Exprs[2].(*expr.Cmp); !ok || !bytes.Equal(cmp.Data, native32(7<<24)) {
+		t.Errorf("generation match: got %#v; want ct mark & 0xff000000 == 0x07000000", head[1].Exprs[2])
+	}
+	if v, ok := head[2].Exprs[0].(*expr.Verdict); !ok || v.Kind != expr.VerdictJump || v.Chain != "rules_7" {
+		t.Errorf("policy chain: got %#v; want jump rules_7", head[2].Exprs[0])
 	}
 	rules := nftRules([]policy.AddrRule{
 		{Src: pfx("10.0.0.0/24", "10.0.2.0/24", "fd00::/64"), Dst: pfx("100.96.0.1/32", "fd7a::1/128"), Proto: policy.ProtoTCP | policy.ProtoUDP,
 			Ports: policy.PortSet{{First: 22, Last: 22}, {First: 443, Last: 443}}},
 		{Rule: 1, Src: pfx("10.0.0.7/32"), Dst: pfx("100.96.0.1/32"), Proto: policy.ProtoICMP, Ports: policy.AllPorts},
 	})
-	got := policyRules(rules, 7)
-	if len(got) != 2+len(rules)+1 {
-		t.Fatalf("got %d rules; want %d", len(got), 2+len(rules)+1)
-	}
-	// The generation sits in the top byte of the connection mark.
-	if cmp, ok := got[1].Exprs[2].(*expr.Cmp); !ok || !bytes.Equal(cmp.Data, native32(7<<24)) {
-		t.Errorf("generation match: got %#v; want ct mark & 0xff000000 == 0x07000000", got[1].Exprs[2])
+	got := acceptRules(rules, 7)
+	if len(got) != len(rules) {
+		t.Fatalf("got %d rules; want %d", len(got), len(rules))
 	}
 	ids := map[uint32]bool{}
-	for i, r := range got[2 : 2+len(rules)] {
+	for i, r := range got {
 		last := r.Exprs[len(r.Exprs)-1]
-		if v, ok := last.(*expr.Verdict); !ok || v.Kind != expr.VerdictGoto || v.Chain != admitChain {
-			t.Errorf("rule %d (%s): ends with %#v; want goto %s", i, rules[i], last, admitChain)
+		if v, ok := last.(*expr.Verdict); !ok || v.Kind != expr.VerdictGoto || v.Chain != "admit_7" {
+			t.Errorf("rule %d (%s): ends with %#v; want goto admit_7", i, rules[i], last)
 		}
 		lookups := 0
 		for _, e := range r.Exprs {
@@ -106,16 +110,13 @@ func TestPolicyRulesExprs(t *testing.T) {
 	// IPv4 tcp/udp: source set, proto set, port set; IPv6: proto set and
 	// port set (one source prefix is a set of one range); ICMP: none.
 	for i, want := range []int{3, 3, 0} {
-		if n := len(got[2+i].sets); n != want {
+		if n := len(got[i].sets); n != want {
 			t.Errorf("rule %d (%s): %d sets; want %d", i, rules[i], n, want)
 		}
 	}
-	mark, ok := admitRules(rules, 7)[0].Exprs[1].(*expr.Bitwise)
+	mark, ok := admitRules(7)[0].Exprs[1].(*expr.Bitwise)
 	if !ok || !bytes.Equal(mark.Mask, native32(0x00ffffff)) || !bytes.Equal(mark.Xor, native32(0x07000000)) {
-		t.Errorf("admit: got %#v; want ct mark & 0x00ffffff | 0x07000000", admitRules(rules, 7)[0].Exprs[1])
-	}
-	if got := admitRules(nil, 7); got != nil {
-		t.Errorf("admit with no policy: got %d rules; want none", len(got))
+		t.Errorf("admit: got %#v; want ct mark & 0x00ffffff | 0x07000000", admitRules(7)[0].Exprs[1])
 	}
 }
 
@@ -232,6 +233,7 @@ func TestNFTFilterNetns(t *testing.T) {
 		for _, p := range ports {
 			ps = append(ps, policy.PortRange{First: p, Last: p})
 		}
+		slices.SortFunc(ps, func(a, b policy.PortRange) int { return int(a.First) - int(b.First) })
 		return policy.AddrRule{Rule: rule, Src: pfx("10.77.0.1/32", "fd77::1/128"), Dst: pfx("10.77.0.2/32", "fd77::2/128"), Proto: policy.ProtoTCP, Ports: ps}
 	}
 	pingFromA := policy.AddrRule{Rule: 9, Src: pfx("10.77.0.0/24"), Dst: pfx("10.77.0.2/32"), Proto: policy.ProtoICMP, Ports: policy.AllPorts}
@@ -247,8 +249,11 @@ func TestNFTFilterNetns(t *testing.T) {
 	// tcp/443 from A: a policy arriving later keeps the flows it admits
 	// and cuts the others.
 	set([]policy.AddrRule{tcpFromA(0, 443)})
-	if n := policyChainLen(t, f); n != 2+2+1 {
-		t.Errorf("policy chain: got %d rules; want reply, generation, IPv4 and IPv6 rules, drop", n)
+	if n := chainLen(t, f, policyChain); n != 4 {
+		t.Errorf("policy chain: got %d rules; want reply, generation, jump, drop", n)
+	}
+	if n := chainLen(t, f, rulesChain(f.gen)); n != 2 {
+		t.Errorf("rules chain: got %d rules; want IPv4 and IPv6", n)
 	}
 	alive(old443, ok, "flow to 443 opened before the policy")
 	alive(old22, fail, "flow to 22 opened before the policy")
@@ -283,6 +288,45 @@ func TestNFTFilterNetns(t *testing.T) {
 	alive(fromB, ok, "flow B opened to A across the change")
 	ping(b4, ok)
 
+	// Changes under traffic: with every version admitting 22 and 443, no
+	// packet of an established or a new flow is dropped while the rules
+	// are swapped.
+	before := f.dropped()
+	stop, errc := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				errc <- nil
+				return
+			default:
+			}
+			if err := roundTrip(c22); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for i := range 50 {
+		if i%2 == 0 {
+			set([]policy.AddrRule{tcpFromA(0, 22), tcpFromA(1, 443)})
+		} else {
+			set([]policy.AddrRule{tcpFromA(0, 443, 22)})
+		}
+		connect(b4+":443", ok)
+	}
+	close(stop)
+	if err := <-errc; err != nil {
+		t.Fatalf("flow to 22 while the rules changed: %v", err)
+	}
+	alive(c443, ok, "flow to 443 after 50 changes")
+	if got, want := chainNames(t, f), []string{"admit_" + fmt.Sprint(f.gen), "forward", "input", "policy", "rules_" + fmt.Sprint(f.gen)}; !slices.Equal(got, want) {
+		t.Errorf("chains after 50 changes: got %v; want %v", got, want)
+	}
+	if d := f.dropped(); d != before {
+		t.Errorf("dropped while the rules changed: got %d; want %d", d, before)
+	}
+
 	// Taking 443 away cuts its flows at their next packet.
 	set([]policy.AddrRule{tcpFromA(0, 22)})
 	alive(c443, fail, "flow to 443 after 443 was taken away")
@@ -293,7 +337,7 @@ func TestNFTFilterNetns(t *testing.T) {
 	if out, err := lab.Exec("b", "nft", "delete", "table", "inet", f.table.Name); err != nil {
 		t.Fatalf("nft delete table: %v %s", err, out)
 	}
-	before := f.dropped()
+	before = f.dropped()
 	set([]policy.AddrRule{tcpFromA(0, 443)})
 	connect(b4+":22", fail)
 	connect(b4+":443", ok)
@@ -307,6 +351,9 @@ func TestNFTFilterNetns(t *testing.T) {
 
 	// No policy again: everything passes.
 	set(nil)
+	if got, want := chainNames(t, f), []string{"forward", "input", "policy"}; !slices.Equal(got, want) {
+		t.Errorf("chains with no policy: got %v; want %v", got, want)
+	}
 	connect(b4+":22", ok)
 	connect(b6+":22", ok)
 	ping(b4, ok)
@@ -357,15 +404,33 @@ func tableThere(t *testing.T, f *nftFilter) bool {
 	return slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == f.table.Name })
 }
 
-// policyChainLen reads back the number of rules in the policy chain.
-func policyChainLen(t *testing.T, f *nftFilter) int {
+// chainLen reads back the number of rules in a chain of the filter.
+func chainLen(t *testing.T, f *nftFilter, chain string) int {
 	t.Helper()
 	c := testConn(t, f)
-	rules, err := c.GetRules(f.table, &nftables.Chain{Name: policyChain, Table: f.table})
+	rules, err := c.GetRules(f.table, &nftables.Chain{Name: chain, Table: f.table})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return len(rules)
+}
+
+// chainNames reads back the names of the filter's chains, sorted.
+func chainNames(t *testing.T, f *nftFilter) []string {
+	t.Helper()
+	c := testConn(t, f)
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, ch := range chains {
+		if ch.Table.Name == f.table.Name {
+			names = append(names, ch.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 func testConn(t *testing.T, f *nftFilter) *nftables.Conn {

@@ -79,9 +79,9 @@ func addrRanges(ps []netip.Prefix, v6 bool) (rs []addrRange, ok bool) {
 	return out, true
 }
 
-// nftRule is one accept rule of the policy chain: a packet of one address
-// family from src to dst over one of proto to a port in ports passes to
-// the admit chain, which marks its flow as admitted and accepts it.
+// nftRule is one accept rule of the policy: a packet of one address
+// family from src to dst over one of proto to a port in ports goes to the
+// admit chain, which marks its flow as admitted and accepts it.
 type nftRule struct {
 	rule  int            // index in the policy's acls, for the rule's comment
 	v6    bool           // IPv6, else IPv4
@@ -166,7 +166,7 @@ func (r nftRule) String() string {
 			fmt.Fprintf(&b, "th dport %s ", nftList(r.ports))
 		}
 	}
-	fmt.Fprintf(&b, "goto %s comment %q", admitChain, r.comment())
+	fmt.Fprintf(&b, "goto admit comment %q", r.comment())
 	return b.String()
 }
 
@@ -189,12 +189,6 @@ func nftList[T any](vs []T) string {
 	}
 	return "{ " + strings.Join(s, ", ") + " }"
 }
-
-// Names in the policy table (see nft_linux.go).
-const (
-	admitChain  = "admit"
-	policyChain = "policy"
-)
 
 // PolicyTableName is the nftables table (family inet) in which the kernel
 // engine enforces the policy on interface dev. Its prefix differs from the
