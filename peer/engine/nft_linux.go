@@ -73,7 +73,8 @@ type nftFilter struct {
 
 	mu      sync.Mutex
 	ns      netns.NsHandle // guarded by mu: network namespace of the table; closed by close
-	built   bool           // guarded by mu: the table in the kernel is this filter's own
+	built   bool           // guarded by mu: the table in the kernel is as this filter last made it
+	owned   bool           // guarded by mu: this filter has made the table (its counter is ours to carry)
 	current []nftRule      // guarded by mu: the rules installed (nil: no policy); meaningful when built
 	gen     uint32         // guarded by mu: generation of the last rules installed, 1..255
 	base    uint64         // guarded by mu: drops counted by tables this filter has since replaced
@@ -141,7 +142,7 @@ func (f *nftFilter) set(rules []policy.AddrRule) error {
 		f.built = false
 		return fmt.Errorf("policy filter: nftables table inet %s: %w", f.table.Name, err)
 	}
-	f.built, f.current, f.gen = true, want, gen
+	f.built, f.owned, f.current, f.gen = true, true, want, gen
 	return nil
 }
 
@@ -188,7 +189,7 @@ func (f *nftFilter) build(rules []nftRule, gen uint32) error {
 		return err
 	}
 	var carry uint64 // the count of the table this batch replaces
-	if f.built {
+	if f.owned {
 		carry = f.readLocked(c)
 	}
 	t := f.table
@@ -270,7 +271,7 @@ func (f *nftFilter) close() error {
 		return err
 	}
 	var carry uint64
-	if f.built {
+	if f.owned {
 		carry = f.readLocked(c)
 	}
 	c.AddTable(f.table)
@@ -278,7 +279,7 @@ func (f *nftFilter) close() error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("policy filter: delete nftables table inet %s: %w", f.table.Name, err)
 	}
-	f.built, f.base, f.last = false, f.base+carry, 0
+	f.built, f.owned, f.base, f.last = false, false, f.base+carry, 0
 	return nil
 }
 
@@ -286,7 +287,7 @@ func (f *nftFilter) close() error {
 func (f *nftFilter) dropped() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.built || !f.ns.IsOpen() {
+	if !f.owned || !f.ns.IsOpen() {
 		return f.base
 	}
 	if c, err := f.conn(); err == nil {
