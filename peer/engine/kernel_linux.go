@@ -72,8 +72,8 @@ func NewKernel(name string, mtu int, log *slog.Logger) (*Kernel, error) {
 	return k, nil
 }
 
-// SetPolicyRules implements Filterer: it replaces the nftables policy
-// table's rules in one atomic batch. An error leaves the rules in force
+// SetPolicyRules implements Filterer: it swaps the nftables policy
+// table's rules atomically (see nftFilter). An error leaves rules in force
 // as they were; it is logged, and the next call tries again.
 func (k *Kernel) SetPolicyRules(rules []policy.AddrRule) {
 	if err := k.filter.set(rules); err != nil {
