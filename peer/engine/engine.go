@@ -7,7 +7,8 @@
 // offloads wireguard-go enables on Linux), optionally over a peer/bind
 // socket layer that picks each peer's path (direct or relayed), and answers
 // the standard UAPI socket, so `wg show` works on it. Kernel drives the Linux module through
-// wgctrl. Fake records what it was asked to do, for tests.
+// wgctrl, and enforces the policy with an nftables table on its interface
+// (nftFilter). Fake records what it was asked to do, for tests.
 package engine
 
 import (

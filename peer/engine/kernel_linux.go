@@ -12,19 +12,26 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/peer/wgcfg"
+	"github.com/meshd/meshd/pkg/policy"
 )
 
-// Kernel is the Linux WireGuard module, driven through wgctrl.
+// Kernel is the Linux WireGuard module, driven through wgctrl. It enforces
+// the policy with nftables on what arrives through its interface (see
+// nftFilter).
 type Kernel struct {
-	name string
-	log  *slog.Logger
-	link netlink.Link
-	wg   *wgctrl.Client
+	name   string
+	log    *slog.Logger
+	link   netlink.Link
+	wg     *wgctrl.Client
+	filter *nftFilter
 
 	applied applied
 }
 
-var _ Engine = (*Kernel)(nil)
+var (
+	_ Engine   = (*Kernel)(nil)
+	_ Filterer = (*Kernel)(nil)
+)
 
 // NewKernel creates a kernel WireGuard interface name with mtu (0:
 // DefaultMTU). It fails where the module is not available.
@@ -49,8 +56,35 @@ func NewKernel(name string, mtu int, log *slog.Logger) (*Kernel, error) {
 		netlink.LinkDel(link)
 		return nil, fmt.Errorf("bring up %s: %w", name, err)
 	}
-	return &Kernel{name: name, log: log.With("component", "engine", "interface", name), link: link, wg: wg}, nil
+	k := &Kernel{name: name, log: log.With("component", "engine", "interface", name), link: link, wg: wg}
+	k.filter, err = newNFTFilter(name, k.log)
+	if err != nil {
+		wg.Close()
+		netlink.LinkDel(link)
+		return nil, err
+	}
+	// No policy yet: a table that passes everything but has the kernel
+	// track connections, so that the first policy keeps the flows it
+	// admits. It also replaces a table an earlier run left behind.
+	if err := k.filter.set(nil); err != nil {
+		k.log.Warn("policy filter not installed; a policy will not be enforced until nftables works", "err", err)
+	}
+	return k, nil
 }
+
+// SetPolicyRules implements Filterer: it swaps the nftables policy
+// table's rules atomically (see nftFilter). An error leaves rules in force
+// as they were; it is logged, and the next call tries again.
+func (k *Kernel) SetPolicyRules(rules []policy.AddrRule) {
+	if err := k.filter.set(rules); err != nil {
+		k.log.Error("policy not enforced", "err", err)
+		return
+	}
+	k.log.Debug("policy rules installed", "table", "inet "+k.filter.table.Name, "rules", len(rules), "none", rules == nil)
+}
+
+// PolicyDropped implements Filterer: the packets the policy table dropped.
+func (k *Kernel) PolicyDropped() uint64 { return k.filter.dropped() }
 
 // Name implements Engine.
 func (k *Kernel) Name() string { return k.name }
@@ -120,7 +154,7 @@ func (k *Kernel) Status() ([]PeerStatus, error) {
 
 // Close implements Engine.
 func (k *Kernel) Close() error {
-	return errors.Join(k.wg.Close(), netlink.LinkDel(k.link))
+	return errors.Join(k.filter.close(), k.wg.Close(), netlink.LinkDel(k.link))
 }
 
 func newKernel(name string, mtu int, log *slog.Logger) (Engine, error) {
