@@ -107,24 +107,47 @@ const adminBarrierTimeout = 2 * time.Second
 
 // adminBarrier makes this replica apply everything the leader had applied
 // when the call came in, so that an admin credential revoked through any
-// coordinator is refused here too. The leader is current by definition; a
-// follower asks the leader how far it has applied and waits for that.
+// coordinator is refused here too. The leader applies what its log holds
+// (leaderCurrent); a follower asks the leader how far it has applied and
+// waits for that.
 func (s *Server) adminBarrier(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, adminBarrierTimeout)
+	defer cancel()
 	if s.raft.State() == raft.Leader {
+		if err := s.leaderCurrent(ctx); err != nil {
+			return api.Errorf(api.CodeUnavailable, "coordinator %s leads but has not applied its log yet; retry", s.cfg.Name)
+		}
 		return nil
 	}
 	leader, ok := s.leaderAPIURL()
 	if !ok {
 		return api.Errorf(api.CodeUnavailable, "no coordinator leader now to check the admin credential against; is a majority of coordinators up?")
 	}
-	ctx, cancel := context.WithTimeout(ctx, adminBarrierTimeout)
-	defer cancel()
 	idx, err := s.leaderApplied(ctx, leader)
 	if err != nil {
 		return api.Errorf(api.CodeUnavailable, "check the admin credential against the leader: %v; retry", err)
 	}
 	if err := s.waitApplied(ctx, idx); err != nil {
 		return api.Errorf(api.CodeUnavailable, "coordinator %s is behind the leader (applied %d of %d); retry", s.cfg.Name, s.store.Index(), idx)
+	}
+	return nil
+}
+
+// leaderCurrent waits until the leader has applied every entry its log
+// held when called. Everything committed is in a leader's log, but one
+// elected a moment ago may not have applied all of it yet. On a steady
+// leader the log and the applied index are level, or a write or two apart.
+func (s *Server) leaderCurrent(ctx context.Context) error {
+	target := s.raft.LastIndex()
+	for s.raft.AppliedIndex() < target {
+		// Commands wake the store's watchers; other entries (a new
+		// leader's no-op) do not, hence the short wait.
+		select {
+		case <-s.store.WatchCh():
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return nil
 }
@@ -164,6 +187,12 @@ func (s *Server) handleInternalApplied(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.raft.State() != raft.Leader {
 		w.WriteHeader(http.StatusMisdirectedRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), adminBarrierTimeout)
+	defer cancel()
+	if err := s.leaderCurrent(ctx); err != nil {
+		writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s leads but has not applied its log yet", s.cfg.Name))
 		return
 	}
 	writeJSON(w, http.StatusOK, appliedBody{Index: s.store.Index()})
