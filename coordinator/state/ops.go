@@ -405,9 +405,10 @@ func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix, maxPrio *int) ([
 // prefix: a token that allows 10.1.0.0/16 does not let its holder take
 // 10.1.2.0/24 from the gateway that announces 10.1.0.0/16. Equal prefixes
 // (an HA pair) and wider ones are not takeovers: the highest priority
-// (capped by the token) and the longest prefix decide as before. self is
-// the announcing peer's id ("" for a new peer). s.mu must be held.
-func (s *Store) checkRouteAuthority(vnet, self string, routes []Route, allow []netip.Prefix) error {
+// (capped by the token) and the longest prefix decide as before. The
+// announcing peer is new (routes are set at join), so every gateway in
+// the table is another. s.mu must be held.
+func (s *Store) checkRouteAuthority(vnet string, routes []Route, allow []netip.Prefix) error {
 	for _, r := range routes {
 		if slices.Contains(allow, r.Prefix) {
 			continue
@@ -416,9 +417,6 @@ func (s *Store) checkRouteAuthority(vnet, self string, routes []Route, allow []n
 		var wider netip.Prefix
 		for _, id := range s.byName[vnet] {
 			q := s.t.Peers[id]
-			if q.ID == self {
-				continue
-			}
 			for _, qr := range q.Routes {
 				if qr.Prefix.Bits() < r.Prefix.Bits() && qr.Prefix.Contains(r.Prefix.Addr()) {
 					// The same answer on every replica: the first gateway by name.
@@ -487,7 +485,7 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 		return nil, err
 	}
 	if j.RouteAuthority {
-		if err := s.checkRouteAuthority(v.Name, "", routes, t.AllowRoutes); err != nil {
+		if err := s.checkRouteAuthority(v.Name, routes, t.AllowRoutes); err != nil {
 			return nil, err
 		}
 	}
