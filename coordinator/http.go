@@ -24,32 +24,36 @@ import (
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	admin := func(h http.HandlerFunc) http.HandlerFunc { return s.requireAdmin(h) }
+	read, write := s.adminRead, s.adminWrite
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
-	mux.HandleFunc("GET /v1/cluster/status", admin(s.handleClusterStatus))
-	mux.HandleFunc("GET /v1/vnets", admin(s.handleListVNets))
-	mux.HandleFunc("POST /v1/vnets", admin(s.handleCreateVNet))
-	mux.HandleFunc("DELETE /v1/vnets/{name}", admin(s.handleDeleteVNet))
-	mux.HandleFunc("GET /v1/vnets/{name}/policy", admin(s.handleGetPolicy))
-	mux.HandleFunc("PUT /v1/vnets/{name}/policy", admin(s.handleSetPolicy))
-	mux.HandleFunc("DELETE /v1/vnets/{name}/policy", admin(s.handleDeletePolicy))
-	mux.HandleFunc("GET /v1/vnets/{name}/policy/test", admin(s.handleTestPolicy))
-	mux.HandleFunc("GET /v1/tokens", admin(s.handleListTokens))
-	mux.HandleFunc("POST /v1/tokens", admin(s.handleCreateToken))
-	mux.HandleFunc("POST /v1/tokens/{id}/revoke", admin(s.handleRevokeToken))
-	mux.HandleFunc("GET /v1/peers", admin(s.handleListPeers))
-	mux.HandleFunc("DELETE /v1/peers/{vnet}/{name}", admin(s.handleRemovePeer))
-	mux.HandleFunc("POST /v1/peers/{vnet}/{name}/drain", admin(s.handleDrain(true)))
-	mux.HandleFunc("POST /v1/peers/{vnet}/{name}/undrain", admin(s.handleDrain(false)))
-	mux.HandleFunc("GET /v1/routes", admin(s.handleListRoutes))
-	mux.HandleFunc("GET /v1/routes/lookup", admin(s.handleLookup))
-	mux.HandleFunc("GET /v1/routes/overlaps", admin(s.handleOverlaps))
-	mux.HandleFunc("POST /v1/gossip/rotate-key", admin(s.handleRotateGossipKey))
+	mux.HandleFunc("GET /v1/cluster/status", read(s.handleClusterStatus))
+	mux.HandleFunc("GET /v1/vnets", read(s.handleListVNets))
+	mux.HandleFunc("POST /v1/vnets", write(s.handleCreateVNet))
+	mux.HandleFunc("DELETE /v1/vnets/{name}", write(s.handleDeleteVNet))
+	mux.HandleFunc("GET /v1/vnets/{name}/policy", read(s.handleGetPolicy))
+	mux.HandleFunc("PUT /v1/vnets/{name}/policy", write(s.handleSetPolicy))
+	mux.HandleFunc("DELETE /v1/vnets/{name}/policy", write(s.handleDeletePolicy))
+	mux.HandleFunc("GET /v1/vnets/{name}/policy/test", read(s.handleTestPolicy))
+	mux.HandleFunc("GET /v1/tokens", read(s.handleListTokens))
+	mux.HandleFunc("POST /v1/tokens", write(s.handleCreateToken))
+	mux.HandleFunc("POST /v1/tokens/{id}/revoke", write(s.handleRevokeToken))
+	mux.HandleFunc("GET /v1/admin/tokens", read(s.handleListAdminTokens))
+	mux.HandleFunc("POST /v1/admin/tokens", write(s.handleCreateAdminToken))
+	mux.HandleFunc("POST /v1/admin/tokens/{ref}/revoke", write(s.handleRevokeAdminToken))
+	mux.HandleFunc("GET /v1/peers", read(s.handleListPeers))
+	mux.HandleFunc("DELETE /v1/peers/{vnet}/{name}", write(s.handleRemovePeer))
+	mux.HandleFunc("POST /v1/peers/{vnet}/{name}/drain", write(s.handleDrain(true)))
+	mux.HandleFunc("POST /v1/peers/{vnet}/{name}/undrain", write(s.handleDrain(false)))
+	mux.HandleFunc("GET /v1/routes", read(s.handleListRoutes))
+	mux.HandleFunc("GET /v1/routes/lookup", read(s.handleLookup))
+	mux.HandleFunc("GET /v1/routes/overlaps", read(s.handleOverlaps))
+	mux.HandleFunc("POST /v1/gossip/rotate-key", write(s.handleRotateGossipKey))
 	mux.HandleFunc("POST /v1/join", s.handleJoin)
 	mux.HandleFunc("GET /v1/netmap", s.requirePeer(s.handleNetmap))
 	mux.HandleFunc("POST /v1/heartbeat", s.requirePeer(s.handleHeartbeat))
 	mux.HandleFunc("GET /v1/relay", s.requirePeer(s.handleRelay))
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
+	mux.HandleFunc("GET /v1/internal/applied", s.handleInternalApplied)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -74,7 +78,7 @@ func withWriteDeadline(next http.Handler) http.Handler {
 func (s *Server) untilCaughtUp(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/v1/cluster/status", "/v1/internal/apply":
+		case "/v1/cluster/status", "/v1/internal/apply", "/v1/internal/applied":
 		default:
 			if !s.caughtUp() {
 				writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s is catching up with the cluster log (applied %d of %d)", s.cfg.Name, s.raft.AppliedIndex(), s.bootIndex))
@@ -91,22 +95,6 @@ func bearer(r *http.Request) string {
 		return strings.TrimSpace(t)
 	}
 	return ""
-}
-
-func (s *Server) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		raw := bearer(r)
-		if raw == "" {
-			writeError(w, api.Errorf(api.CodeUnauthorized, "admin credential missing: set MESHD_ADMIN_TOKEN to the contents of DATA_DIR/admin.token"))
-			return
-		}
-		t, err := token.ParseKind(raw, token.KindAdmin)
-		if err != nil || !t.MatchesHash(s.adminHash) {
-			writeError(w, api.Errorf(api.CodeUnauthorized, "admin credential rejected: it is not this cluster's admin token"))
-			return
-		}
-		h(w, r)
-	}
 }
 
 // requirePeer authenticates a peer credential and passes the peer id on.
@@ -242,6 +230,7 @@ func tokenView(t *state.Token, now time.Time) api.Token {
 		ID: t.ID, VNet: t.VNet, Uses: t.Uses, UsesLeft: t.UsesLeft, Expires: t.Expires,
 		Tags: append([]string{}, t.Tags...), AllowRoutes: []string{}, Ephemeral: t.Ephemeral,
 		Revoked: t.Revoked, Expired: !now.Before(t.Expires), CreatedAt: t.CreatedAt,
+		MaxPriority: t.MaxPriority, CreatedBy: t.CreatedBy,
 	}
 	for _, p := range t.AllowRoutes {
 		v.AllowRoutes = append(v.AllowRoutes, p.String())
@@ -320,12 +309,13 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	spec := state.TokenSpec{
 		ID: tok.ID, SecretHash: tok.SecretHash(), VNet: req.VNet, Uses: req.Uses,
 		Expires: now.Add(ttl), Tags: req.Tags, AllowRoutes: req.AllowRoutes, Ephemeral: req.Ephemeral,
+		MaxPriority: req.MaxPriority, CreatedBy: adminName(r),
 	}
 	if _, err := s.raftApply(r.Context(), fsm.CreateTokenType, &fsm.CreateToken{Spec: spec, Now: now}); err != nil {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("join token created", "id", tok.ID, "vnet", req.VNet, "uses", req.Uses, "expires", spec.Expires)
+	s.log.Info("join token created", "id", tok.ID, "vnet", req.VNet, "uses", req.Uses, "expires", spec.Expires, "by", spec.CreatedBy)
 	writeJSON(w, http.StatusCreated, api.CreateTokenResponse{Token: tok.String(), ID: tok.ID, Expires: spec.Expires})
 }
 
@@ -335,7 +325,7 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("join token revoked", "id", id)
+	s.log.Info("join token revoked", "id", id, "by", adminName(r))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -532,7 +522,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	spec := state.JoinSpec{
 		TokenID: tok.ID, SecretHash: tok.SecretHash(), PeerID: cred.ID, Name: req.Name,
 		PublicKey: req.PublicKey, Routes: req.Routes, Endpoints: req.Endpoints, CredHash: cred.SecretHash(),
-		StrictRetry: true,
+		StrictRetry: true, RouteAuthority: true,
 	}
 	// Pre-check against the local replica so plainly bad joins cost no Raft
 	// write; the FSM checks again, authoritatively.

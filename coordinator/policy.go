@@ -15,21 +15,11 @@ import (
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/policy"
-	"github.com/meshd/meshd/pkg/token"
 )
 
 // forwardedHeader marks an admin call a follower passed on to the leader,
 // so that it is not passed on again.
 const forwardedHeader = "Meshd-Forwarded"
-
-// adminName is who makes an admin call: the name of its admin credential,
-// or "admin".
-func adminName(r *http.Request) string {
-	if t, err := token.ParseKind(bearer(r), token.KindAdmin); err == nil && t.ID != "" {
-		return t.ID
-	}
-	return "admin"
-}
 
 // policyError turns a policy's problems into an API error: the message
 // names each rule or test and field, Details lists them one by one.

@@ -739,7 +739,8 @@ func (s *Server) touchLoop(ctx context.Context) {
 	}
 }
 
-// adminTokenLoop keeps DATA_DIR/admin.token current once the cluster is up.
+// adminTokenLoop keeps DATA_DIR/admin.token current once the cluster is
+// up, and removes it once the bootstrap credential it holds is revoked.
 func (s *Server) adminTokenLoop(ctx context.Context) {
 	if s.cfg.DataDir == "" {
 		return
@@ -748,13 +749,23 @@ func (s *Server) adminTokenLoop(ctx context.Context) {
 	var last string
 	for {
 		var urls []string
-		var ready bool
+		var ready, revoked bool
 		s.store.Read(func(t *state.Tables, _ uint64) {
 			_, ok := t.Coordinators[s.cfg.Name]
 			ready = ok && t.Bootstrapped
+			revoked = t.BootstrapAdminRevoked()
 			urls = netmap.Coordinators(t)
 		})
-		if ready {
+		switch {
+		case revoked && last != "revoked":
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				s.log.Warn("remove the revoked admin token", "err", err)
+			} else {
+				last = "revoked"
+				s.log.Info("bootstrap admin credential revoked; admin.token removed", "path", path)
+			}
+		case revoked:
+		case ready:
 			tok := s.AdminToken(urls) + "\n"
 			if tok != last {
 				if err := writeFileAtomic(path, []byte(tok), 0o600); err != nil {

@@ -149,10 +149,16 @@ func (s *Server) waitApplied(ctx context.Context, index uint64) error {
 	}
 }
 
+// internalAuth reports whether r carries the coordinators' internal
+// secret (derived from the cluster key).
+func (s *Server) internalAuth(r *http.Request) bool {
+	auth := r.Header.Get("Authorization")
+	return subtle.ConstantTimeCompare([]byte(auth), []byte("Bearer "+s.internal)) == 1
+}
+
 // handleInternalApply is the leader's end of forwarding.
 func (s *Server) handleInternalApply(w http.ResponseWriter, r *http.Request) {
-	auth := r.Header.Get("Authorization")
-	if subtle.ConstantTimeCompare([]byte(auth), []byte("Bearer "+s.internal)) != 1 {
+	if !s.internalAuth(r) {
 		writeError(w, api.Errorf(api.CodeUnauthorized, "internal API needs the cluster key"))
 		return
 	}

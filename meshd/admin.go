@@ -146,11 +146,19 @@ func newVNetCmd(g *globals) *cobra.Command {
 func newTokenCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	var req api.CreateTokenRequest
+	var maxPriority int
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token; prints the token string",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			req.MaxPriority = nil
+			if cmd.Flags().Changed("max-priority") {
+				if maxPriority < 0 {
+					return fmt.Errorf("--max-priority %d: give a priority from 0 up", maxPriority)
+				}
+				req.MaxPriority = &maxPriority
+			}
 			var resp api.CreateTokenResponse
 			if err := g.call(cmd, http.MethodPost, "/v1/tokens", req, &resp); err != nil {
 				return err
@@ -169,6 +177,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 	f.StringSliceVar(&req.Tags, "tag", nil, "tag given to peers that join with it (repeatable)")
 	f.StringSliceVar(&req.AllowRoutes, "allow-routes", nil, "CIDRs the joining peer may announce (comma separated)")
 	f.BoolVar(&req.Ephemeral, "ephemeral", false, "remove peers joined with it once they have been offline for the grace period")
+	f.IntVar(&maxPriority, "max-priority", 0, "highest route priority a gateway joining with it may claim; a join announcing more is refused (default: no cap)")
 	addJSONFlag(create, g)
 
 	list := &cobra.Command{
@@ -183,7 +192,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(g.out, out)
 			}
-			return g.table("ID\tVNET\tUSES LEFT\tEXPIRES\tSTATE\tTAGS\tALLOW ROUTES", func(w *tabwriter.Writer) {
+			return g.table("ID\tVNET\tUSES LEFT\tEXPIRES\tSTATE\tTAGS\tALLOW ROUTES\tMAX PRIORITY", func(w *tabwriter.Writer) {
 				for _, t := range out {
 					st := "valid"
 					switch {
@@ -197,7 +206,11 @@ func newTokenCmd(g *globals) *cobra.Command {
 					if t.Ephemeral {
 						st += ",ephemeral"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", t.ID, t.VNet, t.UsesLeft, t.Uses, t.Expires.Format(time.RFC3339), st, join(t.Tags), join(t.AllowRoutes))
+					mp := "-"
+					if t.MaxPriority != nil {
+						mp = fmt.Sprint(*t.MaxPriority)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.VNet, t.UsesLeft, t.Uses, t.Expires.Format(time.RFC3339), st, join(t.Tags), join(t.AllowRoutes), mp)
 				}
 			})
 		},
@@ -284,6 +297,28 @@ func printGateways(gs []api.Gateway) string {
 	return join(parts)
 }
 
+// moreSpecific describes which prefix of an overlap is the more specific
+// and who announces it: "B: gw2 (allowed exactly), gw3 (NOT allowed
+// exactly)", marked UNAUTHORIZED when one took it on a wider allowance.
+func moreSpecific(o api.Overlap) string {
+	if o.MoreSpecific == "" {
+		return "-"
+	}
+	var gws []string
+	for _, gw := range o.SpecificGateways {
+		how := "allowed exactly"
+		if !gw.AllowedExactly {
+			how = "NOT allowed exactly"
+		}
+		gws = append(gws, fmt.Sprintf("%s (%s)", gw.Name, how))
+	}
+	out := strings.ToUpper(o.MoreSpecific) + ": " + strings.Join(gws, ", ")
+	if o.Unauthorized {
+		out = "UNAUTHORIZED " + out
+	}
+	return out
+}
+
 func newRouteCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "route", Short: "Inspect subnet routes"}
 	var vnet string
@@ -348,13 +383,13 @@ func newRouteCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(g.out, out)
 			}
-			return g.table("PREFIX A\tVNET A\tPREFIX B\tVNET B\tSCOPE", func(w *tabwriter.Writer) {
+			return g.table("PREFIX A\tVNET A\tPREFIX B\tVNET B\tSCOPE\tMORE SPECIFIC", func(w *tabwriter.Writer) {
 				for _, o := range out {
 					scope := "separate vnets"
 					if o.SameVNet {
 						scope = "same vnet (longest prefix wins)"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", o.A.Prefix, o.A.VNet, o.B.Prefix, o.B.VNet, scope)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", o.A.Prefix, o.A.VNet, o.B.Prefix, o.B.VNet, scope, moreSpecific(o))
 				}
 			})
 		},
@@ -424,5 +459,88 @@ and is then dropped. Removing a peer rotates its vnet's key by itself.`,
 	rotate.Flags().StringVar(&vnet, "vnet", "", "rotate only this vnet's key (default: every vnet)")
 	addJSONFlag(rotate, g)
 	cmd.AddCommand(rotate)
+	return cmd
+}
+
+func newAdminCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "admin", Short: "Manage admin credentials"}
+	tok := &cobra.Command{
+		Use:   "token",
+		Short: "Manage named admin credentials: full or read-only, each revocable",
+		Long: `Manage named admin credentials. A full one may do everything; a read-only one
+(--read-only) may call only what changes nothing: cluster status, lists,
+lookups, policy get and test. Each can be revoked without a new cluster key.
+The bootstrap credential in DATA_DIR/admin.token is named "admin"; it can be
+revoked once another full admin credential exists, and the last full one can
+never be revoked.`,
+	}
+	var readOnly bool
+	create := &cobra.Command{
+		Use:   "create NAME [--read-only]",
+		Short: "Create a named admin credential; prints it once (the cluster keeps only its hash)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var resp api.CreateAdminTokenResponse
+			if err := g.call(cmd, http.MethodPost, "/v1/admin/tokens", api.CreateAdminTokenRequest{Name: args[0], ReadOnly: readOnly}, &resp); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, resp)
+			}
+			fmt.Fprintln(g.out, resp.Token)
+			return nil
+		},
+	}
+	create.Flags().BoolVar(&readOnly, "read-only", false, "may only read (GET calls): for dashboards and monitoring")
+	addJSONFlag(create, g)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List admin credentials (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out []api.AdminToken
+			if err := g.call(cmd, http.MethodGet, "/v1/admin/tokens", nil, &out); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, out)
+			}
+			return g.table("NAME\tID\tACCESS\tSTATE\tCREATED\tBY", func(w *tabwriter.Writer) {
+				for _, a := range out {
+					access := "full"
+					if a.ReadOnly {
+						access = "read-only"
+					}
+					st := "valid"
+					if a.Revoked {
+						st = "revoked"
+						if a.RevokedBy != "" {
+							st += " by " + a.RevokedBy
+						}
+					}
+					created := "bootstrap"
+					if a.CreatedAt != nil {
+						created = a.CreatedAt.Format(time.RFC3339)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, a.ID, access, st, created, dash(a.CreatedBy))
+				}
+			})
+		},
+	}
+	addJSONFlag(list, g)
+	revoke := &cobra.Command{
+		Use:   "revoke NAME|ID",
+		Short: "Revoke an admin credential; every coordinator refuses it once this returns",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.call(cmd, http.MethodPost, "/v1/admin/tokens/"+url.PathEscape(args[0])+"/revoke", nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "admin token %s revoked\n", args[0])
+			return nil
+		},
+	}
+	tok.AddCommand(create, list, revoke)
+	cmd.AddCommand(tok)
 	return cmd
 }

@@ -39,7 +39,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		Long: `Run a coordinator. Three or five of them form a Raft cluster; all share the
 secret made by 'meshd coordinator keygen'. Without --initial-cluster the node
 forms a single-node cluster. Once the cluster is up, DATA_DIR/admin.token holds
-the admin credential (MESHD_ADMIN_TOKEN).`,
+the bootstrap admin credential (MESHD_ADMIN_TOKEN) until it is revoked (meshd
+admin token revoke admin), when the file is removed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if keyFile == "" {
@@ -128,9 +129,10 @@ the admin credential (MESHD_ADMIN_TOKEN).`,
 	at := &cobra.Command{
 		Use:   "admin-token",
 		Short: "Print the admin credential for the coordinators at --url, made from the cluster key",
-		Long: `Print the admin credential (what DATA_DIR/admin.token holds) for the
-coordinators at --url, made from the cluster key alone: useful where a
-coordinator's data dir is out of reach, such as a container without a shell.`,
+		Long: `Print the bootstrap admin credential (what DATA_DIR/admin.token holds) for
+the coordinators at --url, made from the cluster key alone: useful where a
+coordinator's data dir is out of reach, such as a container without a shell.
+Once it has been revoked (meshd admin token revoke admin) the cluster refuses it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if atKey == "" || len(atURLs) == 0 {

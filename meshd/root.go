@@ -67,7 +67,8 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 
 Admin commands find the cluster through --coordinator URL or MESHD_COORDINATOR
 (default: the coordinators named in the admin token) and authenticate with
-MESHD_ADMIN_TOKEN, the contents of a coordinator's DATA_DIR/admin.token.`,
+MESHD_ADMIN_TOKEN: the contents of a coordinator's DATA_DIR/admin.token (the
+bootstrap credential) or a credential from meshd admin token create.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -83,6 +84,7 @@ MESHD_ADMIN_TOKEN, the contents of a coordinator's DATA_DIR/admin.token.`,
 		newRouteCmd(g),
 		newGossipCmd(g),
 		newPolicyCmd(g),
+		newAdminCmd(g),
 		newStatusCmd(g),
 		newPingCmd(g),
 		newNetcheckCmd(g),

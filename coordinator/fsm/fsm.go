@@ -46,6 +46,8 @@ const (
 	DeletePolicyType
 	RotateVNetKeysType
 	PruneGossipKeysType
+	CreateAdminTokenType
+	RevokeAdminTokenType
 )
 
 // Command bodies.
@@ -142,6 +144,19 @@ type (
 		Now   time.Time     `json:"now"`
 		Grace time.Duration `json:"grace"`
 	}
+	// CreateAdminToken stores a named admin credential (its secret's
+	// hash).
+	CreateAdminToken struct {
+		Spec state.AdminTokenSpec `json:"spec"`
+		Now  time.Time            `json:"now"`
+	}
+	// RevokeAdminToken revokes the admin credential with id or name Ref
+	// (the bootstrap one is "admin"); By names the credential that asked.
+	RevokeAdminToken struct {
+		Ref string    `json:"ref"`
+		By  string    `json:"by,omitempty"`
+		Now time.Time `json:"now"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -166,6 +181,8 @@ var newBody = map[MessageType]func() any{
 	DeletePolicyType:        func() any { return new(DeletePolicy) },
 	RotateVNetKeysType:      func() any { return new(RotateVNetKeys) },
 	PruneGossipKeysType:     func() any { return new(PruneGossipKeys) },
+	CreateAdminTokenType:    func() any { return new(CreateAdminToken) },
+	RevokeAdminTokenType:    func() any { return new(RevokeAdminToken) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -313,6 +330,15 @@ func (f *FSM) apply(l *raft.Log) any {
 	case PruneGossipKeysType:
 		c := body.(*PruneGossipKeys)
 		r.IDs = f.store.PruneGossipKeys(c.Now, c.Grace)
+	case CreateAdminTokenType:
+		c := body.(*CreateAdminToken)
+		err = f.store.CreateAdminToken(c.Spec, c.Now)
+	case RevokeAdminTokenType:
+		c := body.(*RevokeAdminToken)
+		var id string
+		if id, err = f.store.RevokeAdminToken(c.Ref, c.By, c.Now); err == nil {
+			r.IDs = []string{id}
+		}
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

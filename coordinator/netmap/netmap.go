@@ -303,17 +303,22 @@ func Lookup(t *state.Tables, vnet string, ip netip.Addr, healthy Healthy) api.Lo
 }
 
 // Overlaps lists every pair of distinct announced prefixes that overlap,
-// within a vnet or across vnets.
+// within a vnet or across vnets. Inside one vnet it says which prefix is
+// the more specific (longest prefix match gives it the addresses it
+// covers) and, for each gateway announcing it, whether its join token
+// lists that exact prefix: a gateway that announces a prefix inside
+// another gateway's route on the strength of a wider allowed route is
+// flagged Unauthorized.
 func Overlaps(t *state.Tables) []api.Overlap {
-	seen := map[routeKey]bool{}
+	by := map[routeKey][]*state.Peer{}
 	var all []routeKey
 	for _, p := range t.Peers {
 		for _, r := range p.Routes {
 			k := routeKey{p.VNet, r.Prefix}
-			if !seen[k] {
-				seen[k] = true
+			if by[k] == nil {
 				all = append(all, k)
 			}
+			by[k] = append(by[k], p)
 		}
 	}
 	slices.SortFunc(all, func(a, b routeKey) int {
@@ -326,14 +331,42 @@ func Overlaps(t *state.Tables) []api.Overlap {
 	for i := range all {
 		for j := i + 1; j < len(all); j++ {
 			a, b := all[i], all[j]
-			if a.prefix.Overlaps(b.prefix) {
-				out = append(out, api.Overlap{
-					A:        api.RoutePlace{VNet: a.vnet, Prefix: a.prefix.String()},
-					B:        api.RoutePlace{VNet: b.vnet, Prefix: b.prefix.String()},
-					SameVNet: a.vnet == b.vnet,
-				})
+			if !a.prefix.Overlaps(b.prefix) {
+				continue
 			}
+			o := api.Overlap{
+				A:        api.RoutePlace{VNet: a.vnet, Prefix: a.prefix.String()},
+				B:        api.RoutePlace{VNet: b.vnet, Prefix: b.prefix.String()},
+				SameVNet: a.vnet == b.vnet,
+			}
+			if o.SameVNet && a.prefix.Bits() != b.prefix.Bits() {
+				wide, narrow := a, b
+				o.MoreSpecific = "b"
+				if a.prefix.Bits() > b.prefix.Bits() {
+					wide, narrow = b, a
+					o.MoreSpecific = "a"
+				}
+				o.SpecificGateways, o.Unauthorized = specificGateways(by[narrow], by[wide], narrow.prefix)
+			}
+			out = append(out, o)
 		}
 	}
 	return out
+}
+
+// specificGateways describes the gateways that announce narrow, a prefix
+// strictly inside one that the gateways in wide announce, sorted by name;
+// unauthorized says one of them has no exact allowance for narrow while
+// another gateway announces the wider prefix (the rule joins are held to:
+// a gateway may nest routes inside its own).
+func specificGateways(narrow, wide []*state.Peer, prefix netip.Prefix) (gws []api.OverlapGateway, unauthorized bool) {
+	for _, p := range narrow {
+		g := api.OverlapGateway{Name: p.Name, AllowedExactly: slices.Contains(p.AllowRoutes, prefix)}
+		if !g.AllowedExactly && slices.ContainsFunc(wide, func(q *state.Peer) bool { return q != p }) {
+			unauthorized = true
+		}
+		gws = append(gws, g)
+	}
+	slices.SortFunc(gws, func(a, b api.OverlapGateway) int { return compare(a.Name, b.Name) })
+	return gws, unauthorized
 }

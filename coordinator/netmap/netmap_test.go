@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -204,6 +205,36 @@ func TestOverlaps(t *testing.T) {
 		// default: /24 vs /25; across: branch /24 vs default /24 and /25.
 		if same != 1 || cross != 2 {
 			t.Fatalf("got %+v; want 1 overlap inside default and 2 across vnets", got)
+		}
+	})
+}
+
+// TestOverlapsMoreSpecific: inside a vnet, an overlap says which prefix
+// is the more specific and whether each of its gateways has it listed
+// exactly by its join token; one that took it from another gateway on a
+// wider allowance is flagged.
+func TestOverlapsMoreSpecific(t *testing.T) {
+	s := testStore(t)
+	if err := s.CreateToken(state.TokenSpec{ID: "te", SecretHash: hash('e'), VNet: "default", Uses: 1, Expires: t0.Add(time.Hour), AllowRoutes: []string{"192.168.10.128/25"}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	// gwb1 (in testStore) announces the /25 on its token's /16; gwe has
+	// the /25 listed exactly.
+	if _, err := s.Join(state.JoinSpec{TokenID: "te", SecretHash: hash('e'), PeerID: "e1", Name: "gwe", PublicKey: key(), CredHash: hash('c'), Routes: []api.Route{{Prefix: "192.168.10.128/25", Priority: 100}}, RouteAuthority: true}, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.Read(func(tb *state.Tables, _ uint64) {
+		var got []api.Overlap
+		for _, o := range Overlaps(tb) {
+			if o.SameVNet {
+				got = append(got, o)
+			} else if o.MoreSpecific != "" || o.Unauthorized || o.SpecificGateways != nil {
+				t.Errorf("overlap across vnets %+v says which is more specific; the vnets keep them apart", o)
+			}
+		}
+		want := []api.OverlapGateway{{Name: "gwb1"}, {Name: "gwe", AllowedExactly: true}}
+		if len(got) != 1 || got[0].A.Prefix != "192.168.10.0/24" || got[0].MoreSpecific != "b" || !got[0].Unauthorized || !slices.Equal(got[0].SpecificGateways, want) {
+			t.Fatalf("got %+v; want the /25 (b) more specific, announced by gwb1 (not allowed exactly) and gwe (allowed exactly), flagged", got)
 		}
 	})
 }

@@ -227,6 +227,11 @@ type TokenSpec struct {
 	Tags        []string  `json:"tags"`
 	AllowRoutes []string  `json:"allow_routes"`
 	Ephemeral   bool      `json:"ephemeral"`
+	// MaxPriority caps the route priority a gateway joining with the
+	// token may claim; nil: no cap.
+	MaxPriority *int `json:"max_priority,omitempty"`
+	// CreatedBy names the admin credential that asked.
+	CreatedBy string `json:"created_by,omitempty"`
 }
 
 // CreateToken stores a join token.
@@ -242,6 +247,12 @@ func (s *Store) CreateToken(spec TokenSpec, now time.Time) error {
 	}
 	if err := validTags(spec.Tags); err != nil {
 		return err
+	}
+	if spec.MaxPriority != nil && (*spec.MaxPriority < 0 || *spec.MaxPriority > MaxPriority) {
+		return api.Errorf(api.CodeInvalidArgument, "max priority must be from 0 to %d, not %d", MaxPriority, *spec.MaxPriority)
+	}
+	if len(spec.CreatedBy) > maxSetByLen {
+		return api.Errorf(api.CodeInvalidArgument, "created_by is longer than %d bytes", maxSetByLen)
 	}
 	if len(spec.AllowRoutes) > MaxRoutes {
 		return api.Errorf(api.CodeInvalidArgument, "at most %d allowed routes", MaxRoutes)
@@ -272,7 +283,7 @@ func (s *Store) CreateToken(spec TokenSpec, now time.Time) error {
 		ID: spec.ID, SecretHash: spec.SecretHash, VNet: spec.VNet,
 		Uses: spec.Uses, UsesLeft: spec.Uses, Expires: spec.Expires,
 		Tags: slices.Clone(spec.Tags), AllowRoutes: allow, Ephemeral: spec.Ephemeral,
-		CreatedAt: now,
+		CreatedAt: now, MaxPriority: clonePtr(spec.MaxPriority), CreatedBy: spec.CreatedBy,
 	}
 	return nil
 }
@@ -307,6 +318,11 @@ type JoinSpec struct {
 	// existed apply as they did then, so a replayed log gives the state it
 	// gave.
 	StrictRetry bool `json:"strict_retry,omitempty"`
+	// RouteAuthority is set by coordinators that refuse a route strictly
+	// inside another gateway's route in the vnet unless the join token
+	// lists that exact prefix (checkRouteAuthority). Log entries written
+	// before it existed apply as they did then.
+	RouteAuthority bool `json:"route_authority,omitempty"`
 }
 
 // CheckToken says why a token cannot admit a peer now, or returns it; s.mu
@@ -332,7 +348,18 @@ func (s *Store) checkToken(id, secretHash string, now time.Time) (*Token, *VNet,
 	return t, v, nil
 }
 
-func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix) ([]Route, error) {
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
+}
+
+// parseRoutes checks announced routes against the vnet and what the join
+// token allows: prefixes inside allow, priorities up to maxPrio (nil: up
+// to MaxPriority).
+func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix, maxPrio *int) ([]Route, error) {
 	if len(rs) > MaxRoutes {
 		return nil, api.Errorf(api.CodeInvalidArgument, "at most %d routes", MaxRoutes)
 	}
@@ -345,6 +372,9 @@ func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix) ([]Route, error)
 		}
 		if r.Priority < 0 || r.Priority > MaxPriority {
 			return nil, api.Errorf(api.CodeInvalidArgument, "route %s priority must be from 0 to %d", p, MaxPriority)
+		}
+		if maxPrio != nil && r.Priority > *maxPrio {
+			return nil, api.Errorf(api.CodeRouteNotAllowed, "route %s priority %d is above %d, the highest the join token lets its gateways claim (token create --max-priority); announce it with --gateway-priority %d or less", p, r.Priority, *maxPrio, *maxPrio)
 		}
 		if seen[p] {
 			return nil, api.Errorf(api.CodeInvalidArgument, "route %s is announced twice", p)
@@ -367,6 +397,40 @@ func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix) ([]Route, error)
 	}
 	slices.SortFunc(out, func(a, b Route) int { return cmpString(a.Prefix.String(), b.Prefix.String()) })
 	return out, nil
+}
+
+// checkRouteAuthority refuses a route strictly inside a route another
+// gateway of vnet announces (longest prefix match would hand it that part
+// of the other gateway's traffic) unless the join token lists that exact
+// prefix: a token that allows 10.1.0.0/16 does not let its holder take
+// 10.1.2.0/24 from the gateway that announces 10.1.0.0/16. Equal prefixes
+// (an HA pair) and wider ones are not takeovers: the highest priority
+// (capped by the token) and the longest prefix decide as before. The
+// announcing peer is new (routes are set at join), so every gateway in
+// the table is another. s.mu must be held.
+func (s *Store) checkRouteAuthority(vnet string, routes []Route, allow []netip.Prefix) error {
+	for _, r := range routes {
+		if slices.Contains(allow, r.Prefix) {
+			continue
+		}
+		var by *Peer
+		var wider netip.Prefix
+		for _, id := range s.byName[vnet] {
+			q := s.t.Peers[id]
+			for _, qr := range q.Routes {
+				if qr.Prefix.Bits() < r.Prefix.Bits() && qr.Prefix.Contains(r.Prefix.Addr()) {
+					// The same answer on every replica: the first gateway by name.
+					if by == nil || q.Name < by.Name || q.Name == by.Name && qr.Prefix.Bits() > wider.Bits() {
+						by, wider = q, qr.Prefix
+					}
+				}
+			}
+		}
+		if by != nil {
+			return api.Errorf(api.CodeRouteNotAllowed, "route %s is inside %s, which gateway %q announces in vnet %q: a more specific route would take that traffic from it; a join token must list %s exactly in --allow-routes to announce it", r.Prefix, wider, by.Name, vnet, r.Prefix)
+		}
+	}
+	return nil
 }
 
 // Join admits a peer: the token is checked and its uses decremented, the
@@ -416,9 +480,14 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	routes, err := parseRoutes(j.Routes, v, t.AllowRoutes)
+	routes, err := parseRoutes(j.Routes, v, t.AllowRoutes, t.MaxPriority)
 	if err != nil {
 		return nil, err
+	}
+	if j.RouteAuthority {
+		if err := s.checkRouteAuthority(v.Name, routes, t.AllowRoutes); err != nil {
+			return nil, err
+		}
 	}
 	if _, ok := s.byName[v.Name][j.Name]; ok {
 		return nil, api.Errorf(api.CodeConflict, "peer name %q is taken in vnet %q", j.Name, v.Name)
@@ -442,7 +511,7 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 		ID: j.PeerID, Name: j.Name, VNet: v.Name, Role: role, PublicKey: j.PublicKey,
 		OverlayIP: addr, Endpoints: slices.Clone(j.Endpoints), Tags: slices.Clone(t.Tags),
 		Routes: routes, AllowRoutes: slices.Clone(t.AllowRoutes), Ephemeral: t.Ephemeral,
-		CredHash: j.CredHash, TokenID: t.ID, CreatedAt: now, LastSeen: now,
+		MaxPriority: clonePtr(t.MaxPriority), CredHash: j.CredHash, TokenID: t.ID, CreatedAt: now, LastSeen: now,
 	}
 	v.NextIP = cursor
 	t.UsesLeft--
@@ -518,7 +587,7 @@ func (s *Store) UpdatePeer(u PeerUpdate) error {
 	var routes []Route
 	if u.Routes != nil {
 		var err error
-		if routes, err = parseRoutes(*u.Routes, s.t.VNets[p.VNet], p.AllowRoutes); err != nil {
+		if routes, err = parseRoutes(*u.Routes, s.t.VNets[p.VNet], p.AllowRoutes, p.MaxPriority); err != nil {
 			return err
 		}
 	}

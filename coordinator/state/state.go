@@ -1,7 +1,8 @@
 // Package state holds the coordinators' replicated tables (vnets, peers, join
-// tokens, the gossip keyring and the coordinators themselves) in memory. It
-// knows nothing of Raft: the FSM calls its mutators in log order with the
-// time carried by each command, so every replica computes the same result.
+// tokens, admin credentials, policies, the gossip keyring and the
+// coordinators themselves) in memory. It knows nothing of Raft: the FSM calls
+// its mutators in log order with the time carried by each command, so every
+// replica computes the same result.
 // Every mutator validates its whole input before it changes anything, and
 // returns an *api.Error that names the problem.
 //
@@ -67,6 +68,9 @@ type Peer struct {
 	// which an agent without a watch counts as offline at once.
 	WatchedBy string `json:"watched_by,omitempty"`
 	Watcher   bool   `json:"watcher,omitempty"`
+	// MaxPriority is the highest route priority the peer's join token
+	// let it claim; nil: no cap.
+	MaxPriority *int `json:"max_priority,omitempty"`
 }
 
 // Token is a join token; only the hash of its secret is kept.
@@ -82,6 +86,12 @@ type Token struct {
 	Ephemeral   bool           `json:"ephemeral"`
 	Revoked     bool           `json:"revoked"`
 	CreatedAt   time.Time      `json:"created_at"`
+	// MaxPriority caps the route priority its gateways may claim; nil:
+	// no cap (up to MaxPriority).
+	MaxPriority *int `json:"max_priority,omitempty"`
+	// CreatedBy names the admin credential that created it; empty for
+	// tokens created before this was recorded.
+	CreatedBy string `json:"created_by,omitempty"`
 }
 
 // Coordinator is one member of the coordinator cluster.
@@ -115,6 +125,9 @@ type Tables struct {
 	// Policies are the vnets' access policies (policy.go), by vnet name;
 	// absent from snapshots taken before there were any.
 	Policies map[string]*VNetPolicy `json:"policies,omitempty"`
+	// AdminTokens are the named admin credentials (admin.go), by id;
+	// absent from snapshots taken before there were any.
+	AdminTokens map[string]*AdminToken `json:"admin_tokens,omitempty"`
 }
 
 func newTables() Tables {
@@ -124,6 +137,7 @@ func newTables() Tables {
 		Tokens:       map[string]*Token{},
 		Coordinators: map[string]*Coordinator{},
 		Policies:     map[string]*VNetPolicy{},
+		AdminTokens:  map[string]*AdminToken{},
 	}
 }
 
@@ -178,6 +192,9 @@ func (s *Store) reset(t Tables) {
 	}
 	for _, vp := range s.t.Policies {
 		vp.decode()
+	}
+	if s.t.AdminTokens == nil {
+		s.t.AdminTokens = map[string]*AdminToken{}
 	}
 	s.changes = nil
 	s.horizon = s.index

@@ -151,6 +151,12 @@ type Token struct {
 	Revoked     bool      `json:"revoked"`
 	Expired     bool      `json:"expired"`
 	CreatedAt   time.Time `json:"created_at"`
+	// MaxPriority is the highest route priority a gateway joining with it
+	// may claim; absent: no cap.
+	MaxPriority *int `json:"max_priority,omitempty"`
+	// CreatedBy names the admin credential that created it; absent for
+	// tokens created before this was recorded.
+	CreatedBy string `json:"created_by,omitempty"`
 }
 
 // CreateTokenRequest asks for a join token. Zero Uses means 1; an empty TTL
@@ -162,6 +168,42 @@ type CreateTokenRequest struct {
 	Tags        []string `json:"tags"`
 	AllowRoutes []string `json:"allow_routes"`
 	Ephemeral   bool     `json:"ephemeral"`
+	// MaxPriority caps the route priority a gateway joining with the
+	// token may claim (a join announcing more is refused); nil: no cap.
+	// Sent only when set, so a coordinator that predates it is asked
+	// nothing it would ignore.
+	MaxPriority *int `json:"max_priority,omitempty"`
+}
+
+// AdminToken is a named admin credential as listed: never its secret.
+// Bootstrap marks the credential DATA_DIR/admin.token holds (id and name
+// "admin").
+type AdminToken struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	ReadOnly  bool       `json:"read_only"`
+	Bootstrap bool       `json:"bootstrap,omitempty"`
+	CreatedAt *time.Time `json:"created_at,omitempty"`
+	CreatedBy string     `json:"created_by,omitempty"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	RevokedBy string     `json:"revoked_by,omitempty"`
+}
+
+// CreateAdminTokenRequest asks for a named admin credential; ReadOnly
+// ones may call only the admin endpoints that change nothing (GET).
+type CreateAdminTokenRequest struct {
+	Name     string `json:"name"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// CreateAdminTokenResponse carries the admin credential, shown once: the
+// cluster keeps only its hash.
+type CreateAdminTokenResponse struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	ReadOnly bool   `json:"read_only"`
+	Token    string `json:"token"`
 }
 
 // CreateTokenResponse carries the opaque token string, shown once.
@@ -358,6 +400,29 @@ type Overlap struct {
 	// SameVNet is true when both lie in one vnet (longest prefix decides);
 	// otherwise the vnets keep them apart.
 	SameVNet bool `json:"same_vnet"`
+	// MoreSpecific is "a" or "b" when that prefix lies strictly inside the
+	// other in the same vnet: its gateways carry the addresses it covers,
+	// whatever the other's priority. Absent for equal prefixes and for
+	// separate vnets.
+	MoreSpecific string `json:"more_specific,omitempty"`
+	// SpecificGateways are the gateways announcing the more specific
+	// prefix, each saying whether its join token lists that exact prefix.
+	SpecificGateways []OverlapGateway `json:"specific_gateways,omitempty"`
+	// Unauthorized: a gateway of the more specific prefix does not have it
+	// listed exactly by its join token, and another gateway announces the
+	// wider prefix: it takes traffic from that gateway on the strength of
+	// a wider allowed route. Joins are refused such routes; this flags the
+	// ones announced before the wider route, or before the rule.
+	Unauthorized bool `json:"unauthorized,omitempty"`
+}
+
+// OverlapGateway is a gateway announcing the more specific prefix of an
+// Overlap.
+type OverlapGateway struct {
+	Name string `json:"name"`
+	// AllowedExactly: its join token lists this exact prefix (not only a
+	// wider one).
+	AllowedExactly bool `json:"allowed_exactly"`
 }
 
 // RoutePlace is a prefix in a vnet.
