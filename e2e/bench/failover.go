@@ -97,11 +97,13 @@ func failoverKill(ctx context.Context, dir string) (*Figure, error) {
 	defer l.Close()
 	const trials = 20
 	var gaps []time.Duration
-	for range trials {
-		gap, err := gapTrial(l, func() error { l.Procs["gwa1"].Kill(); return nil })
+	for i := range trials {
+		var killed time.Time
+		gap, err := gapTrial(l, func() error { killed = time.Now(); l.Procs["gwa1"].Kill(); return nil })
 		if err != nil {
 			return nil, err
 		}
+		fmt.Fprintf(os.Stderr, "  trial %d: killed at %s, gap %s\n", i+1, killed.UTC().Format("15:04:05.000"), gap.Round(time.Millisecond))
 		gaps = append(gaps, gap)
 		if err := restartGWA1(ctx, l); err != nil {
 			return nil, err

@@ -97,7 +97,11 @@ func main() {
 		} else {
 			figs[b.name], err = b.run(ctx, dir)
 		}
-		os.RemoveAll(dir)
+		if os.Getenv("MESHD_BENCH_KEEP") != "" {
+			fmt.Fprintln(os.Stderr, "kept", dir)
+		} else {
+			os.RemoveAll(dir)
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench %s: %v\n", b.name, err)
 			failed = true

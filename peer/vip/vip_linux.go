@@ -61,7 +61,7 @@ func (v *linuxVIP) Claim() error {
 		return err
 	}
 	ip := v.cfg.Addr.Addr().AsSlice()
-	if answered, err := arpProbe(ifc, ip, 50*time.Millisecond); err != nil {
+	if answered, err := arpProbe(ifc, ip, 30*time.Millisecond); err != nil {
 		return fmt.Errorf("arp probe: %w", err)
 	} else if answered {
 		return ErrInUse
