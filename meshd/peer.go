@@ -16,6 +16,7 @@ import (
 	"github.com/meshd/meshd/peer/controlclient"
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
+	"github.com/meshd/meshd/peer/liveness"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/logging"
 )
@@ -117,6 +118,7 @@ refused; restarting will not help (join again with a new token).`,
 	f.StringVar(&lanCheck, "lan-check", "", "LAN address this gateway must reach (ARP) to carry its routes")
 	f.DurationVar(&cfg.HoldDown, "hold-down", health.DefaultHoldDown, "how long a recovered gateway must stay healthy before it takes its routes back")
 	f.IntVar(&cfg.GossipPort, "gossip-port", health.DefaultPort, "health gossip port on the overlay address (UDP and TCP, inside the tunnels)")
+	f.IntVar(&cfg.LivenessPort, "liveness-port", liveness.DefaultPort, "gateway health probe port on the overlay address (UDP, inside the tunnels); every peer of a vnet must use the same")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

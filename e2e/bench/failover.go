@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/meshd/meshd/e2e/harness"
@@ -46,10 +47,35 @@ func waitActive(l *meshlab.Lab, gw string, d time.Duration) error {
 	}
 }
 
+// waitVIP waits until hosta's neighbour entry for site A's VIP names gw's
+// LAN interface.
+func waitVIP(l *meshlab.Lab, gw string, d time.Duration) error {
+	mac, err := l.Net.Exec(gw, "cat", "/sys/class/net/eth1/address")
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(d)
+	for {
+		neigh, err := l.Net.Exec("hosta", "ip", "neigh", "show", netlab.SiteAVIP)
+		if err == nil && strings.Contains(string(neigh), strings.TrimSpace(string(mac))) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("site A's VIP not on %s within %s (hosta: %q)", gw, d, strings.TrimSpace(string(neigh)))
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+}
+
 // gapTrial pings hosta from cl1 every 10 ms, applies fault after 1 s and
 // returns the longest interval without a reply.
 func gapTrial(l *meshlab.Lab, fault func() error) (time.Duration, error) {
 	if err := waitActive(l, "gwa1", 30*time.Second); err != nil {
+		return 0, err
+	}
+	// Steady state: the LAN's replies go to gwa1 too (the VIP handed back
+	// after the hold-down, as hosta's neighbour entry for it shows).
+	if err := waitVIP(l, "gwa1", 10*time.Second); err != nil {
 		return 0, err
 	}
 	ping, err := l.StartPing("cl1", netlab.HostA, 4*time.Second)

@@ -65,6 +65,7 @@ func main() {
 		{"failover_gap_sigkill", failoverKill, nil},
 		{"failover_gap_sigkill_coordinators_down", failoverHeadless, nil},
 		{"failover_gap_zombie_and_link_cut", failoverFaults, nil},
+		{"health_traffic", healthTraffic, nil},
 		{"nat", nil, natFigures},
 	}
 	root, err := harness.RepoRoot()

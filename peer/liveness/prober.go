@@ -53,6 +53,7 @@ type Prober struct {
 	// probed is when a peer last probed this one (unix ns): evidence that
 	// the mesh reaches it.
 	probed atomic.Int64
+	stats  struct{ sentPkts, sentBytes, recvPkts, recvBytes atomic.Uint64 }
 
 	mu      sync.Mutex
 	peers   map[wgcfg.Key]*[32]byte // guarded by mu: who may probe, with the shared key
@@ -164,6 +165,15 @@ func (p *Prober) SetTargets(ts []Target) {
 	}
 }
 
+// Stats counts the probe and statement datagrams this prober sent and
+// received, and their UDP payload bytes.
+type Stats struct{ SentPkts, SentBytes, RecvPkts, RecvBytes uint64 }
+
+// Stats returns the counters since New.
+func (p *Prober) Stats() Stats {
+	return Stats{p.stats.sentPkts.Load(), p.stats.sentBytes.Load(), p.stats.recvPkts.Load(), p.stats.recvBytes.Load()}
+}
+
 // LastProbed is when a peer last probed this one (zero: never).
 func (p *Prober) LastProbed() time.Time {
 	if ns := p.probed.Load(); ns != 0 {
@@ -199,6 +209,8 @@ func (p *Prober) readLoop() {
 		if !disco.Looks(buf[:n]) {
 			continue
 		}
+		p.stats.recvPkts.Add(1)
+		p.stats.recvBytes.Add(uint64(n))
 		select {
 		case p.in <- inbound{pkt: append([]byte(nil), buf[:n]...), from: from, at: p.cfg.Now()}:
 		default: // overloaded: a lost probe is what the timing allows for
@@ -226,7 +238,10 @@ func (p *Prober) loop() {
 			out = p.tick(p.cfg.Now())
 		}
 		for _, o := range out {
-			p.conn.WriteToUDPAddrPort(o.pkt, o.to)
+			if _, err := p.conn.WriteToUDPAddrPort(o.pkt, o.to); err == nil {
+				p.stats.sentPkts.Add(1)
+				p.stats.sentBytes.Add(uint64(len(o.pkt)))
+			}
 		}
 	}
 }
