@@ -61,6 +61,7 @@ func main() {
 		{"leader_failover_write_outage", leaderFailover, nil},
 		{"join_to_first_packet", joinToFirstPacket, nil},
 		{"data_plane_tcp", dataPlane, nil},
+		{"data_plane_policy", dataPlanePolicy, nil},
 		{"agent_rss_20_peers", agentMemory, nil},
 		{"failover_gap_sigkill", failoverKill, nil},
 		{"failover_gap_sigkill_coordinators_down", failoverHeadless, nil},
