@@ -19,11 +19,13 @@ test: lint
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) lab-docker-check; else echo "skipping lab-docker-check (needs root)"; fi
 
 # fuzz: a few seconds of each fuzz target (the token parser, the FSM decoder,
-# the path probe decoder).
+# the path probe decoder, the policy parser, the packet filter).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./pkg/token
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 5s ./coordinator/fsm
 	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime 5s ./peer/disco
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./pkg/policy
+	$(GO) test -run '^$$' -fuzz '^FuzzPacket$$' -fuzztime 5s ./pkg/policy/filter
 
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
 # true source IPs, restart, removal, coordinators down, SNAT; NAT traversal

@@ -34,11 +34,11 @@ func within(t *testing.T, l *meshlab.Lab, ns, addr string, want bool, d time.Dur
 	return time.Since(start)
 }
 
-// TestPolicy: with a policy that lets cl1 reach site A's LAN and cl2 on
-// port 443 only, cl1 reaches 443 and not 22 on both (the LAN host is
-// protected by its gateway the same way as a peer by itself), cl2 reaches
-// nothing of cl1, and a change to the policy takes effect within about a
-// second; failover traffic between the gateways is unaffected.
+// TestPolicy: with a policy that lets the clients (tag branch) reach site
+// A's LAN on 443 and cl1 reach cl2 on 443, cl1 reaches 443 and not 22 on
+// both (the LAN host is protected by its gateway the same way as a peer by
+// itself), cl2 reaches nothing of cl1, and a change to the policy takes
+// effect within about a second.
 func TestPolicy(t *testing.T) {
 	l := startLab(t, meshlab.Options{})
 	ip := map[string]string{}
@@ -67,8 +67,9 @@ func TestPolicy(t *testing.T) {
 			t.Fatalf("policy set: %v\n%s", err, out)
 		}
 	}
-	set(fmt.Sprintf(`{"acls": [{"action": "accept", "src": ["peer:cl1"], "dst": ["%s:443", "peer:cl2:443"], "proto": "tcp"}],
-	  "tests": [{"src": "peer:cl1", "accept": ["peer:cl2:443"], "deny": ["peer:cl2:22"]}]}`, netlab.SiteA))
+	set(fmt.Sprintf(`{"acls": [{"action": "accept", "src": ["tag:%s"], "dst": ["%s:443"], "proto": "tcp"},
+	  {"action": "accept", "src": ["peer:cl1"], "dst": ["peer:cl2:443"], "proto": "tcp"}],
+	  "tests": [{"src": "peer:cl1", "accept": ["peer:cl2:443"], "deny": ["peer:cl2:22"]}]}`, meshlab.ClientTag, netlab.SiteA))
 	took := within(t, l, "cl1", hosta22, false, 3*time.Second)
 	t.Logf("cl1 -> hosta:22 blocked %v after policy set returned", took.Round(time.Millisecond))
 	within(t, l, "cl1", cl2_22, false, 3*time.Second)
@@ -81,7 +82,8 @@ func TestPolicy(t *testing.T) {
 		t.Error("cl2 reached cl1, which no rule accepts")
 	}
 	// Open 22 on the site: effective within about a second.
-	set(fmt.Sprintf(`{"acls": [{"action": "accept", "src": ["peer:cl1"], "dst": ["%s:22,443", "peer:cl2:443"], "proto": "tcp"}]}`, netlab.SiteA))
+	set(fmt.Sprintf(`{"acls": [{"action": "accept", "src": ["tag:%s"], "dst": ["%s:22,443"], "proto": "tcp"},
+	  {"action": "accept", "src": ["peer:cl1"], "dst": ["peer:cl2:443"], "proto": "tcp"}]}`, meshlab.ClientTag, netlab.SiteA))
 	took = within(t, l, "cl1", hosta22, true, 3*time.Second)
 	t.Logf("cl1 -> hosta:22 open %v after the new policy was set", took.Round(time.Millisecond))
 	if took > 1500*time.Millisecond {

@@ -66,6 +66,9 @@ type PeerSpec struct {
 	Priority int
 }
 
+// ClientTag is the tag of the lab's clients' join token.
+const ClientTag = "branch"
+
 // Peers of the lab, in start order.
 var Peers = []PeerSpec{
 	{Name: "gwa1", Routes: netlab.SiteA, Priority: 200},
@@ -124,7 +127,8 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	clTok, err := l.Admin("token", "create", "--uses", fmt.Sprint(clients))
+	// Clients carry the tag "branch" (policies name it).
+	clTok, err := l.Admin("token", "create", "--uses", fmt.Sprint(clients), "--tag", ClientTag)
 	if err != nil {
 		return nil, err
 	}
