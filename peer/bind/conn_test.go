@@ -204,19 +204,27 @@ func waitRelay(t *testing.T, s *side) netip.AddrPort {
 	}
 }
 
-func TestRelayAndSwitch(t *testing.T) {
+// relayedPair is two sides on one TURN server whose direct path is cut
+// both ways, each with the other as its peer; it returns their relayed
+// addresses once a's path to b is the relay.
+func relayedPair(t *testing.T) (a, b *side, ra, rb netip.AddrPort) {
+	t.Helper()
 	_, rs := turnServer(t)
-	a, b := newSide(t), newSide(t)
+	a, b = newSide(t), newSide(t)
 	cfg := api.RelayConfig{Servers: []api.RelayServer{rs}, Expires: time.Now().Add(time.Hour)}
 	a.c.SetRelays(cfg)
 	b.c.SetRelays(cfg)
-	ra, rb := waitRelay(t, a), waitRelay(t, b)
-	// The direct path is cut both ways.
+	ra, rb = waitRelay(t, a), waitRelay(t, b)
 	a.std.block(b.addr(), true)
 	b.std.block(a.addr(), true)
 	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{b.addr()}, Relay: rb}}, nil)
 	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}, Relay: ra}}, nil)
 	waitPath(t, a, b.pub(), PathRelay, 2*time.Second)
+	return a, b, ra, rb
+}
+
+func TestRelayAndSwitch(t *testing.T) {
+	a, b, _, _ := relayedPair(t)
 	ep, _ := a.c.ParseEndpoint(EndpointString(b.pub()))
 	var seq atomic.Int32
 	send := func() byte { // errors show as missing packets
@@ -377,17 +385,7 @@ func TestRelayCredentialRenewal(t *testing.T) {
 // the peer's relayed address, WireGuard's batches leave as ChannelData
 // frames in one send and arrive unwrapped, in order and intact.
 func TestRelayChannelFastPath(t *testing.T) {
-	_, rs := turnServer(t)
-	a, b := newSide(t), newSide(t)
-	cfg := api.RelayConfig{Servers: []api.RelayServer{rs}, Expires: time.Now().Add(time.Hour)}
-	a.c.SetRelays(cfg)
-	b.c.SetRelays(cfg)
-	ra, rb := waitRelay(t, a), waitRelay(t, b)
-	a.std.block(b.addr(), true)
-	b.std.block(a.addr(), true)
-	a.c.SetPeers([]PeerConfig{{Key: b.pub(), Endpoints: []netip.AddrPort{b.addr()}, Relay: rb}}, nil)
-	b.c.SetPeers([]PeerConfig{{Key: a.pub(), Endpoints: []netip.AddrPort{a.addr()}, Relay: ra}}, nil)
-	waitPath(t, a, b.pub(), PathRelay, 2*time.Second)
+	a, b, ra, rb := relayedPair(t)
 	waitPath(t, b, a.pub(), PathRelay, 2*time.Second)
 	epB, _ := a.c.ParseEndpoint(EndpointString(b.pub()))
 	epA, _ := b.c.ParseEndpoint(EndpointString(a.pub()))
