@@ -557,7 +557,12 @@ func dataPlanePolicy(ctx context.Context, dir string) (*Figure, error) {
 	if err != nil {
 		return nil, err
 	}
+	policySet := false
 	set := func(on bool) error {
+		if !on && !policySet {
+			return nil // no policy yet
+		}
+		policySet = on
 		var err error
 		if on {
 			err = c.Do(ctx, http.MethodPut, "/v1/vnets/default/policy", policyFill(), nil)

@@ -48,7 +48,8 @@ func waitActive(l *meshlab.Lab, gw string, d time.Duration) error {
 }
 
 // waitVIP waits until hosta's neighbour entry for site A's VIP names gw's
-// LAN interface.
+// LAN interface (an entry that still names the other gateway is stale
+// until the next gratuitous ARP or probe).
 func waitVIP(l *meshlab.Lab, gw string, d time.Duration) error {
 	mac, err := l.Net.Exec(gw, "cat", "/sys/class/net/eth1/address")
 	if err != nil {
@@ -56,6 +57,9 @@ func waitVIP(l *meshlab.Lab, gw string, d time.Duration) error {
 	}
 	deadline := time.Now().Add(d)
 	for {
+		// hosta resolves the VIP when it sends to it (the VIP answers ARP,
+		// not ping).
+		l.Net.Exec("hosta", "ping", "-n", "-q", "-c", "1", "-W", "0.2", netlab.SiteAVIP)
 		neigh, err := l.Net.Exec("hosta", "ip", "neigh", "show", netlab.SiteAVIP)
 		if err == nil && strings.Contains(string(neigh), strings.TrimSpace(string(mac))) {
 			return nil
