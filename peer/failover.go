@@ -122,7 +122,7 @@ func (v *healthView) aliveOthers() int {
 }
 
 // lanFailsDown is how many LAN checks in a row must fail (one every
-// selfCheckEvery, about 0.3 s) before a gateway gives up its routes.
+// selfCheckEvery, about 0.15 s) before a gateway gives up its routes.
 const lanFailsDown = 3
 
 // checkResult is one round of a gateway's own checks.

@@ -166,8 +166,8 @@ func (a *Agent) relayLoop(ctx context.Context) error {
 // selfCheckEvery paces a gateway's own checks; lanCheckWait bounds the
 // ARP probe of one round.
 const (
-	selfCheckEvery = 100 * time.Millisecond
-	lanCheckWait   = 100 * time.Millisecond
+	selfCheckEvery = 50 * time.Millisecond
+	lanCheckWait   = 50 * time.Millisecond
 )
 
 // selfCheckLoop runs a gateway's own checks every selfCheckEvery and hands
@@ -201,7 +201,7 @@ func (a *Agent) selfCheckLoop(ctx context.Context) error {
 
 // vipRetry is how soon a claim the LAN refused (another host still
 // answers for the VIP) is tried again.
-const vipRetry = 100 * time.Millisecond
+const vipRetry = 50 * time.Millisecond
 
 // vipLoop makes this gateway own the LAN VIP while the loop wants it, and
 // releases it when the loop stops wanting it or the agent stops.
