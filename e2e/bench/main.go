@@ -67,6 +67,7 @@ func main() {
 		{"failover_gap_sigkill_coordinators_down", failoverHeadless, nil},
 		{"failover_gap_zombie_and_link_cut", failoverFaults, nil},
 		{"health_traffic", healthTraffic, nil},
+		{"map_fanout_policy_1000", fanoutPolicy, nil},
 		{"nat", nil, natFigures},
 	}
 	root, err := harness.RepoRoot()
