@@ -141,6 +141,10 @@ func (f *fakeLiveness) LastProbed() time.Time {
 	return f.probed
 }
 
+// LastFastProbed: in these tests every probe is part of a client's fast
+// stream.
+func (f *fakeLiveness) LastFastProbed() time.Time { return f.LastProbed() }
+
 func (f *fakeLiveness) setProbed(t time.Time) {
 	f.mu.Lock()
 	f.probed = t

@@ -301,22 +301,29 @@ func TestIsolation(t *testing.T) {
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	dead, alive := health.State{}, health.State{Alive: true, LANOK: true, Forwarding: true}
 	gws := map[string]bool{"a2": true, "b1": true}
+	allDead := map[string]health.State{"a2": dead, "b1": dead}
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
 	cases := []struct {
-		name       string
-		targets    map[string]bool
-		live       map[string]health.State
-		lastProbed time.Time
-		isolated   bool
-		until      time.Time
+		name                 string
+		targets              map[string]bool
+		live                 map[string]health.State
+		lastProbed, lastFast time.Time
+		isolated             bool
+		until                time.Time
 	}{
-		{"no other gateway", nil, nil, time.Time{}, false, time.Time{}},
-		{"one answers", gws, map[string]health.State{"a2": dead, "b1": alive}, time.Time{}, false, time.Time{}},
-		{"one never heard", gws, map[string]health.State{"a2": dead}, time.Time{}, false, time.Time{}},
-		{"none answers, probed just now", gws, map[string]health.State{"a2": dead, "b1": dead}, now.Add(-100 * time.Millisecond), false, now.Add(IsolatedAfter - 100*time.Millisecond)},
-		{"none answers, unprobed", gws, map[string]health.State{"a2": dead, "b1": dead}, now.Add(-IsolatedAfter), true, time.Time{}},
+		{"no other gateway", nil, nil, time.Time{}, time.Time{}, false, time.Time{}},
+		{"one answers", gws, map[string]health.State{"a2": dead, "b1": alive}, time.Time{}, time.Time{}, false, time.Time{}},
+		{"one never heard", gws, map[string]health.State{"a2": dead}, time.Time{}, time.Time{}, false, time.Time{}},
+		{"clients were sending, probed just now", gws, allDead, ago(100 * time.Millisecond), ago(100 * time.Millisecond), false, now.Add(IsolatedAfter - 100*time.Millisecond)},
+		{"clients were sending, silent since", gws, allDead, ago(IsolatedAfter), ago(IsolatedAfter), true, time.Time{}},
+		// The partner died and the clients are idle: they probe once a
+		// second, which is no sign of a cut.
+		{"idle clients, 0.9 s since the last probe", gws, allDead, ago(900 * time.Millisecond), time.Time{}, false, now.Add(IsolatedIdleAfter - 900*time.Millisecond)},
+		{"clients went idle a while ago", gws, allDead, ago(900 * time.Millisecond), ago(FastClientsWithin), false, now.Add(IsolatedIdleAfter - 900*time.Millisecond)},
+		{"idle clients, silent for the idle window", gws, allDead, ago(IsolatedIdleAfter), time.Time{}, true, time.Time{}},
 	}
 	for _, tc := range cases {
-		iso, until := isolation(tc.targets, tc.live, tc.lastProbed, now)
+		iso, until := isolation(tc.targets, tc.live, tc.lastProbed, tc.lastFast, now)
 		if iso != tc.isolated || !until.Equal(tc.until) {
 			t.Errorf("%s: isolated %v until %v; want %v until %v", tc.name, iso, until, tc.isolated, tc.until)
 		}

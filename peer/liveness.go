@@ -28,6 +28,9 @@ type Liveness interface {
 	// LastProbed is when another peer last probed this one (zero:
 	// never): evidence that the mesh still reaches it.
 	LastProbed() time.Time
+	// LastFastProbed is when a client sending through this peer last
+	// probed it (zero: never).
+	LastFastProbed() time.Time
 	Close() error
 }
 
@@ -88,19 +91,26 @@ func (l *proberLiveness) Set(peers []LivePeer) {
 
 func (l *proberLiveness) LastProbed() time.Time { return l.p.LastProbed() }
 
+func (l *proberLiveness) LastFastProbed() time.Time { return l.p.LastFastProbed() }
+
 func (l *proberLiveness) Close() error { return l.p.Close() }
 
-// IsolatedAfter is how long a gateway that hears none of the other
-// gateways must also go unprobed before it counts as cut off from the mesh.
-const IsolatedAfter = 500 * time.Millisecond
+// A gateway that hears none of the other gateways counts as cut off from
+// the mesh once no peer has probed it for IsolatedAfter, if clients were
+// sending through it (they probe it every 40 ms) within FastClientsWithin;
+// otherwise (idle clients probe once a second) for IsolatedIdleAfter.
+const (
+	IsolatedAfter     = 500 * time.Millisecond
+	IsolatedIdleAfter = 2500 * time.Millisecond
+	FastClientsWithin = 2 * time.Second
+)
 
 // isolation says whether this gateway is cut off from the mesh at now: it
 // probes other gateways and none answers, and no peer has probed it for
-// IsolatedAfter (the peers sending through it probe it every 50 ms). When
-// it is not, but might become so without another event, until is when to
-// look again. A gateway that is cut off lets its LAN VIP go at once, so its
-// partner, which sees it dead, can take it.
-func isolation(targets map[string]bool, live map[string]health.State, lastProbed, now time.Time) (isolated bool, until time.Time) {
+// the window above. When it is not, but might become so without another
+// event, until is when to look again. A gateway that is cut off lets its
+// LAN VIP go at once, so its partner, which sees it dead, can take it.
+func isolation(targets map[string]bool, live map[string]health.State, lastProbed, lastFast, now time.Time) (isolated bool, until time.Time) {
 	if len(targets) == 0 {
 		return false, time.Time{}
 	}
@@ -109,11 +119,21 @@ func isolation(targets map[string]bool, live map[string]health.State, lastProbed
 			return false, time.Time{} // one answers, or has not been heard yet
 		}
 	}
-	if end := lastProbed.Add(IsolatedAfter); now.Before(end) {
-		return false, end
+	window := IsolatedAfter
+	if lastFast.IsZero() || now.Sub(lastFast) >= FastClientsWithin {
+		window = IsolatedIdleAfter
 	}
-	return true, time.Time{}
+	end := lastProbed.Add(window)
+	if !now.Before(end) {
+		return true, time.Time{}
+	}
+	if window == IsolatedAfter && lastFast.Add(FastClientsWithin).Before(end) {
+		end = lastFast.Add(FastClientsWithin) // the window widens then: look again
+	}
+	return false, end
 }
+
+// selfFlags is what this peer's statements say of it.
 func selfFlags(s selfCheck) uint32 {
 	var f byte
 	if !s.lanDown {

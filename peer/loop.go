@@ -256,7 +256,7 @@ func (a *Agent) reconcile(st *state) {
 				gws[id] = true
 			}
 		}
-		st.self.isolated, isoUntil = isolation(gws, st.live.Peers(), st.live.LastProbed(), now)
+		st.self.isolated, isoUntil = isolation(gws, st.live.Peers(), st.live.LastProbed(), st.live.LastFastProbed(), now)
 	}
 	dec := decide(&st.nm, view, st.self, now)
 	if !isoUntil.IsZero() && (dec.wake.IsZero() || isoUntil.Before(dec.wake)) {

@@ -53,12 +53,17 @@ type Prober struct {
 	// probed is when a peer last probed this one (unix ns): evidence that
 	// the mesh reaches it.
 	probed atomic.Int64
-	stats  struct{ sentPkts, sentBytes, recvPkts, recvBytes atomic.Uint64 }
+	// fastProbed is when a peer this one does not probe (a client, not
+	// a gateway) last probed it twice within FastStreamGap (unix ns): a
+	// client sending traffic through it.
+	fastProbed atomic.Int64
+	stats      struct{ sentPkts, sentBytes, recvPkts, recvBytes atomic.Uint64 }
 
 	mu      sync.Mutex
 	peers   map[wgcfg.Key]*[32]byte // guarded by mu: who may probe, with the shared key
 	targets map[wgcfg.Key]*target   // guarded by mu
 	view    map[wgcfg.Key]Observation
+	lastBy  map[wgcfg.Key]time.Time // guarded by mu: when each peer last probed
 
 	changed chan struct{}
 	in      chan inbound
@@ -100,6 +105,7 @@ func New(cfg Config) (*Prober, error) {
 	}
 	p := &Prober{cfg: cfg, log: cfg.Logger.With("component", "liveness"), conn: conn, pub: cfg.PrivateKey.Public(),
 		peers: map[wgcfg.Key]*[32]byte{}, targets: map[wgcfg.Key]*target{}, view: map[wgcfg.Key]Observation{},
+		lastBy: map[wgcfg.Key]time.Time{},
 		changed: make(chan struct{}, 1), in: make(chan inbound, 256), stop: make(chan struct{})}
 	// Statement numbers start from the clock, so they keep growing across
 	// restarts.
@@ -140,6 +146,11 @@ func (p *Prober) SetPeers(keys []wgcfg.Key) {
 		}
 	}
 	p.peers = next
+	for k := range p.lastBy {
+		if next[k] == nil {
+			delete(p.lastBy, k)
+		}
+	}
 }
 
 // SetTargets replaces the peers observed; an observed peer must also be
@@ -172,6 +183,19 @@ type Stats struct{ SentPkts, SentBytes, RecvPkts, RecvBytes uint64 }
 // Stats returns the counters since New.
 func (p *Prober) Stats() Stats {
 	return Stats{p.stats.sentPkts.Load(), p.stats.sentBytes.Load(), p.stats.recvPkts.Load(), p.stats.recvBytes.Load()}
+}
+
+// FastStreamGap: two probes from one peer this close are its fast stream.
+const FastStreamGap = 200 * time.Millisecond
+
+// LastFastProbed is when a client (a peer this one does not probe) last
+// probed it as part of a fast stream, that is while sending traffic
+// through it (zero: never).
+func (p *Prober) LastFastProbed() time.Time {
+	if ns := p.fastProbed.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // LastProbed is when a peer last probed this one (zero: never).
@@ -262,6 +286,12 @@ func (p *Prober) handle(in inbound) []outbound {
 	switch m.Type {
 	case disco.TypeProbe:
 		p.probed.Store(in.at.UnixNano())
+		if _, isTarget := p.targets[sender]; !isTarget {
+			if prev, ok := p.lastBy[sender]; ok && in.at.Sub(prev) < FastStreamGap {
+				p.fastProbed.Store(in.at.UnixNano())
+			}
+			p.lastBy[sender] = in.at
+		}
 		st := &disco.Message{Type: disco.TypeStatus, TxID: m.TxID, Seq: p.seq.Add(1), Flags: p.cfg.Self()}
 		return []outbound{{disco.Seal(st, p.pub, shared), in.from}}
 	case disco.TypeStatus:

@@ -95,6 +95,10 @@ func TestProberThroughSockets(t *testing.T) {
 
 	view := func() Observation { o, _ := obs.p.Observe(gw.pub()); return o }
 	waitFor(t, "gateway healthy", 2*time.Second, func() bool { return view().Healthy() })
+	// The observer probes fast: to the gateway, a client sending through it.
+	waitFor(t, "the gateway to see a fast stream of probes", time.Second, func() bool {
+		return time.Since(gw.p.LastFastProbed()) < 200*time.Millisecond && time.Since(gw.p.LastProbed()) < 200*time.Millisecond
+	})
 	gw.flags.Store(uint32(disco.StatusFwdOK))
 	waitFor(t, "LAN check failure seen", time.Second, func() bool { o := view(); return o.Alive && !o.LANOK })
 	gw.flags.Store(uint32(disco.StatusLANOK | disco.StatusFwdOK))
