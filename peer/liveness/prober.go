@@ -105,7 +105,7 @@ func New(cfg Config) (*Prober, error) {
 	}
 	p := &Prober{cfg: cfg, log: cfg.Logger.With("component", "liveness"), conn: conn, pub: cfg.PrivateKey.Public(),
 		peers: map[wgcfg.Key]*[32]byte{}, targets: map[wgcfg.Key]*target{}, view: map[wgcfg.Key]Observation{},
-		lastBy: map[wgcfg.Key]time.Time{},
+		lastBy:  map[wgcfg.Key]time.Time{},
 		changed: make(chan struct{}, 1), in: make(chan inbound, 256), stop: make(chan struct{})}
 	// Statement numbers start from the clock, so they keep growing across
 	// restarts.
