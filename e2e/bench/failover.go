@@ -189,11 +189,13 @@ func failoverFaults(ctx context.Context, dir string) (*Figure, error) {
 	const trials = 5
 	run := func(fault, undo []string) ([]time.Duration, error) {
 		var gaps []time.Duration
-		for range trials {
-			gap, err := gapTrial(l, func() error { _, err := l.Net.Exec("gwa1", fault...); return err })
+		for i := range trials {
+			var at time.Time
+			gap, err := gapTrial(l, func() error { at = time.Now(); _, err := l.Net.Exec("gwa1", fault...); return err })
 			if err != nil {
 				return nil, err
 			}
+			fmt.Fprintf(os.Stderr, "  %s trial %d: at %s, gap %s\n", fault[len(fault)-2], i+1, at.UTC().Format("15:04:05.000"), gap.Round(time.Millisecond))
 			gaps = append(gaps, gap)
 			if _, err := l.Net.Exec("gwa1", undo...); err != nil {
 				return nil, err
