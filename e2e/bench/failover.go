@@ -47,6 +47,28 @@ func waitActive(l *meshlab.Lab, gw string, d time.Duration) error {
 	}
 }
 
+// waitSteady waits until gw has carried site A for cl1 without a break for
+// hold.
+func waitSteady(l *meshlab.Lab, gw string, hold, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	var since time.Time
+	for {
+		got, err := l.ActiveGateway("cl1", netlab.SiteA)
+		switch {
+		case err != nil || got != gw:
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) >= hold:
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("site A not carried steadily by %s within %s (got %q, %v)", gw, d, got, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+}
+
 // waitVIP waits until hosta's neighbour entry for site A's VIP names gw's
 // LAN interface (an entry that still names the other gateway is stale
 // until the next gratuitous ARP or probe).
@@ -74,11 +96,13 @@ func waitVIP(l *meshlab.Lab, gw string, d time.Duration) error {
 // gapTrial pings hosta from cl1 every 10 ms, applies fault after 1 s and
 // returns the longest interval without a reply.
 func gapTrial(l *meshlab.Lab, fault func() error) (time.Duration, error) {
-	if err := waitActive(l, "gwa1", 30*time.Second); err != nil {
+	// Steady state: gwa1 carries the site for cl1 and has done so for a
+	// while (a gateway that just came back may drop out once more while
+	// its paths settle), and the LAN's replies go to gwa1 too (the VIP
+	// handed back after the hold-down, as hosta's neighbour entry shows).
+	if err := waitSteady(l, "gwa1", 1500*time.Millisecond, 30*time.Second); err != nil {
 		return 0, err
 	}
-	// Steady state: the LAN's replies go to gwa1 too (the VIP handed back
-	// after the hold-down, as hosta's neighbour entry for it shows).
 	if err := waitVIP(l, "gwa1", 10*time.Second); err != nil {
 		return 0, err
 	}
