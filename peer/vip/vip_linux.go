@@ -93,7 +93,7 @@ func (v *linuxVIP) Release() error {
 // every second while this host owns the VIP, so LAN hosts whose cache still
 // names another gateway (a takeover they missed) follow within a second.
 func announce(ifc *net.Interface, ip []byte, stop chan struct{}, log *slog.Logger) {
-	for _, d := range []time.Duration{0, 50 * time.Millisecond, 200 * time.Millisecond} {
+	for _, d := range []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond} {
 		select {
 		case <-stop:
 			return
