@@ -43,6 +43,10 @@ var DefaultTiming = Timing{
 	PendingFor:    3 * time.Second,
 }
 
+// MinMissed is how many probes in a row must go unanswered before a
+// target can be dead.
+const MinMissed = 3
+
 // Observation is what an observer knows of one target.
 type Observation struct {
 	// Alive: the target has answered, and not gone the dead-after time
@@ -66,8 +70,10 @@ type tracker struct {
 	pending   map[disco.TxID]time.Time
 	lastSent  time.Time
 	lastHeard time.Time
-	// unanswered is when the first probe since the last answer went out.
+	// unanswered is when the first probe since the last answer went out;
+	// missed counts the probes sent since.
 	unanswered time.Time
+	missed     int
 	seq        uint64
 	flags      byte
 	rtt        time.Duration
@@ -114,6 +120,7 @@ func (t *tracker) sent(tx disco.TxID, now time.Time, tm Timing) {
 	if t.unanswered.IsZero() {
 		t.unanswered = now
 	}
+	t.missed++
 }
 
 // answer takes a statement; it counts only for a probe this observer sent
@@ -126,14 +133,16 @@ func (t *tracker) answer(m *disco.Message, now time.Time) bool {
 	}
 	delete(t.pending, m.TxID)
 	t.seq, t.flags = m.Seq, m.Flags
-	t.lastHeard, t.unanswered = now, time.Time{}
+	t.lastHeard, t.unanswered, t.missed = now, time.Time{}, 0
 	t.rtt = now.Sub(at)
 	return true
 }
 
 // observe is the verdict at now. The silence counts from the last answer,
 // but from no earlier than one probe interval before the first unanswered
-// probe, so a probe after a quiet spell (going fast) gets its time.
+// probe, so a probe after a quiet spell (going fast) gets its time; and
+// at least MinMissed probes must have gone unanswered, so an observer that
+// could not send (its own process starved) does not blame the target.
 func (t *tracker) observe(now time.Time, tm Timing) Observation {
 	o := Observation{Seq: t.seq, LastHeard: t.lastHeard, RTT: t.rtt,
 		LANOK: t.flags&disco.StatusLANOK != 0, FwdOK: t.flags&disco.StatusFwdOK != 0}
@@ -148,6 +157,6 @@ func (t *tracker) observe(now time.Time, tm Timing) Observation {
 	if floor := t.unanswered.Add(-t.every(tm)); floor.After(since) {
 		since = floor
 	}
-	o.Alive = now.Sub(since) < t.deadAfter(tm)
+	o.Alive = now.Sub(since) < t.deadAfter(tm) || t.missed < MinMissed
 	return o
 }

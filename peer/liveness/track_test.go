@@ -92,12 +92,36 @@ func TestGoingFastGivesTheProbeItsTime(t *testing.T) {
 	if !tr.due(now, tm) {
 		t.Fatal("going fast must probe at once")
 	}
-	tr.sent(disco.NewTxID(), now, tm)
+	for at := now; !at.After(now.Add(tm.FastDeadAfter)); at = at.Add(tm.FastEvery) {
+		tr.sent(disco.NewTxID(), at, tm)
+	}
 	if !tr.observe(now.Add(tm.FastDeadAfter-tm.FastEvery-time.Millisecond), tm).Alive {
 		t.Fatal("dead before the first fast probe had its time")
 	}
 	if tr.observe(now.Add(tm.FastDeadAfter), tm).Alive {
 		t.Fatal("alive although no fast probe was answered for the dead time")
+	}
+}
+
+// TestStarvedObserverBlamesNobody: an observer that could send only one
+// probe in the dead time (its own process did not run) keeps the target
+// alive until MinMissed probes have gone unanswered.
+func TestStarvedObserverBlamesNobody(t *testing.T) {
+	tm := DefaultTiming
+	tr := newTracker()
+	tr.setFast(true)
+	tx := disco.NewTxID()
+	tr.sent(tx, t0, tm)
+	tr.answer(&disco.Message{Type: disco.TypeStatus, TxID: tx, Seq: 1}, t0)
+	tr.sent(disco.NewTxID(), t0.Add(tm.FastEvery), tm)
+	late := t0.Add(time.Second) // the observer ran again only now
+	if !tr.observe(late, tm).Alive {
+		t.Fatal("dead after one unanswered probe")
+	}
+	tr.sent(disco.NewTxID(), late, tm)
+	tr.sent(disco.NewTxID(), late.Add(tm.FastEvery), tm)
+	if tr.observe(late.Add(tm.FastEvery), tm).Alive {
+		t.Fatal("alive after MinMissed unanswered probes and a second of silence")
 	}
 }
 
