@@ -276,6 +276,7 @@ func (f *FSM) apply(l *raft.Log) any {
 		panic(fmt.Sprintf("fsm: log %d: %v", l.Index, err))
 	}
 	f.store.SetIndex(l.Index)
+	defer f.store.Applied(l.Index)
 	r := &Result{Index: l.Index}
 	switch t {
 	case BootstrapType:

@@ -156,11 +156,13 @@ type Change struct {
 type Store struct {
 	mu sync.RWMutex // guards every field below
 
-	index  uint64
-	t      Tables
-	byName map[string]map[string]string     // vnet -> name -> peer id
-	byIP   map[string]map[netip.Addr]string // vnet -> overlay ip -> peer id
-	byKey  map[string]string                // public key -> peer id
+	index uint64 // the last index readers may see
+	// applying is the index of the command being applied (SetIndex).
+	applying uint64
+	t        Tables
+	byName   map[string]map[string]string     // vnet -> name -> peer id
+	byIP     map[string]map[netip.Addr]string // vnet -> overlay ip -> peer id
+	byKey    map[string]string                // public key -> peer id
 
 	changes []Change // oldest first, Index ascending
 	// horizon: a watcher that saw index >= horizon can be caught up from
@@ -217,9 +219,23 @@ func (s *Store) unindexPeer(p *Peer) {
 }
 
 // SetIndex records the log index of the command about to be applied.
+// Readers do not see it yet: the index becomes visible together with the
+// first change the command records (under the same lock), or with Applied
+// when the command is done. A reader therefore never sees an index whose
+// change it could miss: a fan-out round that read index N could have
+// missed a change N recorded a moment later, and never asked for it again.
 func (s *Store) SetIndex(idx uint64) {
 	s.mu.Lock()
-	s.index = idx
+	s.applying = idx
+	s.mu.Unlock()
+}
+
+// Applied makes the index of the command just applied visible to readers.
+func (s *Store) Applied(idx uint64) {
+	s.mu.Lock()
+	if idx > s.index {
+		s.index = idx
+	}
 	s.mu.Unlock()
 }
 
@@ -323,6 +339,9 @@ func (s *Store) recordChange(c Change) {
 		s.horizon = s.changes[drop-1].Index
 		s.changes = append(s.changes[:0:0], s.changes[drop:]...)
 	}
+	if s.applying > s.index {
+		s.index = s.applying // the change and its index become visible together
+	}
 	c.Index = s.index
 	s.changes = append(s.changes, c)
 	s.recorded++
@@ -375,7 +394,7 @@ func (s *Store) Restore(data []byte) error {
 		return fmt.Errorf("restore state: snapshot lacks a table")
 	}
 	s.mu.Lock()
-	s.index = snap.Index
+	s.index, s.applying = snap.Index, snap.Index
 	s.reset(snap.Tables)
 	close(s.notify)
 	s.notify = make(chan struct{})
