@@ -377,3 +377,55 @@ func TestClusterStopsCleanly(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
 	}
 }
+
+// TestClusterStatusShowsDeadMember: a coordinator that stopped shows as
+// unreachable in the leader's cluster status within a few heartbeats; a
+// follower reports the leader and itself, and says nothing of the others.
+func TestClusterStatusShowsDeadMember(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	leader, fol := c.leader(), c.followers()
+	status := func(n *testNode) map[string]api.Member {
+		t.Helper()
+		var st api.ClusterStatus
+		if err := c.admin(n).Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]api.Member{}
+		for _, m := range st.Members {
+			out[m.Name] = m
+		}
+		return out
+	}
+	reach := func(m api.Member) string {
+		if m.Reachable == nil {
+			return "unknown"
+		}
+		return map[bool]string{true: "yes", false: "no"}[*m.Reachable]
+	}
+	for name, m := range status(leader) {
+		if reach(m) != "yes" {
+			t.Fatalf("before any failure the leader reports %s as %s", name, reach(m))
+		}
+	}
+	fol[0].stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := status(leader)
+		if reach(st[fol[0].name]) == "no" {
+			if reach(st[fol[1].name]) != "yes" || reach(st[leader.name]) != "yes" {
+				t.Fatalf("leader's status %+v; want only %s unreachable", st, fol[0].name)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s stopped 5 s ago and the leader still reports it %s", fol[0].name, reach(st[fol[0].name]))
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+	st := status(fol[1])
+	if reach(st[leader.name]) != "yes" || reach(st[fol[1].name]) != "yes" || reach(st[fol[0].name]) != "unknown" {
+		t.Fatalf("follower's status: leader %s, self %s, the stopped one %s; want yes, yes, unknown",
+			reach(st[leader.name]), reach(st[fol[1].name]), reach(st[fol[0].name]))
+	}
+}

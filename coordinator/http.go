@@ -175,6 +175,9 @@ func (s *Server) handleClusterStatus(w http.ResponseWriter, r *http.Request) {
 		if c, ok := coords[m.Name]; ok {
 			m.APIURL = c.APIURL
 		}
+		if answers, known := s.reachable(srv.ID, leaderID); known {
+			m.Reachable = &answers
+		}
 		st.Members = append(st.Members, m)
 	}
 	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Name < st.Members[j].Name })

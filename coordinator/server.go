@@ -234,6 +234,7 @@ type Server struct {
 	fsm   *fsm.FSM
 	raft  *raft.Raft
 	trans raft.Transport
+	reach reach // which other coordinators answer (reach.go)
 
 	apiLn     net.Listener
 	apiURL    string
@@ -482,7 +483,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run} {
+	for _, loop := range []func(context.Context){s.leaderLoop, s.reachLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

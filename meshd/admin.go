@@ -76,9 +76,13 @@ func newClusterCmd(g *globals) *cobra.Command {
 				return printJSON(g.out, st)
 			}
 			fmt.Fprintf(g.out, "leader: %s   term: %d   last applied index: %d (as seen by %s)\n", dash(st.Leader), st.Term, st.LastAppliedIndex, st.Server)
-			return g.table("NAME\tROLE\tRAFT\tAPI", func(w *tabwriter.Writer) {
+			return g.table("NAME\tROLE\tREACHABLE\tRAFT\tAPI", func(w *tabwriter.Writer) {
 				for _, m := range st.Members {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.Name, m.Role, m.RaftAddr, dash(m.APIURL))
+					reach := "-"
+					if m.Reachable != nil {
+						reach = map[bool]string{true: "yes", false: "NO"}[*m.Reachable]
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, reach, m.RaftAddr, dash(m.APIURL))
 				}
 			})
 		},

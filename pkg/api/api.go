@@ -350,6 +350,10 @@ type Member struct {
 	RaftAddr string `json:"raft_addr"`
 	APIURL   string `json:"api_url"`
 	Role     string `json:"role"`
+	// Reachable is whether the member answers, as the coordinator that
+	// answered can tell (the leader from its heartbeats to every member,
+	// a follower only of itself and the leader); absent when it cannot.
+	Reachable *bool `json:"reachable,omitempty"`
 }
 
 // ClusterStatus answers `meshd cluster status`.
