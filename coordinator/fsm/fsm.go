@@ -26,6 +26,17 @@ import (
 // never renumber, add new ones at the end.
 type MessageType uint8
 
+// IgnorableFlag marks a command type that a version which does not know it
+// may skip: an optional feature, whose absence on a replica only means the
+// replica lacks that feature's state. A later version sets it on such new
+// types (as nomad's IgnoreUnknownTypeFlag); an unknown type without it
+// stops the replica, as it must when skipping would make replicas disagree.
+const IgnorableFlag MessageType = 0x80
+
+// ErrIgnorable is returned by Decode for an unknown command type that
+// carries IgnorableFlag.
+var ErrIgnorable = errors.New("unknown command type marked ignorable")
+
 // Command types.
 const (
 	BootstrapType MessageType = iota + 1
@@ -213,6 +224,9 @@ func Decode(data []byte) (MessageType, any, error) {
 	t := MessageType(data[0])
 	mk, ok := newBody[t]
 	if !ok {
+		if t&IgnorableFlag != 0 {
+			return t, nil, fmt.Errorf("%w: type %d", ErrIgnorable, t)
+		}
 		return 0, nil, fmt.Errorf("%w: unknown type %d", ErrDecode, t)
 	}
 	body := mk()
@@ -272,6 +286,12 @@ func (f *FSM) apply(l *raft.Log) any {
 		return nil
 	}
 	t, body, err := Decode(l.Data)
+	if errors.Is(err, ErrIgnorable) {
+		// A newer version's optional command: this replica skips it.
+		f.store.SetIndex(l.Index)
+		f.store.Applied(l.Index)
+		return &Result{Index: l.Index}
+	}
 	if err != nil {
 		panic(fmt.Sprintf("fsm: log %d: %v", l.Index, err))
 	}

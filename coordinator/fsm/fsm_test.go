@@ -84,7 +84,7 @@ func TestDecodeRejects(t *testing.T) {
 		data []byte
 	}{
 		{"empty", nil},
-		{"unknown type", []byte{200, '{', '}'}},
+		{"unknown type", []byte{100, '{', '}'}},
 		{"bad json", []byte{byte(CreateVNetType), '{'}},
 		{"trailing", append([]byte{byte(DeleteVNetType)}, `{"name":"x"} {}`...)},
 	} {
@@ -164,4 +164,26 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decode of re-encoded command: %v", err)
 		}
 	})
+}
+
+// TestIgnorableUnknownType: a command type this version does not know is
+// skipped when it carries IgnorableFlag (the index moves on, the state
+// does not), and stops the replica otherwise.
+func TestIgnorableUnknownType(t *testing.T) {
+	st := state.New()
+	f := New(st, logging.Discard())
+	before := st.Dump()
+	r := f.Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: []byte{byte(IgnorableFlag | 0x30), '{', '}'}})
+	if res, ok := r.(*Result); !ok || res.Index != 7 || res.Err != nil {
+		t.Fatalf("applying an ignorable unknown command returned %#v", r)
+	}
+	if st.Index() != 7 || string(st.Dump()) != string(before) {
+		t.Fatalf("index %d after skipping; want 7 and the state untouched", st.Index())
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("an unknown command without IgnorableFlag was applied instead of stopping the replica")
+		}
+	}()
+	f.Apply(&raft.Log{Index: 8, Type: raft.LogCommand, Data: []byte{0x30, '{', '}'}})
 }
