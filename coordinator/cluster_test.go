@@ -429,3 +429,33 @@ func TestClusterStatusShowsDeadMember(t *testing.T) {
 			reach(st[leader.name]), reach(st[fol[1].name]), reach(st[fol[0].name]))
 	}
 }
+
+// TestClusterTransferLeadership: asked through a follower, the leader hands
+// leadership to another coordinator, which then leads (writes go on).
+func TestClusterTransferLeadership(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	old, fol := c.leader(), c.followers()
+	var res api.LeadershipTransfer
+	if err := c.admin(fol[0]).Do(ctx, http.MethodPost, "/v1/cluster/transfer-leadership", nil, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.From != old.name || res.To == "" || res.To == old.name {
+		t.Fatalf("transfer answered %+v; want from %s to another coordinator", res, old.name)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var st api.ClusterStatus
+		err := c.admin(fol[1]).Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st)
+		if err == nil && st.Leader == res.To {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not the leader 5 s after the transfer (status %+v, %v)", res.To, st, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+	if err := c.admin(old).Do(ctx, http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: "after", Overlay: "100.114.0.0/16"}, nil); err != nil {
+		t.Fatalf("write after the transfer: %v", err)
+	}
+}

@@ -2,10 +2,13 @@ package coordinator
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/meshd/meshd/pkg/api"
 )
 
 // reach is what this coordinator knows of whether the others answer: as
@@ -75,4 +78,37 @@ func (s *Server) reachable(id raft.ServerID, leader raft.ServerID) (answers, kno
 		return !last.IsZero() && time.Since(last) < leaderContactWithin, true
 	}
 	return false, false
+}
+
+// handleTransferLeadership answers POST /v1/cluster/transfer-leadership:
+// the leader hands leadership to the most up-to-date follower (before
+// maintenance on its host) and answers with the new leader.
+func (s *Server) handleTransferLeadership(w http.ResponseWriter, r *http.Request) {
+	if s.raft.State() != raft.Leader {
+		if r.Header.Get(forwardedHeader) != "" {
+			writeError(w, api.Errorf(api.CodeUnavailable, "leadership moved while the call was passed on; retry"))
+			return
+		}
+		s.forwardToLeader(w, r, nil)
+		return
+	}
+	old := s.cfg.Name
+	if err := s.raft.LeadershipTransfer().Error(); err != nil {
+		writeError(w, api.Errorf(api.CodeUnavailable, "transfer leadership: %v", err))
+		return
+	}
+	// This node learns the new leader from its first heartbeat.
+	var id raft.ServerID
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+		if _, id = s.raft.LeaderWithID(); id != "" && string(id) != old {
+			break
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(10 * time.Millisecond): // polling interval, bounded by the deadline
+		}
+	}
+	s.log.Info("leadership transferred", "from", old, "to", string(id), "by", adminName(r))
+	writeJSON(w, http.StatusOK, api.LeadershipTransfer{From: old, To: string(id)})
 }

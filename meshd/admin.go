@@ -88,7 +88,24 @@ func newClusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	addJSONFlag(status, g)
-	cmd.AddCommand(status)
+	transfer := &cobra.Command{
+		Use:   "transfer-leadership",
+		Short: "Hand the leadership to another coordinator (before maintenance on the leader's host)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res api.LeadershipTransfer
+			if err := g.call(cmd, http.MethodPost, "/v1/cluster/transfer-leadership", nil, &res); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, res)
+			}
+			fmt.Fprintf(g.out, "leadership moved from %s to %s\n", res.From, dash(res.To))
+			return nil
+		},
+	}
+	addJSONFlag(transfer, g)
+	cmd.AddCommand(status, transfer)
 	return cmd
 }
 

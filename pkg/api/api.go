@@ -356,6 +356,13 @@ type Member struct {
 	Reachable *bool `json:"reachable,omitempty"`
 }
 
+// LeadershipTransfer answers `meshd cluster transfer-leadership`: the
+// coordinator that led and the one that leads now.
+type LeadershipTransfer struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
 // ClusterStatus answers `meshd cluster status`.
 type ClusterStatus struct {
 	Leader           string   `json:"leader"`
