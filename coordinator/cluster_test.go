@@ -459,3 +459,43 @@ func TestClusterTransferLeadership(t *testing.T) {
 		t.Fatalf("write after the transfer: %v", err)
 	}
 }
+
+// TestClusterRemoveMember: a coordinator whose host is gone is removed
+// through a follower: the cluster lists two members and the maps stop
+// naming it; the leader cannot be removed; an unknown name is not found.
+func TestClusterRemoveMember(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := context.Background()
+	leader, fol := c.leader(), c.followers()
+	fol[0].stop()
+	if err := c.admin(fol[1]).Do(ctx, http.MethodDelete, "/v1/cluster/members/"+leader.name, nil, nil); !api.IsCode(err, api.CodeConflict) {
+		t.Fatalf("removing the leader: %v; want a conflict", err)
+	}
+	if err := c.admin(fol[1]).Do(ctx, http.MethodDelete, "/v1/cluster/members/nope", nil, nil); !api.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("removing an unknown coordinator: %v; want not found", err)
+	}
+	if err := c.admin(fol[1]).Do(ctx, http.MethodDelete, "/v1/cluster/members/"+fol[0].name, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var st api.ClusterStatus
+	if err := c.admin(leader).Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Members {
+		if m.Name == fol[0].name {
+			t.Fatalf("%s still listed after its removal: %+v", fol[0].name, st.Members)
+		}
+	}
+	if len(st.Members) != 2 {
+		t.Fatalf("%d members after removing one of three", len(st.Members))
+	}
+	leader.srv.Store().Read(func(tb *state.Tables, _ uint64) {
+		if _, ok := tb.Coordinators[fol[0].name]; ok {
+			t.Fatalf("the maps still name %s", fol[0].name)
+		}
+	})
+	// The two left still write.
+	if err := c.admin(leader, fol[1]).Do(ctx, http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: "two", Overlay: "100.115.0.0/16"}, nil); err != nil {
+		t.Fatalf("write with two coordinators left: %v", err)
+	}
+}

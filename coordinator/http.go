@@ -28,6 +28,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
 	mux.HandleFunc("GET /v1/cluster/status", read(s.handleClusterStatus))
 	mux.HandleFunc("POST /v1/cluster/transfer-leadership", write(s.handleTransferLeadership))
+	mux.HandleFunc("DELETE /v1/cluster/members/{name}", write(s.handleRemoveMember))
 	mux.HandleFunc("GET /v1/vnets", read(s.handleListVNets))
 	mux.HandleFunc("POST /v1/vnets", write(s.handleCreateVNet))
 	mux.HandleFunc("DELETE /v1/vnets/{name}", write(s.handleDeleteVNet))

@@ -237,6 +237,10 @@ func (s *Server) forwardToLeader(w http.ResponseWriter, r *http.Request, body []
 		writeError(w, api.Errorf(api.CodeUnavailable, "read the leader's answer: %v; check and retry", err))
 		return
 	}
+	if len(out) == 0 && resp.StatusCode/100 == 2 {
+		w.WriteHeader(resp.StatusCode) // such as 204 No Content
+		return
+	}
 	if !json.Valid(out) {
 		writeError(w, api.Errorf(api.CodeUnavailable, "the leader answered %s", resp.Status))
 		return

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/pkg/api"
 )
 
@@ -111,4 +112,47 @@ func (s *Server) handleTransferLeadership(w http.ResponseWriter, r *http.Request
 	}
 	s.log.Info("leadership transferred", "from", old, "to", string(id), "by", adminName(r))
 	writeJSON(w, http.StatusOK, api.LeadershipTransfer{From: old, To: string(id)})
+}
+
+// handleRemoveMember answers DELETE /v1/cluster/members/{name}: the leader
+// removes a coordinator from the Raft configuration (one whose host died,
+// before a replacement joins) and from the coordinators the maps list. The
+// leader itself cannot be removed: transfer the leadership first.
+func (s *Server) handleRemoveMember(w http.ResponseWriter, r *http.Request) {
+	if s.raft.State() != raft.Leader {
+		if r.Header.Get(forwardedHeader) != "" {
+			writeError(w, api.Errorf(api.CodeUnavailable, "leadership moved while the call was passed on; retry"))
+			return
+		}
+		s.forwardToLeader(w, r, nil)
+		return
+	}
+	name := r.PathValue("name")
+	if name == s.cfg.Name {
+		writeError(w, api.Errorf(api.CodeConflict, "%s leads the cluster; run `meshd cluster transfer-leadership` first", name))
+		return
+	}
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		writeError(w, api.Errorf(api.CodeUnavailable, "read raft configuration: %v", err))
+		return
+	}
+	found := false
+	for _, srv := range cf.Configuration().Servers {
+		found = found || srv.ID == raft.ServerID(name)
+	}
+	if !found {
+		writeError(w, api.Errorf(api.CodeNotFound, "no coordinator %q in the cluster", name))
+		return
+	}
+	if err := s.raft.RemoveServer(raft.ServerID(name), 0, 0).Error(); err != nil {
+		writeError(w, api.Errorf(api.CodeUnavailable, "remove %s: %v", name, err))
+		return
+	}
+	if _, err := s.raftApply(r.Context(), fsm.DeregisterCoordinatorType, &fsm.DeregisterCoordinator{Name: name}); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("coordinator removed from the cluster", "coordinator", name, "by", adminName(r))
+	w.WriteHeader(http.StatusNoContent)
 }

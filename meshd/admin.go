@@ -105,7 +105,19 @@ func newClusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	addJSONFlag(transfer, g)
-	cmd.AddCommand(status, transfer)
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a coordinator from the cluster (one whose host is gone, before a replacement joins)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.call(cmd, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "removed coordinator %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(status, transfer, remove)
 	return cmd
 }
 

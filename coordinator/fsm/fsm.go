@@ -59,6 +59,7 @@ const (
 	PruneGossipKeysType
 	CreateAdminTokenType
 	RevokeAdminTokenType
+	DeregisterCoordinatorType
 )
 
 // Command bodies.
@@ -168,32 +169,38 @@ type (
 		By  string    `json:"by,omitempty"`
 		Now time.Time `json:"now"`
 	}
+	// DeregisterCoordinator drops a coordinator removed from the cluster
+	// from the coordinators peers and clients are given.
+	DeregisterCoordinator struct {
+		Name string `json:"name"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
 const MaxCommandBytes = 1 << 20
 
 var newBody = map[MessageType]func() any{
-	BootstrapType:           func() any { return new(Bootstrap) },
-	CreateVNetType:          func() any { return new(CreateVNet) },
-	DeleteVNetType:          func() any { return new(DeleteVNet) },
-	CreateTokenType:         func() any { return new(CreateToken) },
-	RevokeTokenType:         func() any { return new(RevokeToken) },
-	JoinPeerType:            func() any { return new(JoinPeer) },
-	RemovePeerType:          func() any { return new(RemovePeer) },
-	UpdatePeerType:          func() any { return new(UpdatePeer) },
-	TouchPeersType:          func() any { return new(TouchPeers) },
-	RegisterCoordinatorType: func() any { return new(RegisterCoordinator) },
-	ExpireTokensType:        func() any { return new(ExpireTokens) },
-	ReapEphemeralType:       func() any { return new(ReapEphemeral) },
-	RotateGossipKeyType:     func() any { return new(RotateGossipKey) },
-	MarkWatchesType:         func() any { return new(MarkWatches) },
-	SetPolicyType:           func() any { return new(SetPolicy) },
-	DeletePolicyType:        func() any { return new(DeletePolicy) },
-	RotateVNetKeysType:      func() any { return new(RotateVNetKeys) },
-	PruneGossipKeysType:     func() any { return new(PruneGossipKeys) },
-	CreateAdminTokenType:    func() any { return new(CreateAdminToken) },
-	RevokeAdminTokenType:    func() any { return new(RevokeAdminToken) },
+	BootstrapType:             func() any { return new(Bootstrap) },
+	CreateVNetType:            func() any { return new(CreateVNet) },
+	DeleteVNetType:            func() any { return new(DeleteVNet) },
+	CreateTokenType:           func() any { return new(CreateToken) },
+	RevokeTokenType:           func() any { return new(RevokeToken) },
+	JoinPeerType:              func() any { return new(JoinPeer) },
+	RemovePeerType:            func() any { return new(RemovePeer) },
+	UpdatePeerType:            func() any { return new(UpdatePeer) },
+	TouchPeersType:            func() any { return new(TouchPeers) },
+	RegisterCoordinatorType:   func() any { return new(RegisterCoordinator) },
+	ExpireTokensType:          func() any { return new(ExpireTokens) },
+	ReapEphemeralType:         func() any { return new(ReapEphemeral) },
+	RotateGossipKeyType:       func() any { return new(RotateGossipKey) },
+	MarkWatchesType:           func() any { return new(MarkWatches) },
+	SetPolicyType:             func() any { return new(SetPolicy) },
+	DeletePolicyType:          func() any { return new(DeletePolicy) },
+	RotateVNetKeysType:        func() any { return new(RotateVNetKeys) },
+	PruneGossipKeysType:       func() any { return new(PruneGossipKeys) },
+	CreateAdminTokenType:      func() any { return new(CreateAdminToken) },
+	RevokeAdminTokenType:      func() any { return new(RevokeAdminToken) },
+	DeregisterCoordinatorType: func() any { return new(DeregisterCoordinator) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -360,6 +367,8 @@ func (f *FSM) apply(l *raft.Log) any {
 		if id, err = f.store.RevokeAdminToken(c.Ref, c.By, c.Now); err == nil {
 			r.IDs = []string{id}
 		}
+	case DeregisterCoordinatorType:
+		f.store.DeregisterCoordinator(body.(*DeregisterCoordinator).Name)
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

@@ -685,6 +685,18 @@ func (s *Store) RegisterCoordinator(c Coordinator) error {
 	return nil
 }
 
+// DeregisterCoordinator drops a coordinator removed from the cluster from
+// the coordinators the maps list; an unknown name changes nothing.
+func (s *Store) DeregisterCoordinator(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.t.Coordinators[name]; !ok {
+		return
+	}
+	delete(s.t.Coordinators, name)
+	s.record("", "")
+}
+
 // ExpireTokens deletes tokens that expired longer than TokenRetention ago.
 // It returns how many went.
 func (s *Store) ExpireTokens(now time.Time) int {
