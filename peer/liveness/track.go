@@ -74,6 +74,10 @@ type tracker struct {
 	// missed counts the probes sent since.
 	unanswered time.Time
 	missed     int
+	// wentFast: the next probe is the first since probing went fast;
+	// fastSince is when it went out.
+	wentFast  bool
+	fastSince time.Time
 	seq        uint64
 	flags      byte
 	rtt        time.Duration
@@ -99,6 +103,7 @@ func (t *tracker) deadAfter(tm Timing) time.Duration {
 func (t *tracker) setFast(fast bool) {
 	if fast && !t.fast {
 		t.lastSent = time.Time{}
+		t.wentFast = true
 	}
 	t.fast = fast
 }
@@ -117,6 +122,9 @@ func (t *tracker) sent(tx disco.TxID, now time.Time, tm Timing) {
 	}
 	t.pending[tx] = now
 	t.lastSent = now
+	if t.wentFast {
+		t.wentFast, t.fastSince = false, now
+	}
 	if t.unanswered.IsZero() {
 		t.unanswered = now
 	}
@@ -158,5 +166,10 @@ func (t *tracker) observe(now time.Time, tm Timing) Observation {
 		since = floor
 	}
 	o.Alive = now.Sub(since) < t.deadAfter(tm) || t.missed < MinMissed
+	// Just gone fast (traffic started through this target): its path may
+	// be waking up, so the first answers get twice the dead time.
+	if t.fast && !t.fastSince.IsZero() && t.fastSince.After(t.lastHeard) && now.Sub(t.fastSince) < 2*tm.FastDeadAfter {
+		o.Alive = true
+	}
 	return o
 }
