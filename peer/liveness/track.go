@@ -78,9 +78,9 @@ type tracker struct {
 	// fastSince is when it went out.
 	wentFast  bool
 	fastSince time.Time
-	seq        uint64
-	flags      byte
-	rtt        time.Duration
+	seq       uint64
+	flags     byte
+	rtt       time.Duration
 }
 
 func newTracker() *tracker { return &tracker{pending: map[disco.TxID]time.Time{}} }
