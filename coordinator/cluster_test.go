@@ -308,7 +308,11 @@ func TestClusterConcurrentJoinsUniqueAddresses(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			node := c.nodes[i%len(c.nodes)]
-			req := api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: fmt.Sprintf("p%03d", i), PublicKey: wgKey()}
+			// The same credential secret with every attempt, as agents send
+			// it: a repeat of a join whose answer was lost proves it comes
+			// from the peer that joined and uses no second token use.
+			req := api.JoinRequest{ProtocolVersion: api.ProtocolVersion, Token: tok.Token, Name: fmt.Sprintf("p%03d", i), PublicKey: wgKey(),
+				CredentialSecret: fmt.Sprintf("%064x", i+1)}
 			cl := apiclient.New([]string{node.srv.APIURL()}, node.srv.Pin(), "")
 			var resp api.JoinResponse
 			var err error
