@@ -6,9 +6,10 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/pion/stun/v3"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/meshd/meshd/pkg/turnmsg"
 )
 
 // The fast path between two allocations of this server. Mesh peers reach
@@ -35,16 +36,6 @@ const (
 	permissionLifetime = 5*time.Minute - 10*time.Second
 	fastBatch          = 64
 	pendingMax         = 4096
-)
-
-// STUN message types the fast path watches.
-const (
-	typeAllocateSuccess    = 0x0103
-	typePermissionRequest  = 0x0008
-	typePermissionSuccess  = 0x0108
-	typeChannelBindRequest = 0x0009
-	typeChannelBindSuccess = 0x0109
-	attrChannelNumber      = 0x000C
 )
 
 type chanKey struct {
@@ -79,7 +70,7 @@ type pendingMsg struct {
 // fastState is guarded by Server.fmu; routes is rebuilt whole on change.
 type fastState struct {
 	clients map[netip.AddrPort]*clientState
-	pending map[[stun.TransactionIDSize]byte]pendingMsg
+	pending map[turnmsg.TxID]pendingMsg
 }
 
 // batchIO is the batched reads and writes of an IPv4 or IPv6 socket.
@@ -151,7 +142,7 @@ func (c *fastConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			if c.forward(d.data, from, 0) {
 				continue
 			}
-		} else if len(d.data) >= stunHeader && d.data[0] < 2 {
+		} else if len(d.data) >= turnmsg.HeaderSize && d.data[0] < 2 {
 			c.s.observeRequest(d.data, from)
 		}
 		c.flush()
@@ -301,7 +292,7 @@ func splitGSO(msgs []ipv4.Message) []ipv4.Message {
 // WriteTo is the TURN server's send; its answers tell the fast path what
 // it granted.
 func (c *fastConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if len(p) >= stunHeader && p[0] == 0x01 {
+	if len(p) >= turnmsg.HeaderSize && p[0] == 0x01 {
 		if ua, ok := addr.(*net.UDPAddr); ok {
 			to := ua.AddrPort()
 			c.s.observeResponse(p, netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
@@ -310,45 +301,18 @@ func (c *fastConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return c.UDPConn.WriteTo(p, addr)
 }
 
-const stunHeader = 20
-
 // observeRequest notes a ChannelBind or CreatePermission request until its
 // answer shows whether the TURN server granted it.
 func (s *Server) observeRequest(p []byte, from netip.AddrPort) {
-	typ := binary.BigEndian.Uint16(p)
-	if typ != typeChannelBindRequest && typ != typePermissionRequest {
+	if t := turnmsg.Type(p); t != turnmsg.ChannelBindRequest && t != turnmsg.CreatePermissionRequest {
 		return
 	}
-	m := &stun.Message{Raw: append([]byte(nil), p...)}
-	if m.Decode() != nil {
+	r, ok := turnmsg.ParseRequest(p)
+	if !ok {
 		return
 	}
 	now := s.cfg.Now()
-	pm := pendingMsg{client: from, at: now}
-	if typ == typeChannelBindRequest {
-		num, err := m.Get(attrChannelNumber)
-		if err != nil || len(num) < 2 {
-			return
-		}
-		pm.num = binary.BigEndian.Uint16(num)
-	}
-	for _, a := range m.Attributes {
-		if a.Type != stun.AttrXORPeerAddress {
-			continue
-		}
-		var xa stun.XORMappedAddress
-		one := &stun.Message{TransactionID: m.TransactionID}
-		one.Add(stun.AttrXORPeerAddress, a.Value)
-		if xa.GetFromAs(one, stun.AttrXORPeerAddress) != nil {
-			continue
-		}
-		if ip, ok := netip.AddrFromSlice(xa.IP); ok {
-			pm.peers = append(pm.peers, netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)))
-		}
-	}
-	if len(pm.peers) == 0 {
-		return
-	}
+	pm := pendingMsg{client: from, num: r.Channel, peers: r.Peers, at: now}
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
 	if len(s.fast.pending) >= pendingMax {
@@ -361,35 +325,30 @@ func (s *Server) observeRequest(p []byte, from netip.AddrPort) {
 			return
 		}
 	}
-	s.fast.pending[m.TransactionID] = pm
+	s.fast.pending[r.TxID] = pm
 }
 
 // observeResponse takes the TURN server's successes: an allocation's
 // relayed address, a channel bound, permissions installed.
 func (s *Server) observeResponse(p []byte, to netip.AddrPort) {
-	typ := binary.BigEndian.Uint16(p)
-	if typ != typeAllocateSuccess && typ != typeChannelBindSuccess && typ != typePermissionSuccess {
+	typ := turnmsg.Type(p)
+	if typ != turnmsg.AllocateSuccess && typ != turnmsg.ChannelBindSuccess && typ != turnmsg.CreatePermissionSuccess {
 		return
 	}
-	var tid [stun.TransactionIDSize]byte
-	copy(tid[:], p[8:stunHeader])
 	now := s.cfg.Now()
-	if typ == typeAllocateSuccess {
-		m := &stun.Message{Raw: append([]byte(nil), p...)}
-		if m.Decode() != nil {
-			return
-		}
-		var ra stun.XORMappedAddress
-		if ra.GetFromAs(m, stun.AttrXORRelayedAddress) != nil {
+	if typ == turnmsg.AllocateSuccess {
+		ra, ok := turnmsg.RelayedAddress(p)
+		if !ok {
 			return
 		}
 		s.fmu.Lock()
-		s.fast.clients[to] = &clientState{port: ra.Port, channels: map[uint16]netip.AddrPort{},
+		s.fast.clients[to] = &clientState{port: int(ra.Port()), channels: map[uint16]netip.AddrPort{},
 			chanAt: map[uint16]time.Time{}, perms: map[netip.Addr]time.Time{}}
 		s.fmu.Unlock()
 		s.rebuildRoutes()
 		return
 	}
+	tid := turnmsg.TransactionID(p)
 	s.fmu.Lock()
 	pm, ok := s.fast.pending[tid]
 	delete(s.fast.pending, tid)
@@ -398,7 +357,7 @@ func (s *Server) observeResponse(p []byte, to netip.AddrPort) {
 		s.fmu.Unlock()
 		return
 	}
-	if typ == typeChannelBindSuccess {
+	if typ == turnmsg.ChannelBindSuccess {
 		peer := pm.peers[0]
 		for n, p := range cs.channels {
 			if p == peer && n != pm.num {

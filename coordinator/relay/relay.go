@@ -34,6 +34,7 @@ import (
 	"github.com/pion/turn/v4"
 
 	"github.com/meshd/meshd/pkg/logging"
+	"github.com/meshd/meshd/pkg/turnmsg"
 )
 
 // Realm is the realm the built-in relays announce.
@@ -162,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 		log:    cfg.Logger.With("component", "relay"),
 		socks:  map[int]*sock{},
 		allocs: map[string]int{},
-		fast:   fastState{clients: map[netip.AddrPort]*clientState{}, pending: map[[12]byte]pendingMsg{}},
+		fast:   fastState{clients: map[netip.AddrPort]*clientState{}, pending: map[turnmsg.TxID]pendingMsg{}},
 	}
 	gen := generator{s}
 	sc := turn.ServerConfig{

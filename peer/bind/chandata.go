@@ -6,10 +6,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pion/stun/v3"
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/meshd/meshd/peer/disco"
+	"github.com/meshd/meshd/pkg/turnmsg"
 )
 
 // The relay's fast path. The TURN client binds a channel to each peer it
@@ -24,15 +24,11 @@ import (
 // refreshes and everything over TCP/TLS stay with the TURN client.
 
 const (
-	stunChannelBindRequest = 0x0009
-	stunChannelBindSuccess = 0x0109
-	attrChannelNumber      = 0x000C
 	// chanFresh is how long a binding is used after the server last
 	// confirmed it: servers keep one for 10 minutes, the client refreshes
 	// it every 5.
 	chanFresh       = 9 * time.Minute
 	chanDataHeader  = 4
-	stunHeaderSize  = 20
 	pendingBindsMax = 64
 )
 
@@ -60,36 +56,23 @@ type pendingBind struct {
 // chanState keeps the ChannelBind requests in flight.
 type chanState struct {
 	mu      sync.Mutex
-	pending map[[stun.TransactionIDSize]byte]pendingBind // guarded by mu
+	pending map[turnmsg.TxID]pendingBind // guarded by mu
 }
 
 // noteChannelBind records a ChannelBind request the client sends to server.
 func (m *relayMgr) noteChannelBind(p []byte, server netip.AddrPort) {
-	if len(p) < stunHeaderSize || binary.BigEndian.Uint16(p) != stunChannelBindRequest {
+	if turnmsg.Type(p) != turnmsg.ChannelBindRequest {
 		return
 	}
-	msg := &stun.Message{Raw: append([]byte(nil), p...)}
-	if err := msg.Decode(); err != nil {
-		return
-	}
-	num, err := msg.Get(attrChannelNumber)
-	if err != nil || len(num) < 2 {
-		return
-	}
-	var peer stun.XORMappedAddress
-	if err := peer.GetFromAs(msg, stun.AttrXORPeerAddress); err != nil {
-		return
-	}
-	ip, ok := netip.AddrFromSlice(peer.IP)
+	r, ok := turnmsg.ParseRequest(p)
 	if !ok {
 		return
 	}
-	pb := pendingBind{num: binary.BigEndian.Uint16(num), peer: netip.AddrPortFrom(ip.Unmap(), uint16(peer.Port)),
-		server: server, at: time.Now()}
+	pb := pendingBind{num: r.Channel, peer: r.Peers[0], server: server, at: time.Now()}
 	m.chans.mu.Lock()
 	defer m.chans.mu.Unlock()
 	if m.chans.pending == nil {
-		m.chans.pending = map[[stun.TransactionIDSize]byte]pendingBind{}
+		m.chans.pending = map[turnmsg.TxID]pendingBind{}
 	}
 	if len(m.chans.pending) >= pendingBindsMax {
 		for k, v := range m.chans.pending {
@@ -101,17 +84,16 @@ func (m *relayMgr) noteChannelBind(p []byte, server netip.AddrPort) {
 			return
 		}
 	}
-	m.chans.pending[msg.TransactionID] = pb
+	m.chans.pending[r.TxID] = pb
 }
 
 // noteChannelBound takes a ChannelBind success from a server: the channel
 // of that request is usable on a, the allocation on that server.
 func (m *relayMgr) noteChannelBound(p []byte, from netip.AddrPort, a *allocation) {
-	if len(p) < stunHeaderSize || binary.BigEndian.Uint16(p) != stunChannelBindSuccess {
+	if turnmsg.Type(p) != turnmsg.ChannelBindSuccess {
 		return
 	}
-	var tid [stun.TransactionIDSize]byte
-	copy(tid[:], p[8:stunHeaderSize])
+	tid := turnmsg.TransactionID(p)
 	m.chans.mu.Lock()
 	pb, ok := m.chans.pending[tid]
 	delete(m.chans.pending, tid)
