@@ -149,7 +149,7 @@ func (f *fakeLiveness) setProbed(t time.Time) {
 	f.mu.Lock()
 	f.probed = t
 	f.mu.Unlock()
-	f.Fake.Set("", health.State{}) // a change to look at
+	f.Kick()
 }
 
 // fakeChecker is a gateway's OS as its checks see it.
@@ -336,6 +336,23 @@ func (tp *testPeer) hears(t *testing.T, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
 		waitFor(t, tp.id+" to hear "+id, func() bool { st, _ := tp.heard(t, id); return st.OK() })
+	}
+}
+
+// settled waits until the loop has taken the signals of chs and finished
+// the round they started (a request to the loop is served only after).
+func (tp *testPeer) settled(t *testing.T, chs ...<-chan struct{}) {
+	t.Helper()
+	waitFor(t, tp.id+"'s loop to take the signal", func() bool {
+		for _, c := range chs {
+			if len(c) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if err := tp.a.do(context.Background(), func(*state) {}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -656,7 +673,7 @@ func TestAgentGatewayHealthFromLiveness(t *testing.T) {
 	// Forged gossip: gwa1 dead, then alive with its LAN down.
 	cl.hl.Dead("a1")
 	cl.hl.Set("a1", health.State{Alive: true, Forwarding: true})
-	time.Sleep(20 * time.Millisecond) // give the loop the chance to act on the forgery
+	cl.settled(t, cl.hl.Changed())
 	if got := s.carrier(cl); got != "gwa1" {
 		t.Fatalf("forged gossip moved the site to %q", got)
 	}
@@ -741,9 +758,12 @@ func TestAgentIsolatedGatewayLetsVIPGo(t *testing.T) {
 	s.clk.Advance(IsolatedAfter / 2)
 	gw.lv.setProbed(s.clk.Now())
 	s.clk.Advance(IsolatedAfter / 2)
-	time.Sleep(20 * time.Millisecond) // give the loop the chance to act
-	if !gw.vip.Owned() {
-		t.Fatal("gwa1 let the VIP go while peers still probed it")
+	gw.lv.Kick() // look again at this time
+	gw.settled(t, gw.lv.Changed())
+	var isolated bool
+	gw.a.do(context.Background(), func(st *state) { isolated = st.self.isolated })
+	if isolated || !gw.vip.Owned() {
+		t.Fatal("gwa1 counted itself cut off while peers still probed it")
 	}
 	// Nobody probes it any more: cut off.
 	s.advanceUntil(t, IsolatedAfter/5, "gwa1 to let the VIP go", func() bool { return !gw.vip.Owned() })

@@ -49,6 +49,10 @@ func (f *Fake) kick() {
 	}
 }
 
+// Kick signals Changed without changing anything (a test's nudge to look
+// again).
+func (f *Fake) Kick() { f.kick() }
+
 // Changed is signalled whenever Set changes something.
 func (f *Fake) Changed() <-chan struct{} { return f.changed }
 
