@@ -69,15 +69,22 @@ func TestPathChoice(t *testing.T) {
 	}
 }
 
-// TestDirectDies: with traffic flowing, a direct path whose pings go
-// unanswered for DeadAfter moves to the relay, and probing restarts fast.
-func TestDirectDies(t *testing.T) {
+// onDirect is a peer with a relay whose public candidate answered at t0 and
+// is the path in use.
+func onDirect() *peerPaths {
 	p := newPeerPaths()
 	p.relayUp = true
 	p.setCandidates([]netip.AddrPort{pubEP}, relEP, t0)
 	p.pingsDue(t0)
 	answer(p, pubEP, t0.Add(time.Millisecond))
 	p.choose(t0.Add(time.Millisecond))
+	return p
+}
+
+// TestDirectDies: with traffic flowing, a direct path whose pings go
+// unanswered for DeadAfter moves to the relay, and probing restarts fast.
+func TestDirectDies(t *testing.T) {
+	p := onDirect()
 	if p.cur == nil || p.cur.addr != pubEP {
 		t.Fatalf("want direct first, got %+v", p.cur)
 	}
@@ -111,12 +118,7 @@ func TestDirectDies(t *testing.T) {
 // given up DeadAfter after the last packet it brought, whenever the
 // keep-alive pings fall.
 func TestDirectDiesUnderTraffic(t *testing.T) {
-	p := newPeerPaths()
-	p.relayUp = true
-	p.setCandidates([]netip.AddrPort{pubEP}, relEP, t0)
-	p.pingsDue(t0)
-	answer(p, pubEP, t0.Add(time.Millisecond))
-	p.choose(t0.Add(time.Millisecond))
+	p := onDirect()
 	now := t0
 	cut := t0.Add(2 * time.Second)
 	var movedAt time.Time
@@ -215,12 +217,7 @@ func TestLearnedCandidate(t *testing.T) {
 // as an answer, so a busy socket that delays pongs keeps its path; when
 // the traffic stops too, the path dies as usual.
 func TestTrafficKeepsPathAlive(t *testing.T) {
-	p := newPeerPaths()
-	p.relayUp = true
-	p.setCandidates([]netip.AddrPort{pubEP}, relEP, t0)
-	p.pingsDue(t0)
-	answer(p, pubEP, t0.Add(time.Millisecond))
-	p.choose(t0.Add(time.Millisecond))
+	p := onDirect()
 	now := t0
 	for i := 0; i < 60; i++ { // 3 s of traffic, no pong
 		now = now.Add(tickEvery)
