@@ -145,13 +145,9 @@ func serveOn(t *testing.T, l *meshlab.Lab, ns, addr string) {
 // probeFrom connects from ns to addr over proto (tcp, udp) and returns the
 // source address the server saw; it retries until deadline.
 func probeFrom(l *meshlab.Lab, ns, proto, addr string, d time.Duration) (string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
 	deadline := time.Now().Add(d)
 	for {
-		out, err := l.Net.Exec(ns, "env", helperEnv+"=probe", "MESHD_E2E_PROTO="+proto, "MESHD_E2E_ADDR="+addr, self)
+		out, err := probeOnce(l, ns, proto, addr, 2*time.Second)
 		if err == nil {
 			return string(out), nil
 		}
@@ -159,6 +155,16 @@ func probeFrom(l *meshlab.Lab, ns, proto, addr string, d time.Duration) (string,
 			return "", fmt.Errorf("%s %s from %s: %w", proto, addr, ns, err)
 		}
 	}
+}
+
+// probeOnce connects once from ns to addr over proto, waiting at most
+// timeout, and returns the source address the server saw.
+func probeOnce(l *meshlab.Lab, ns, proto, addr string, timeout time.Duration) ([]byte, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return l.Net.Exec(ns, "env", helperEnv+"=probe", "MESHD_E2E_PROTO="+proto, "MESHD_E2E_ADDR="+addr, "MESHD_E2E_TIMEOUT="+timeout.String(), self)
 }
 
 func TestMeshEndToEnd(t *testing.T) {

@@ -13,11 +13,7 @@ import (
 
 // reaches makes one TCP connection from ns to addr with a short timeout.
 func reaches(l *meshlab.Lab, ns, addr string) bool {
-	self, err := os.Executable()
-	if err != nil {
-		return false
-	}
-	_, err = l.Net.Exec(ns, "env", helperEnv+"=probe", "MESHD_E2E_PROTO=tcp", "MESHD_E2E_ADDR="+addr, "MESHD_E2E_TIMEOUT=300ms", self)
+	_, err := probeOnce(l, ns, "tcp", addr, 300*time.Millisecond)
 	return err == nil
 }
 
