@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -61,5 +62,40 @@ func TestLookupDrainedLastResort(t *testing.T) {
 	}
 	if res = lookup(); res.ActiveGateway != "gw1" || res.Gateways[0].Drained {
 		t.Fatalf("got %+v; want gw1 active again once undrained", res)
+	}
+}
+
+// TestDrainRacesRemoval: a gateway removed while it is being drained gives
+// the drain a clean "not found" (or the drain wins), never a failed request:
+// the handler once looked the peer up by name and read it in a second step,
+// and dereferenced nothing when a removal fell between the two.
+func TestDrainRacesRemoval(t *testing.T) {
+	_, admin := startSingle(t)
+	ctx := context.Background()
+	rounds := 30
+	if testing.Short() {
+		rounds = 10
+	}
+	var tok api.CreateTokenResponse
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: rounds, AllowRoutes: []string{"10.1.0.0/16"}}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	for i := range rounds {
+		name := fmt.Sprintf("gw%d", i)
+		if _, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: name, PublicKey: wgKey(), Routes: []api.Route{{Prefix: "10.1.0.0/24", Priority: 100}}, OmitMap: true}); err != nil {
+			t.Fatal(err)
+		}
+		drained := make(chan error, 4)
+		for range cap(drained) {
+			go func() { drained <- admin.Do(ctx, http.MethodPost, "/v1/peers/default/"+name+"/drain", nil, nil) }()
+		}
+		if err := admin.Do(ctx, http.MethodDelete, "/v1/peers/default/"+name, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		for range cap(drained) {
+			if err := <-drained; err != nil && !api.IsCode(err, api.CodeNotFound) {
+				t.Fatalf("round %d: drain racing a removal: %v; want success or not found", i, err)
+			}
+		}
 	}
 }

@@ -391,19 +391,9 @@ func (s *Server) handleListPeers(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleDrain(drain bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		vnet, name := r.PathValue("vnet"), r.PathValue("name")
-		id, ok := s.store.PeerIDByName(vnet, name)
-		if !ok {
-			writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
-			return
-		}
+		var id string
 		var routes int
-		found := false
-		s.store.Read(func(t *state.Tables, _ uint64) {
-			if p, ok := t.Peers[id]; ok && p != nil { // removed since the lookup: not found
-				found, routes = true, len(p.Routes)
-			}
-		})
-		if !found {
+		if !s.store.ReadPeer(vnet, name, func(p *state.Peer) { id, routes = p.ID, len(p.Routes) }) {
 			writeError(w, api.Errorf(api.CodeNotFound, "no peer %q in vnet %q", name, vnet))
 			return
 		}

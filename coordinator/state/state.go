@@ -219,11 +219,12 @@ func (s *Store) unindexPeer(p *Peer) {
 }
 
 // SetIndex records the log index of the command about to be applied.
-// Readers do not see it yet: the index becomes visible together with the
-// first change the command records (under the same lock), or with Applied
-// when the command is done. A reader therefore never sees an index whose
-// change it could miss: a fan-out round that read index N could have
-// missed a change N recorded a moment later, and never asked for it again.
+// Readers do not see it until Applied, when the command is done: the
+// changes it records carry this index, so a reader that saw index N-1
+// while the command was half applied asks again for everything after N-1
+// and gets all of them. Were N visible with the first change, a fan-out
+// round could read N before a second change at N (a removal and the key
+// rotation it causes) was recorded, and never ask for it again.
 func (s *Store) SetIndex(idx uint64) {
 	s.mu.Lock()
 	s.applying = idx
@@ -274,6 +275,20 @@ func (s *Store) PeerIDByName(vnet, name string) (string, bool) {
 	defer s.mu.RUnlock()
 	id, ok := s.byName[vnet][name]
 	return id, ok
+}
+
+// ReadPeer calls fn under a read lock with the named peer of vnet, and
+// reports whether there is one: the lookup by name and the read are one
+// step, so a removal cannot fall between them.
+func (s *Store) ReadPeer(vnet, name string, fn func(p *Peer)) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p := s.t.Peers[s.byName[vnet][name]]
+	if p == nil {
+		return false
+	}
+	fn(p)
+	return true
 }
 
 // PeerIDByKey returns the id of the peer with this WireGuard public key.
@@ -339,10 +354,7 @@ func (s *Store) recordChange(c Change) {
 		s.horizon = s.changes[drop-1].Index
 		s.changes = append(s.changes[:0:0], s.changes[drop:]...)
 	}
-	if s.applying > s.index {
-		s.index = s.applying // the change and its index become visible together
-	}
-	c.Index = s.index
+	c.Index = max(s.applying, s.index) // visible to readers at Applied
 	s.changes = append(s.changes, c)
 	s.recorded++
 }

@@ -31,6 +31,7 @@ func setup(t *testing.T) *Store {
 	if err := s.CreateToken(TokenSpec{ID: "tok1", SecretHash: hash('a'), VNet: api.DefaultVNet, Uses: 2, Expires: t0.Add(time.Hour), AllowRoutes: []string{"10.1.0.0/16"}}, t0); err != nil {
 		t.Fatal(err)
 	}
+	s.Applied(1)
 	return s
 }
 
