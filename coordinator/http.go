@@ -54,6 +54,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/netmap", s.requirePeer(s.handleNetmap))
 	mux.HandleFunc("POST /v1/heartbeat", s.requirePeer(s.handleHeartbeat))
 	mux.HandleFunc("GET /v1/relay", s.requirePeer(s.handleRelay))
+	mux.HandleFunc("DELETE /v1/self", s.requirePeer(s.handleLeave))
+	mux.HandleFunc("POST /v1/devices", write(s.handleExportDevice))
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
 	mux.HandleFunc("GET /v1/internal/applied", s.handleInternalApplied)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -335,6 +337,9 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) online(p *state.Peer, now time.Time) bool {
+	if p.Role == api.RoleDevice {
+		return false // a device never calls the coordinators: they cannot tell
+	}
 	s.touchMu.Lock()
 	watching := s.watchN[p.ID] > 0
 	s.touchMu.Unlock()

@@ -86,6 +86,11 @@ refused; restarting will not help (join again with a new token).`,
 				}
 				cfg.LANCheck = a
 			}
+			// Everything that can be checked here is, before a join uses
+			// the token or registers a peer.
+			if ps := peer.Preflight(cfg, cmd.Flags().Changed("name"), peer.OSSystem()); len(ps) > 0 {
+				return preflightError(ps)
+			}
 			cfg.Logger = logging.New(g.errOut, lvl)
 			a, err := peer.New(cfg)
 			if err != nil {
@@ -123,6 +128,19 @@ refused; restarting will not help (join again with a new token).`,
 	return cmd
 }
 
+// preflightError lists what peer up found wrong before it sent anything,
+// one problem a line.
+func preflightError(ps []*peer.Problem) error {
+	msgs := make([]string, len(ps))
+	for i, p := range ps {
+		msgs[i] = p.Msg
+	}
+	if len(msgs) == 1 {
+		return fmt.Errorf("%s (nothing was sent to the coordinators)", msgs[0])
+	}
+	return fmt.Errorf("%d problems; nothing was sent to the coordinators:\n  %s", len(msgs), strings.Join(msgs, "\n  "))
+}
+
 // exitRemoved is peer up's exit status when the peer was removed or its
 // credential refused.
 const exitRemoved = 3
@@ -151,8 +169,8 @@ func newStatusCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(w, "PEER\tOVERLAY IP\tPATH\tENDPOINT\tRTT\tLAST HANDSHAKE\tONLINE\tRX\tTX\tROUTES")
 			for _, p := range st.Peers {
 				hs := "never"
-				if p.LastHandshake != nil {
-					hs = p.LastHandshake.Format("15:04:05")
+				if p.LastHandshakeAgeSeconds != nil {
+					hs = ago(time.Duration(*p.LastHandshakeAgeSeconds) * time.Second)
 				}
 				rtt := "-"
 				if p.RTTMs > 0 {
@@ -282,4 +300,22 @@ func newNetcheckCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&dir, "state-dir", "/var/lib/meshd", "state dir of the local peer")
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+// ago says how long ago something happened, in its largest whole unit:
+// "12s ago", "3m ago", "5h ago", "2d ago".
+func ago(d time.Duration) string {
+	switch {
+	case d < 0:
+		d = 0
+		fallthrough
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
+	}
 }

@@ -143,6 +143,8 @@ type Agent struct {
 	// nil with the kernel engine or an injected one.
 	bind      *bind.Conn
 	ownEngine bool
+	// nameGiven: Config.Name was given, not taken from the host name.
+	nameGiven bool
 
 	// Inputs of the loop.
 	watchCh  chan watchEvent  // map stream
@@ -160,6 +162,9 @@ type Agent struct {
 	// selfFlags is what this peer's health statements say of it
 	// (disco.StatusLANOK, StatusFwdOK); written by the loop.
 	selfFlags atomic.Uint32
+	// up is set once Run has the engine, the router and the local socket
+	// up: a join is rolled back only before.
+	up atomic.Bool
 }
 
 // New checks cfg and loads (or creates) the peer's key. Run joins if needed.
@@ -170,8 +175,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Interface == "" {
 		cfg.Interface = DefaultInterface
 	}
-	if len(cfg.Interface) > 15 {
-		return nil, fmt.Errorf("interface name %q is longer than 15 characters", cfg.Interface)
+	if err := ValidInterfaceName(cfg.Interface); err != nil {
+		return nil, err
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = engine.DefaultMTU
@@ -190,6 +195,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.LANDev = dev
 	}
+	nameGiven := cfg.Name != ""
 	if cfg.Name == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -248,7 +254,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Logger.With("component", "agent"), clk: cfg.Clock, ownEngine: ownEngine,
+		cfg: cfg, log: cfg.Logger.With("component", "agent"), clk: cfg.Clock, ownEngine: ownEngine, nameGiven: nameGiven,
 		watchCh: make(chan watchEvent, 16), checkCh: make(chan checkResult), reportCh: make(chan reportEvent),
 		reqCh: make(chan func(*state)), loopDone: make(chan struct{}),
 		vipCh: make(chan bool, 1), joinCh: make(chan joinRequest, 1), hbKick: make(chan struct{}, 1),
@@ -312,11 +318,25 @@ func (a *Agent) PublicKey() wgcfg.Key { return a.priv.Public() }
 // Run brings the peer up and keeps it in step with the network map and the
 // gateways' health until ctx is done or the peer is removed. When Run
 // returns, every goroutine and timer it started has stopped.
+//
+// When this run joined and then fails before the peer is up (the engine,
+// the router or the local socket cannot be set up), the join is rolled
+// back: the peer removes itself from the mesh with its new credential,
+// which gives the join token its use back, and forgets the identity it
+// saved, so the next run joins again with the same token (and the name
+// it is given then).
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer a.loopEnded()
 	first, reported, err := a.identity(ctx)
 	if err != nil {
 		return err
+	}
+	if first != nil {
+		defer func() {
+			if err != nil && !a.up.Load() {
+				a.rollbackJoin(err)
+			}
+		}()
 	}
 	a.log = a.log.With("peer", a.id.Name, "vnet", a.id.VNet)
 	if a.cfg.NewControl != nil {
@@ -380,6 +400,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	a.up.Store(true)
 	var wg sync.WaitGroup
 	// Workers stop when ctx is done; one that fails ends the agent.
 	start := func(f func(context.Context) error) {
@@ -423,10 +444,12 @@ func (a *Agent) loopEnded() { a.loopOnce.Do(func() { close(a.loopDone) }) }
 func (a *Agent) identity(ctx context.Context) (*api.MapUpdate, []string, error) {
 	id, err := controlclient.LoadIdentity(a.cfg.StateDir)
 	if err == nil {
-		a.id = id
-		if a.cfg.Name != id.Name && a.cfg.Name != "" {
-			a.log.Info("keeping the name this peer joined with", "name", id.Name, "asked", a.cfg.Name)
+		if a.nameGiven {
+			if err := SameIdentity(id, a.cfg.Name, a.cfg.StateDir); err != nil {
+				return nil, nil, err
+			}
 		}
+		a.id = id
 		return nil, nil, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
@@ -473,7 +496,7 @@ func pathConfigs(m *netMap, nets []netip.Prefix) []bind.PeerConfig {
 	out := make([]bind.PeerConfig, 0, len(m.peers))
 	for _, p := range m.peers {
 		key, err := wgcfg.ParseKey(p.PublicKey)
-		if err != nil {
+		if err != nil || p.Role == api.RoleDevice { // a device answers no probes: WireGuard roams to it
 			continue
 		}
 		pc := bind.PeerConfig{Key: key}
@@ -592,4 +615,47 @@ func joinSecret(priv wgcfg.Key, tok string) string {
 	m.Write([]byte("meshd join credential\x00"))
 	m.Write([]byte(tok))
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+// leaver is a Control that can remove its own peer from the mesh
+// (controlclient.Client.Leave).
+type leaver interface {
+	Leave(ctx context.Context) error
+}
+
+// RollbackTimeout bounds the self-removal that undoes a join.
+const RollbackTimeout = 10 * time.Second
+
+// rollbackJoin undoes the join of this run after cause made the first start
+// fail: the peer removes itself with its new credential (the coordinators
+// give the join token its use back, since the peer never came up) and the
+// identity and map saved since are deleted, so the next run joins afresh
+// with the same token. When the coordinators cannot be told, the identity
+// stays: the next run comes up with it and wastes nothing either.
+func (a *Agent) rollbackJoin(cause error) {
+	var l leaver
+	switch c := a.cc.(type) {
+	case leaver:
+		l = c
+	case nil:
+		if c, err := controlclient.New(a.id); err == nil {
+			l = c
+		}
+	}
+	if l == nil {
+		a.log.Warn("first start failed after the join; the next start uses the identity it saved", "err", cause)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), RollbackTimeout)
+	defer cancel()
+	if err := l.Leave(ctx); err != nil && !errors.Is(err, controlclient.ErrCredentialRefused) {
+		a.log.Warn("first start failed after the join and the join could not be undone; the next start uses the identity it saved", "err", err, "cause", cause)
+		return
+	}
+	for _, f := range []string{controlclient.IdentityFile, MapFile} {
+		if err := os.Remove(filepath.Join(a.cfg.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("forget the identity of the undone join", "file", f, "err", err)
+		}
+	}
+	a.log.Info("first start failed: the join was undone (the peer is removed and the token keeps its use); fix the cause and start again", "cause", cause)
 }

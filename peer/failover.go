@@ -205,7 +205,7 @@ func decide(m *netMap, v *healthView, self selfCheck, now time.Time) decision {
 		d.vip = false
 	}
 	if v != nil {
-		if len(m.peers) > 0 && v.aliveOthers() == 0 {
+		if m.agents() > 0 && v.aliveOthers() == 0 {
 			d.vip = false
 		}
 		d.wake = v.nextChange(now)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/engine"
+	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
 )
@@ -50,6 +51,9 @@ func (a *Agent) localMux() *http.ServeMux {
 func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
 	var out *api.LocalStatus
 	var want *desired
+	// reports: what the health sources (probes, gossip) say of each peer,
+	// by key; nil before either runs.
+	var reports map[wgcfg.Key]health.State
 	err := a.do(ctx, func(s *state) {
 		out = &api.LocalStatus{
 			Self:         api.LocalSelf{Name: a.id.Name, VNet: a.id.VNet, OverlayIP: a.id.OverlayIP, PublicKey: a.PublicKey().String(), Role: api.RoleClient},
@@ -66,6 +70,16 @@ func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
 			out.Self.Role = s.nm.self.Role
 		}
 		want = s.want // never changed once made
+		if s.health != nil || s.live != nil {
+			reports = map[wgcfg.Key]health.State{}
+			for id, p := range s.nm.peers {
+				if v, ok := s.view.peers[id]; ok {
+					if k, err := wgcfg.ParseKey(p.PublicKey); err == nil {
+						reports[k] = v.state
+					}
+				}
+			}
+		}
 	})
 	if err != nil {
 		return nil, err
@@ -105,7 +119,7 @@ func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
 		if ps, ok := paths[p.PublicKey]; ok {
 			ep = ps.Addr
 			lp.Path, lp.RTTMs = ps.Path, float64(ps.RTT.Microseconds())/1000
-		} else if paths == nil && ep.IsValid() {
+		} else if (paths == nil || p.Roaming) && ep.IsValid() {
 			lp.Path = api.PathDirect
 		}
 		if ep.IsValid() {
@@ -114,8 +128,14 @@ func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
 		if !s.LastHandshake.IsZero() {
 			t := s.LastHandshake.UTC()
 			lp.LastHandshake = &t
-			lp.Online = now.Sub(t) < OnlineWithin
+			age := max(int64(now.Sub(t)/time.Second), 0)
+			lp.LastHandshakeAgeSeconds = &age
 		}
+		var report *health.State
+		if r, ok := reports[p.PublicKey]; ok {
+			report = &r
+		}
+		lp.Online = PeerOnline(s.LastHandshake, now, report)
 		out.Peers = append(out.Peers, lp)
 	}
 	slices.SortFunc(out.Peers, func(x, y api.LocalPeer) int { return strings.Compare(x.Name, y.Name) })

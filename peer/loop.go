@@ -230,7 +230,9 @@ func (a *Agent) chores(st *state) {
 func (a *Agent) requestJoin(st *state) {
 	var seeds []string
 	for _, p := range st.nm.peers {
-		seeds = append(seeds, p.OverlayIP)
+		if p.Role != api.RoleDevice { // devices do not gossip
+			seeds = append(seeds, p.OverlayIP)
+		}
 	}
 	if len(seeds) > 0 {
 		slices.Sort(seeds)

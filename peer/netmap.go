@@ -213,11 +213,16 @@ func compute(m *netMap, o buildOptions) *desired {
 		if !o.noEndpoints {
 			ep = pickEndpoint(p.Endpoints, o.localNets, o.endpointPick[id])
 		}
+		device := p.Role == api.RoleDevice
+		if device {
+			ep = netip.AddrPort{} // learned from its packets
+		}
 		d.wg.Peers = append(d.wg.Peers, wgcfg.Peer{
 			PublicKey:           key,
 			Endpoint:            ep,
 			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())},
 			PersistentKeepalive: KeepaliveSeconds,
+			Roaming:             device,
 		})
 		d.names[key] = p.Name
 	}
@@ -275,4 +280,16 @@ func pickEndpoint(eps []string, localNets []netip.Prefix, offset int) netip.Addr
 	}
 	ranked := bind.RankDirect(parsed, localNets)
 	return ranked[offset%len(ranked)]
+}
+
+// agents counts the other peers that run the agent (and so gossip and
+// answer probes): every peer but the devices.
+func (m *netMap) agents() int {
+	n := 0
+	for _, p := range m.peers {
+		if p.Role != api.RoleDevice {
+			n++
+		}
+	}
+	return n
 }

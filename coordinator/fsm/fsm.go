@@ -60,6 +60,8 @@ const (
 	CreateAdminTokenType
 	RevokeAdminTokenType
 	DeregisterCoordinatorType
+	LeavePeerType
+	AddDeviceType
 )
 
 // Command bodies.
@@ -174,6 +176,18 @@ type (
 	DeregisterCoordinator struct {
 		Name string `json:"name"`
 	}
+	// LeavePeer removes a peer at its own request; a peer that never came
+	// up gives its join token the use back (state.LeavePeer).
+	LeavePeer struct {
+		ID         string    `json:"id"`
+		Now        time.Time `json:"now"`
+		GossipSeed []byte    `json:"gossip_seed,omitempty"`
+	}
+	// AddDevice adds a peer of role device (meshd peer export).
+	AddDevice struct {
+		Spec state.DeviceSpec `json:"spec"`
+		Now  time.Time        `json:"now"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -201,6 +215,8 @@ var newBody = map[MessageType]func() any{
 	CreateAdminTokenType:      func() any { return new(CreateAdminToken) },
 	RevokeAdminTokenType:      func() any { return new(RevokeAdminToken) },
 	DeregisterCoordinatorType: func() any { return new(DeregisterCoordinator) },
+	LeavePeerType:             func() any { return new(LeavePeer) },
+	AddDeviceType:             func() any { return new(AddDevice) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -369,6 +385,15 @@ func (f *FSM) apply(l *raft.Log) any {
 		}
 	case DeregisterCoordinatorType:
 		f.store.DeregisterCoordinator(body.(*DeregisterCoordinator).Name)
+	case LeavePeerType:
+		c := body.(*LeavePeer)
+		var refunded bool
+		if refunded, err = f.store.LeavePeer(c.ID, c.Now, c.GossipSeed); err == nil && refunded {
+			r.Count = 1
+		}
+	case AddDeviceType:
+		c := body.(*AddDevice)
+		r.Peer, err = f.store.AddDevice(c.Spec, c.Now)
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

@@ -27,18 +27,10 @@ const (
 	maxOverlayLen   = 30
 )
 
-var (
-	nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	tagRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9:_.-]{0,62}$`)
-)
+var tagRE = regexp.MustCompile(`^[a-z0-9][a-z0-9:_.-]{0,62}$`)
 
-// ValidName checks a vnet or peer name: a DNS label.
-func ValidName(kind, name string) error {
-	if !nameRE.MatchString(name) {
-		return api.Errorf(api.CodeInvalidName, "%s name %q is invalid: use 1 to 63 lower-case letters, digits and dashes, not starting or ending with a dash", kind, name)
-	}
-	return nil
-}
+// ValidName checks a vnet or peer name: a DNS label (api.ValidName).
+func ValidName(kind, name string) error { return api.ValidName(kind, name) }
 
 // ParsePrefix parses a CIDR that must be a network address.
 func ParsePrefix(what, s string) (netip.Prefix, error) {
@@ -537,13 +529,19 @@ func (s *Store) RemovePeer(id string, now time.Time, gossipSeed []byte) error {
 	if !ok {
 		return api.Errorf(api.CodeNotFound, "peer %q does not exist", id)
 	}
+	s.removePeerLocked(p, now, gossipSeed)
+	return nil
+}
+
+// removePeerLocked deletes p and, with a gossip seed, rotates its vnet's
+// gossip key; s.mu must be held.
+func (s *Store) removePeerLocked(p *Peer, now time.Time, gossipSeed []byte) {
 	s.unindexPeer(p)
-	delete(s.t.Peers, id)
-	s.record(p.VNet, id)
+	delete(s.t.Peers, p.ID)
+	s.record(p.VNet, p.ID)
 	if gossipSeed != nil {
 		s.rotateLocked(p.VNet, gossipSeed, now)
 	}
-	return nil
 }
 
 // PeerUpdate changes what a peer reports; nil fields are left alone.

@@ -260,3 +260,16 @@ func (c *Client) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate
 	}
 	return errors.New("network map stream ended")
 }
+
+// Leave removes this peer from the mesh (DELETE /v1/self): its credential
+// stops working and every other peer drops it. A peer that never came up
+// (it never opened its network-map watch) leaves soon after its join gives
+// the join token its use back. ErrCredentialRefused means it was gone
+// already.
+func (c *Client) Leave(ctx context.Context) error {
+	err := c.api.Do(ctx, http.MethodDelete, "/v1/self", nil, nil)
+	if api.IsCode(err, api.CodeUnauthorized) {
+		return ErrCredentialRefused
+	}
+	return err
+}

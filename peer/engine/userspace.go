@@ -120,7 +120,12 @@ func (e *Userspace) Reconfig(cfg *wgcfg.Config) error {
 	return e.applied.reconfig(cfg, func(old *wgcfg.Config) error {
 		text := wgcfg.UAPI(old, cfg)
 		if e.bind != nil {
-			text = wgcfg.UAPIWith(old, cfg, func(p *wgcfg.Peer) string { return bind.EndpointString(p.PublicKey) })
+			text = wgcfg.UAPIWith(old, cfg, func(p *wgcfg.Peer) string {
+				if p.Roaming {
+					return "" // WireGuard learns it from the device's packets
+				}
+				return bind.EndpointString(p.PublicKey)
+			})
 		}
 		if err := e.dev.IpcSet(text); err != nil {
 			return fmt.Errorf("configure %s: %w", e.name, err)

@@ -80,10 +80,15 @@ type Peer struct {
 	AllowedIPs []netip.Prefix // sorted
 	// PersistentKeepalive in seconds; 0 disables.
 	PersistentKeepalive uint16
+	// Roaming: the peer's endpoint is learned from its packets, never
+	// configured (a device: a stock WireGuard client that speaks no path
+	// probes). An engine whose socket layer picks the paths of the other
+	// peers leaves this one's endpoint to WireGuard.
+	Roaming bool
 }
 
 func (p *Peer) equal(o *Peer) bool {
-	return p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint &&
+	return p.PublicKey == o.PublicKey && p.Endpoint == o.Endpoint && p.Roaming == o.Roaming &&
 		p.PersistentKeepalive == o.PersistentKeepalive && slices.Equal(p.AllowedIPs, o.AllowedIPs)
 }
 

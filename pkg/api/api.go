@@ -32,6 +32,10 @@ const (
 const (
 	RoleClient  = "client"
 	RoleGateway = "gateway"
+	// RoleDevice is a peer without the agent (meshd peer export): a
+	// stock WireGuard client. It announces no routes, sends no health
+	// gossip nor probes, and its endpoint is learned from its packets.
+	RoleDevice = "device"
 )
 
 // Error codes: stable strings a program can switch on. The message beside

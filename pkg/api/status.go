@@ -33,10 +33,16 @@ type LocalPeer struct {
 	PublicKey     string     `json:"public_key"`
 	Endpoint      string     `json:"endpoint"`
 	LastHandshake *time.Time `json:"last_handshake"`
-	Online        bool       `json:"online"`
-	RxBytes       uint64     `json:"rx_bytes"`
-	TxBytes       uint64     `json:"tx_bytes"`
-	Routes        []string   `json:"routes,omitempty"`
+	// LastHandshakeAgeSeconds is how long ago LastHandshake was, by the
+	// agent's clock, in whole seconds; absent when there was none.
+	LastHandshakeAgeSeconds *int64 `json:"last_handshake_age_seconds,omitempty"`
+	// Online: this peer reaches the other now, by its own observation
+	// (peer.PeerOnline: the handshake age and the health probes and
+	// gossip), not by the coordinators' view.
+	Online  bool     `json:"online"`
+	RxBytes uint64   `json:"rx_bytes"`
+	TxBytes uint64   `json:"tx_bytes"`
+	Routes  []string `json:"routes,omitempty"`
 	// Path is how packets reach the peer now: PathDirect (Endpoint is its
 	// address), PathRelay (Endpoint is its relayed address, reached
 	// through this peer's relay) or "" (no path yet).
