@@ -312,6 +312,7 @@ func newPeerCmd(g *globals) *cobra.Command {
 	}
 	remove.Flags().StringVar(&rmVNet, "vnet", api.DefaultVNet, "vnet of the peer")
 	cmd.AddCommand(list, remove, newPeerUpCmd(g))
+	cmd.AddCommand(newPeerExportCmd(g))
 	return cmd
 }
 
