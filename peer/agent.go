@@ -145,6 +145,8 @@ type Agent struct {
 	ownEngine bool
 	// nameGiven: Config.Name was given, not taken from the host name.
 	nameGiven bool
+	// joined: this run joined (rather than loading a saved identity).
+	joined bool
 
 	// Inputs of the loop.
 	watchCh  chan watchEvent  // map stream
@@ -331,7 +333,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if first != nil {
+	if a.joined {
 		defer func() {
 			if err != nil && !a.up.Load() {
 				a.rollbackJoin(err)
@@ -470,7 +472,7 @@ func (a *Agent) identity(ctx context.Context) (*api.MapUpdate, []string, error) 
 	if err := id.Save(a.cfg.StateDir); err != nil {
 		return nil, nil, fmt.Errorf("save identity: %w", err)
 	}
-	a.id = id
+	a.id, a.joined = id, true
 	a.log.Info("joined", "peer", id.Name, "vnet", id.VNet, "overlay_ip", id.OverlayIP)
 	return resp.Map, eps, nil
 }

@@ -235,13 +235,26 @@ func ValidInterfaceName(name string) error {
 	return nil
 }
 
-// SameIdentity says why the identity saved in dir cannot run under name:
-// a state dir is one peer, and its name is the one it joined with.
+// IdentityError: the state dir holds the identity of a peer with another
+// name than the one asked for.
+type IdentityError struct {
+	Dir    string
+	Joined string // the name the state dir's peer joined with
+	Asked  string
+}
+
+func (e *IdentityError) Error() string {
+	return fmt.Sprintf("this state dir (%s) belongs to peer %s: use --name %s, or a new --state-dir to join as %s", e.Dir, e.Joined, e.Joined, e.Asked)
+}
+
+// SameIdentity says why the identity saved in dir cannot run under name
+// (an *IdentityError): a state dir is one peer, and its name is the one it
+// joined with.
 func SameIdentity(id *controlclient.Identity, name, dir string) error {
 	if name == "" || id.Name == name {
 		return nil
 	}
-	return fmt.Errorf("this state dir belongs to peer %s: use --name %s, or a new --state-dir to join as %s", id.Name, id.Name, name)
+	return &IdentityError{Dir: dir, Joined: id.Name, Asked: name}
 }
 
 // parseCapEff reads the effective capability set from the text of
