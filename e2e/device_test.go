@@ -166,4 +166,29 @@ func TestDeviceExport(t *testing.T) {
 		}
 	}
 	t.Logf("device cut off %s after peer remove", time.Since(removed).Round(time.Millisecond))
+
+	// status tells the truth about a dead peer: the gateway shows the
+	// killed client offline within seconds, although its last handshake
+	// is recent (peer.PeerOnline).
+	online := func() (on, recent bool) {
+		for _, p := range status(t, l, "gwb1").Peers {
+			if p.Name == "cl1" {
+				return p.Online, p.LastHandshakeAgeSeconds != nil && *p.LastHandshakeAgeSeconds < 120
+			}
+		}
+		return false, false
+	}
+	if on, _ := online(); !on {
+		t.Fatal("gwb1 shows cl1 offline while it runs")
+	}
+	l.Procs["cl1"].Kill()
+	killed := time.Now()
+	took := waitUntil(t, 15*time.Second, "gwb1 to show the killed cl1 offline", func() bool { on, _ := online(); return !on })
+	if _, recent := online(); !recent {
+		t.Errorf("cl1's last handshake is not recent: offline came from the handshake age, not from health")
+	}
+	t.Logf("gwb1 showed the killed cl1 offline %s after the kill", time.Since(killed).Round(time.Millisecond))
+	if took > 10*time.Second {
+		t.Errorf("offline after %s; want within a few seconds", took)
+	}
 }
