@@ -120,12 +120,7 @@ func (e *Userspace) Reconfig(cfg *wgcfg.Config) error {
 	return e.applied.reconfig(cfg, func(old *wgcfg.Config) error {
 		text := wgcfg.UAPI(old, cfg)
 		if e.bind != nil {
-			text = wgcfg.UAPIWith(old, cfg, func(p *wgcfg.Peer) string {
-				if p.Roaming {
-					return "" // WireGuard learns it from the device's packets
-				}
-				return bind.EndpointString(p.PublicKey)
-			})
+			text = wgcfg.UAPIWith(old, cfg, bindEndpoint)
 		}
 		if err := e.dev.IpcSet(text); err != nil {
 			return fmt.Errorf("configure %s: %w", e.name, err)
@@ -150,4 +145,16 @@ func (e *Userspace) Close() error {
 	}
 	e.dev.Close()
 	return nil
+}
+
+// bindEndpoint is the endpoint WireGuard is given for p over a bind: the
+// bind's name for the peer, whose path the bind picks; none for a roaming
+// peer (a device), whose endpoint WireGuard learns from its packets (a
+// peer configured without an endpoint keeps roaming on, although the
+// device otherwise pins every endpoint).
+func bindEndpoint(p *wgcfg.Peer) string {
+	if p.Roaming {
+		return ""
+	}
+	return bind.EndpointString(p.PublicKey)
 }
