@@ -98,6 +98,11 @@ refused; restarting will not help (join again with a new token).`,
 				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
 				return exitError{code: exitRemoved}
 			}
+			if errors.Is(err, controlclient.ErrProtocol) {
+				// The coordinator's own words say which side to upgrade.
+				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
+				return exitError{code: exitProtocol}
+			}
 			return err
 		},
 	}
@@ -126,6 +131,12 @@ refused; restarting will not help (join again with a new token).`,
 // exitRemoved is peer up's exit status when the peer was removed or its
 // credential refused.
 const exitRemoved = 3
+
+// exitProtocol is peer up's exit status when the coordinators refuse the
+// agent's protocol version: an upgrade (of the coordinators, or of an agent
+// too old) is needed first. A service manager may keep restarting it; it
+// comes up once the coordinators speak its version.
+const exitProtocol = 4
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var dir string
