@@ -40,7 +40,7 @@ var (
 	// ErrProtocol: every coordinator refused this agent's protocol
 	// version. The error wraps the coordinator's *api.Error, which says
 	// which side to upgrade (api.CodeProtocolTooNew: the coordinators).
-	ErrProtocol = errors.New("the coordinators do not speak this agent's protocol")
+	ErrProtocol = errors.New("the coordinators refused this agent's protocol version")
 )
 
 // protocolRefused turns a coordinator's refusal of this agent's protocol
@@ -50,7 +50,7 @@ func protocolRefused(err error) error {
 	if !api.IsProtocol(err) {
 		return err
 	}
-	return fmt.Errorf("%w (protocol %d): %w", ErrProtocol, api.ProtocolVersion, err)
+	return fmt.Errorf("%w %d: %w", ErrProtocol, api.ProtocolVersion, err)
 }
 
 // WatchIdleTimeout ends a watch that has been silent for this long; the
