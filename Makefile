@@ -3,8 +3,12 @@ BIN := bin/meshd
 
 .PHONY: build test e2e soak bench bench-scale lab lab-down lab-docker lab-docker-check lab-docker-down lab-docker-bin lint fuzz
 
+# VERSION names the build (meshd version; coordinators record it for the
+# feature gate and cluster versions).
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./meshd
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./meshd
 
 # test: the README's test command: lint, unit, in-process, multi-process and
 # (as root) network-namespace tests, then fuzz smoke runs. The namespace
