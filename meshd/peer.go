@@ -42,7 +42,9 @@ A gateway announces its site's subnets with --advertise-routes; gateways
 forward without source NAT unless --snat is given.
 
 Exit status 3: this peer was removed from the mesh or its credential was
-refused; restarting will not help (join again with a new token).`,
+refused; restarting will not help (join again with a new token).
+Exit status 4: every coordinator refused this agent's protocol version; the
+message says which side to upgrade (usually the coordinators, first).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			lvl, ok := logging.ParseLevel(logLevel)
