@@ -33,10 +33,11 @@ fuzz:
 
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
 # true source IPs, restart, removal, coordinators down, SNAT; NAT traversal
-# (the NAT matrix, path switches, coturn as the relay).
+# (the NAT matrix, path switches, coturn as the relay); the rolling upgrade
+# from an earlier commit.
 e2e:
 	./scripts/deps.sh
-	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay' ./e2e/
+	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay|TestRollingUpgrade' ./e2e/
 
 # soak: 5 minutes of the lab with both cores busy; no route may move.
 soak: build
