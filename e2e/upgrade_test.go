@@ -458,13 +458,13 @@ func TestRollingUpgrade(t *testing.T) {
 		t.Skip("needs /dev/net/tun")
 	}
 	began := time.Now()
-	newBin, err := harness.Binary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	oldBin, err := harness.BinaryAt(upgradeFrom)
 	if err != nil {
 		t.Fatalf("the binary of %s, which the rolling upgrade starts from: %v", upgradeFrom, err)
+	}
+	newBin, err := harness.Binary()
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("binaries ready in %s", time.Since(began).Round(time.Millisecond))
 	l := newUpgradeLab(t)
