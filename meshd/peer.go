@@ -42,7 +42,9 @@ A gateway announces its site's subnets with --advertise-routes; gateways
 forward without source NAT unless --snat is given.
 
 Exit status 3: this peer was removed from the mesh or its credential was
-refused; restarting will not help (join again with a new token).`,
+refused; restarting will not help (join again with a new token).
+Exit status 4: every coordinator refused this agent's protocol version; the
+message says which side to upgrade (usually the coordinators, first).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			lvl, ok := logging.ParseLevel(logLevel)
@@ -98,6 +100,11 @@ refused; restarting will not help (join again with a new token).`,
 				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
 				return exitError{code: exitRemoved}
 			}
+			if errors.Is(err, controlclient.ErrProtocol) {
+				// The coordinator's own words say which side to upgrade.
+				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
+				return exitError{code: exitProtocol}
+			}
 			return err
 		},
 	}
@@ -126,6 +133,12 @@ refused; restarting will not help (join again with a new token).`,
 // exitRemoved is peer up's exit status when the peer was removed or its
 // credential refused.
 const exitRemoved = 3
+
+// exitProtocol is peer up's exit status when the coordinators refuse the
+// agent's protocol version: an upgrade (of the coordinators, or of an agent
+// too old) is needed first. A service manager may keep restarting it; it
+// comes up once the coordinators speak its version.
+const exitProtocol = 4
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var dir string
