@@ -204,6 +204,10 @@ func (a *Agent) dnsLoop(ctx context.Context) error {
 				report("names are not served: another program holds the DNS port on the overlay address (a resolver listening on every address, like dnsmasq without bind-interfaces?); the mesh runs on without names", err)
 				continue
 			}
+			if errors.Is(err, meshdns.ErrPortDenied) {
+				report("names are not served: the agent may not bind the DNS port (give it CAP_NET_BIND_SERVICE, or turn names off with --dns=false); the mesh runs on without names", err)
+				continue
+			}
 			if err != nil {
 				report("names are not served yet", err)
 				continue

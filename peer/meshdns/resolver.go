@@ -104,9 +104,12 @@ func ChooseResolver(f ResolverFacts) (useResolved bool, why string) {
 // Facts looks at this host.
 func Facts() ResolverFacts {
 	var f ResolverFacts
+	// PID 1 may be hidden (systemd's ProtectProc=invisible for a service
+	// not run as root): then this is taken to be the host's namespace,
+	// since a service systemd starts is, unless its unit says otherwise.
 	self, err1 := os.Stat("/proc/self/ns/net")
 	pid1, err2 := os.Stat("/proc/1/ns/net")
-	f.HostNetNS = err1 == nil && err2 == nil && os.SameFile(self, pid1)
+	f.HostNetNS = err1 != nil || err2 != nil || os.SameFile(self, pid1)
 	if st, err := os.Stat("/run/systemd/resolve"); err == nil && st.IsDir() {
 		f.ResolvedRunning = true
 	}

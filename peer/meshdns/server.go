@@ -83,12 +83,18 @@ type Listener struct {
 	once     sync.Once
 }
 
-// ErrPortInUse is returned by Listen when another program holds the port
-// on that address (or on every address).
-var ErrPortInUse = errors.New("the port is in use by another program")
+// Errors of Listen.
+var (
+	// ErrPortInUse: another program holds the port on that address (or
+	// on every address).
+	ErrPortInUse = errors.New("the port is in use by another program")
+	// ErrPortDenied: a port below 1024 needs root or CAP_NET_BIND_SERVICE.
+	ErrPortDenied = errors.New("binding the port needs root or CAP_NET_BIND_SERVICE")
+)
 
 // Listen opens addr over UDP and TCP (both, or neither) and serves them
-// until Close. A port another program holds is ErrPortInUse. Port 0 picks
+// until Close. A port another program holds is ErrPortInUse, one this
+// process may not bind ErrPortDenied. Port 0 picks
 // a free UDP port and the same one for TCP.
 func (s *Server) Listen(addr netip.AddrPort) (*Listener, error) {
 	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
@@ -124,8 +130,11 @@ func (s *Server) Listen(addr netip.AddrPort) (*Listener, error) {
 }
 
 func listenError(addr netip.AddrPort, network string, err error) error {
-	if errors.Is(err, syscall.EADDRINUSE) {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
 		return fmt.Errorf("listen on %s/%s: %w", addr, network, ErrPortInUse)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("listen on %s/%s: %w", addr, network, ErrPortDenied)
 	}
 	return fmt.Errorf("listen on %s/%s: %w", addr, network, err)
 }
