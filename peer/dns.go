@@ -222,7 +222,7 @@ func (a *Agent) dnsLoop(ctx context.Context) error {
 		if hr == nil {
 			if !hinted {
 				hinted = true
-				log.Info("the host's resolver is not pointed at the mesh's names: "+why, "to_use_them", meshdns.ManualHint(want.addr, a.cfg.DNS.Suffix))
+				log.Info("the host's resolver is not pointed at the mesh's names: "+why, "to_use_them", meshdns.ManualHint(iface, want.addr, a.cfg.DNS.Suffix))
 			}
 			continue
 		}
@@ -231,7 +231,7 @@ func (a *Agent) dnsLoop(ctx context.Context) error {
 		}
 		if err := hr.Set(iface, want.addr, domains); err != nil {
 			resolver = []string{} // part of it may be set: revert on the way out
-			report("the host's resolver is not pointed at the mesh's names", err, "hint", meshdns.ManualHint(want.addr, a.cfg.DNS.Suffix))
+			report("the host's resolver is not pointed at the mesh's names", err, "hint", meshdns.ManualHint(iface, want.addr, a.cfg.DNS.Suffix))
 			continue
 		}
 		resolver, lastErr = domains, ""

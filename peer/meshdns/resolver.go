@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -103,13 +104,21 @@ func ChooseResolver(f ResolverFacts) (useResolved bool, why string) {
 
 // Facts looks at this host.
 func Facts() ResolverFacts {
-	var f ResolverFacts
-	// PID 1 may be hidden (systemd's ProtectProc=invisible for a service
-	// not run as root): then this is taken to be the host's namespace,
-	// since a service systemd starts is, unless its unit says otherwise.
-	self, err1 := os.Stat("/proc/self/ns/net")
-	pid1, err2 := os.Stat("/proc/1/ns/net")
-	f.HostNetNS = err1 != nil || err2 != nil || os.SameFile(self, pid1)
+	f := ResolverFacts{HostNetNS: true}
+	if self, err := os.Stat("/proc/self/ns/net"); err == nil {
+		// PID 1 may be hidden (systemd's ProtectProc=invisible, a
+		// container's ptrace rules); a namespace `ip netns add` made is
+		// also recognised by its name in /run/netns.
+		if pid1, err := os.Stat("/proc/1/ns/net"); err == nil && !os.SameFile(self, pid1) {
+			f.HostNetNS = false
+		}
+		named, _ := filepath.Glob("/run/netns/*")
+		for _, n := range named {
+			if st, err := os.Stat(n); err == nil && os.SameFile(self, st) {
+				f.HostNetNS = false
+			}
+		}
+	}
 	if st, err := os.Stat("/run/systemd/resolve"); err == nil && st.IsDir() {
 		f.ResolvedRunning = true
 	}
@@ -121,7 +130,7 @@ func Facts() ResolverFacts {
 
 // ManualHint tells an operator how to send the mesh's names to server
 // when the agent cannot configure the host's resolver itself.
-func ManualHint(server netip.Addr, suffix string) string {
-	return fmt.Sprintf("dnsmasq: server=/%s/%s; systemd-resolved: resolvectl dns IFACE %s && resolvectl domain IFACE ~%s; or, for a host that asks only the mesh, nameserver %s in /etc/resolv.conf",
-		suffix, server, server, suffix, server)
+func ManualHint(iface string, server netip.Addr, suffix string) string {
+	return fmt.Sprintf("dnsmasq: server=/%s/%s; systemd-resolved: resolvectl dns %s %s && resolvectl domain %s '~%s'; or, for a host that asks only the mesh, nameserver %s in /etc/resolv.conf",
+		suffix, server, iface, server, iface, suffix, server)
 }
