@@ -15,10 +15,11 @@ import (
 // Names: the agent answers DNS for NAME.VNET.SUFFIX on its overlay address
 // (meshdns) and points the host's resolver at it for SUFFIX only.
 //
-//	loop: map changed -> meshdns.Build -> dnsWant --offer--> DNS worker
-//	DNS worker: swap the table; listen on OVERLAY_IP:53 (UDP, TCP) once the
-//	            interface has the address (retry while the port is taken);
-//	            point the host resolver at it; on stop revert and close
+//	loop: map changed -> meshdns.Input -> dnsWant --offer--> DNS worker
+//	DNS worker: meshdns.Build, swap the table; listen on OVERLAY_IP:53 (UDP,
+//	            TCP) once the interface has the address (retry while the
+//	            port is taken); point the host resolver at it; on stop
+//	            revert and close
 
 // DefaultDNSPort is the port the agent's name server listens on.
 const DefaultDNSPort = 53
@@ -55,12 +56,12 @@ func (c *DNSConfig) normalize() error {
 	return nil
 }
 
-// dnsWant is what the loop hands the DNS worker: the answers of the
-// current map and the address to serve them on.
+// dnsWant is what the loop hands the DNS worker: what the names of the
+// current map are built from (the worker builds them, off the loop) and
+// the address to serve them on.
 type dnsWant struct {
-	table *meshdns.Table
-	addr  netip.Addr
-	zone  string // "default.mesh", for the log
+	in   meshdns.Input
+	addr netip.Addr
 }
 
 // dnsKey is what the table depends on besides the peers, which change
@@ -78,22 +79,17 @@ type dnsKey struct {
 const dnsRetry = 5 * time.Second
 
 // offerDNS runs in the loop after the interface has been configured: when
-// the map changed, it builds the table of names and hands it to the DNS
-// worker.
+// the map changed, it hands the DNS worker what the names are made of.
 func (a *Agent) offerDNS(st *state) {
 	if !a.cfg.DNS.Enabled || st.nm.self == nil {
 		return
 	}
-	in := a.dnsInput(&st.nm)
-	k := dnsKey{index: st.nm.index, vnet: in.VNet, selfName: st.nm.self.Name, selfIP: st.nm.self.OverlayIP}
-	if len(in.Overlays) > 0 {
-		k.overlay = in.Overlays[0]
-	}
+	k := dnsKey{index: st.nm.index, vnet: st.nm.vnet, overlay: st.nm.overlay, selfName: st.nm.self.Name, selfIP: st.nm.self.OverlayIP}
 	if st.dnsKey != nil && *st.dnsKey == k {
 		return
 	}
 	st.dnsKey = &k
-	want := dnsWant{table: meshdns.Build(in), zone: in.VNet + "." + in.Suffix}
+	want := dnsWant{in: a.dnsInput(&st.nm)}
 	if addrs := overlayAddrs(st.nm.self); len(addrs) > 0 {
 		want.addr = addrs[0]
 	}
@@ -158,6 +154,7 @@ func (a *Agent) dnsLoop(ctx context.Context) error {
 	defer retry.Stop()
 	var (
 		want     dnsWant
+		table    *meshdns.Table
 		ln       *meshdns.Listener
 		resolver []string // the domains the host's resolver sends here; nil: none
 		lastErr  string   // the last failure reported, so it is reported once
@@ -190,9 +187,10 @@ func (a *Agent) dnsLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case want = <-a.dnsCh:
+			table = meshdns.Build(want.in)
+			srv.Set(table)
 		case <-retry.C():
 		}
-		srv.Set(want.table)
 		if ln != nil && ln.Addr().Addr() != want.addr {
 			revert()
 			ln.Close()
@@ -213,12 +211,12 @@ func (a *Agent) dnsLoop(ctx context.Context) error {
 				continue
 			}
 			ln, lastErr = l, ""
-			log.Info("serving names", "names", "*."+want.zone, "addr", ln.Addr())
+			log.Info("serving names", "names", "*."+want.in.VNet+"."+want.in.Suffix, "addr", ln.Addr())
 		}
 		if ln == nil {
 			continue
 		}
-		domains := want.table.Domains()
+		domains := table.Domains()
 		if hr == nil {
 			if !hinted {
 				hinted = true

@@ -73,8 +73,8 @@ type Table struct {
 func Build(in Input) *Table {
 	t := &Table{
 		suffix: dns.Fqdn(strings.ToLower(in.Suffix)),
-		names:  map[string][]netip.Addr{},
-		ptr:    map[netip.Addr]string{},
+		names:  make(map[string][]netip.Addr, len(in.Hosts)),
+		ptr:    make(map[netip.Addr]string, len(in.Hosts)),
 		serial: in.Serial,
 	}
 	t.mname = t.suffix
@@ -123,9 +123,11 @@ func Build(in Input) *Table {
 		}
 	}
 	for _, as := range t.names {
-		slices.SortFunc(as, func(a, b netip.Addr) int {
-			return cmp.Or(cmp.Compare(a.BitLen(), b.BitLen()), a.Compare(b))
-		})
+		if len(as) > 1 {
+			slices.SortFunc(as, func(a, b netip.Addr) int {
+				return cmp.Or(cmp.Compare(a.BitLen(), b.BitLen()), a.Compare(b))
+			})
+		}
 	}
 	return t
 }

@@ -1,6 +1,7 @@
 package meshdns
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -321,5 +322,33 @@ func TestCleanSuffix(t *testing.T) {
 				t.Fatalf("got %q, %v; want %q (ok %t)", got, err, tt.want, tt.ok)
 			}
 		})
+	}
+}
+
+// bigInput is a vnet of n peers.
+func bigInput(n int) Input {
+	in := Input{Suffix: "mesh", VNet: "default", Self: "p0", Overlays: []netip.Prefix{netip.MustParsePrefix("100.96.0.0/12")}}
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{100, 96 + byte(i>>16), byte(i >> 8), byte(i)})
+		in.Hosts = append(in.Hosts, Host{Name: fmt.Sprintf("p%d", i), Addrs: []netip.Addr{a}})
+	}
+	return in
+}
+
+// BenchmarkBuild10k: what the agent's loop spends on the names of a
+// 10,000-peer vnet at each map change.
+func BenchmarkBuild10k(b *testing.B) {
+	in := bigInput(10000)
+	for b.Loop() {
+		Build(in)
+	}
+}
+
+func BenchmarkAnswer(b *testing.B) {
+	tab := Build(bigInput(10000))
+	req := new(dns.Msg)
+	req.SetQuestion("p4242.default.mesh.", dns.TypeA)
+	for b.Loop() {
+		tab.Answer(req)
 	}
 }
