@@ -17,6 +17,7 @@ import (
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/peer/liveness"
+	"github.com/meshd/meshd/peer/meshdns"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/logging"
 )
@@ -126,6 +127,8 @@ message says which side to upgrade (usually the coordinators, first).`,
 	f.DurationVar(&cfg.HoldDown, "hold-down", health.DefaultHoldDown, "how long a recovered gateway must stay healthy before it takes its routes back")
 	f.IntVar(&cfg.GossipPort, "gossip-port", health.DefaultPort, "health gossip port on the overlay address (UDP and TCP, inside the tunnels)")
 	f.IntVar(&cfg.LivenessPort, "liveness-port", liveness.DefaultPort, "gateway health probe port on the overlay address (UDP, inside the tunnels); every peer of a vnet must use the same")
+	f.BoolVar(&cfg.DNS.Enabled, "dns", true, "answer DNS for NAME.VNET.SUFFIX on the overlay address (port 53) and point the host's resolver at it for SUFFIX (systemd-resolved)")
+	f.StringVar(&cfg.DNS.Suffix, "dns-suffix", meshdns.DefaultSuffix, "DNS suffix of the mesh's names: NAME.VNET.SUFFIX")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
