@@ -3,8 +3,12 @@ BIN := bin/meshd
 
 .PHONY: build test e2e soak bench bench-scale lab lab-down lab-docker lab-docker-check lab-docker-down lab-docker-bin lint fuzz
 
+# VERSION names the build (meshd version; coordinators record it for the
+# feature gate and cluster versions).
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./meshd
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./meshd
 
 # test: the README's test command: lint, unit, in-process, multi-process and
 # (as root) network-namespace tests, then fuzz smoke runs. The namespace
@@ -29,10 +33,11 @@ fuzz:
 
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
 # true source IPs, restart, removal, coordinators down, SNAT; NAT traversal
-# (the NAT matrix, path switches, coturn as the relay).
+# (the NAT matrix, path switches, coturn as the relay); the rolling upgrade
+# from an earlier commit.
 e2e:
 	./scripts/deps.sh
-	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay' ./e2e/
+	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay|TestRollingUpgrade' ./e2e/
 
 # soak: 5 minutes of the lab with both cores busy; no route may move.
 soak: build

@@ -29,6 +29,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/cluster/status", read(s.handleClusterStatus))
 	mux.HandleFunc("POST /v1/cluster/transfer-leadership", write(s.handleTransferLeadership))
 	mux.HandleFunc("DELETE /v1/cluster/members/{name}", write(s.handleRemoveMember))
+	mux.HandleFunc("GET /v1/cluster/versions", read(s.handleClusterVersions))
 	mux.HandleFunc("GET /v1/vnets", read(s.handleListVNets))
 	mux.HandleFunc("POST /v1/vnets", write(s.handleCreateVNet))
 	mux.HandleFunc("DELETE /v1/vnets/{name}", write(s.handleDeleteVNet))
@@ -50,11 +51,11 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/routes/lookup", read(s.handleLookup))
 	mux.HandleFunc("GET /v1/routes/overlaps", read(s.handleOverlaps))
 	mux.HandleFunc("POST /v1/gossip/rotate-key", write(s.handleRotateGossipKey))
-	mux.HandleFunc("POST /v1/join", s.handleJoin)
-	mux.HandleFunc("GET /v1/netmap", s.requirePeer(s.handleNetmap))
-	mux.HandleFunc("POST /v1/heartbeat", s.requirePeer(s.handleHeartbeat))
-	mux.HandleFunc("GET /v1/relay", s.requirePeer(s.handleRelay))
-	mux.HandleFunc("DELETE /v1/self", s.requirePeer(s.handleLeave))
+	mux.HandleFunc("POST /v1/join", agentCall(s.handleJoin))
+	mux.HandleFunc("GET /v1/netmap", agentCall(s.requirePeer(s.handleNetmap)))
+	mux.HandleFunc("POST /v1/heartbeat", agentCall(s.requirePeer(s.handleHeartbeat)))
+	mux.HandleFunc("GET /v1/relay", agentCall(s.requirePeer(s.handleRelay)))
+	mux.HandleFunc("DELETE /v1/self", agentCall(s.requirePeer(s.handleLeave)))
 	mux.HandleFunc("POST /v1/devices", write(s.handleExportDevice))
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
 	mux.HandleFunc("GET /v1/internal/applied", s.handleInternalApplied)
@@ -122,11 +123,14 @@ func (s *Server) requirePeer(h func(http.ResponseWriter, *http.Request, string))
 	}
 }
 
-// decode reads a JSON body of at most api.MaxBodyBytes into v, strictly.
+// decode reads a JSON body of at most api.MaxBodyBytes into v, strictly
+// unless the endpoint takes bodies from agents (agentCall).
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	body := http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
 	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
+	if !tolerantBody(r) {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -487,8 +491,8 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if req.ProtocolVersion != api.ProtocolVersion {
-		writeError(w, api.Errorf(api.CodeVersion, "peer speaks protocol %d; this coordinator speaks %d", req.ProtocolVersion, api.ProtocolVersion))
+	if err := api.CheckProtocol(req.ProtocolVersion); err != nil {
+		writeError(w, err)
 		return
 	}
 	tok, err := token.ParseKind(req.Token, token.KindJoin)

@@ -132,6 +132,12 @@ func (s *Server) handleRemoveMember(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeConflict, "%s leads the cluster; run `meshd cluster transfer-leadership` first", name))
 		return
 	}
+	// Checked before the member leaves: its deregistration must be
+	// writable once it is gone.
+	if err := s.gate(fsm.DeregisterCoordinatorType, name); err != nil {
+		writeError(w, err)
+		return
+	}
 	cf := s.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		writeError(w, api.Errorf(api.CodeUnavailable, "read raft configuration: %v", err))

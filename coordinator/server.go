@@ -108,6 +108,9 @@ type Config struct {
 	// OnlineWindow is how recently a peer must have been heard from to
 	// count as online; optional.
 	OnlineWindow time.Duration
+	// Version is the build version this coordinator records beside its
+	// feature level (cluster versions, feature-gate errors); optional.
+	Version string
 
 	Logger *slog.Logger     // optional
 	Now    func() time.Time // optional
@@ -665,9 +668,11 @@ func (s *Server) expireAndReap(ctx context.Context) {
 }
 
 // registerLoop records this node's addresses in the replicated state so that
-// followers can forward writes to it and tokens can carry its URL.
+// followers can forward writes to it and tokens can carry its URL, with its
+// feature level and version for the feature gate (fsm.Gate).
 func (s *Server) registerLoop(ctx context.Context) {
-	me := state.Coordinator{Name: s.cfg.Name, RaftAddr: string(s.trans.LocalAddr()), APIURL: s.apiURL}
+	me := state.Coordinator{Name: s.cfg.Name, RaftAddr: string(s.trans.LocalAddr()), APIURL: s.apiURL,
+		FeatureLevel: fsm.FeatureLevel, Version: s.cfg.Version}
 	if s.relayUDP != nil {
 		me.STUNAddr = stunAdvertise(s.apiURL, s.relayUDP.LocalAddr().(*net.UDPAddr).Port)
 	}

@@ -237,7 +237,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{name: "join negative priority", method: "POST", path: "/v1/join", body: join(multi.Token, "gw", wgKey(), api.Route{Prefix: "10.1.0.0/24", Priority: -1}), auth: "-", code: api.CodeInvalidArgument},
 		{name: "netmap bad since", method: "GET", path: "/v1/netmap?since=yesterday", auth: peerCred, code: api.CodeInvalidArgument},
 		{name: "heartbeat bad endpoint", method: "POST", path: "/v1/heartbeat", body: api.HeartbeatRequest{Endpoints: []string{"10.0.0.1"}}, auth: peerCred, code: api.CodeInvalidArgument},
-		{name: "heartbeat unknown field", method: "POST", path: "/v1/heartbeat", raw: []byte(`{"endpoint":[]}`), auth: peerCred, code: api.CodeInvalidJSON},
+		{name: "heartbeat wrong type", method: "POST", path: "/v1/heartbeat", raw: []byte(`{"endpoints":"10.0.0.1:1"}`), auth: peerCred, code: api.CodeInvalidJSON},
 		{name: "heartbeat without credential", method: "POST", path: "/v1/heartbeat", body: api.HeartbeatRequest{}, auth: "-", code: api.CodeUnauthorized},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

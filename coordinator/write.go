@@ -77,6 +77,9 @@ func (s *Server) applyOnce(ctx context.Context, data []byte) (*fsm.Result, error
 }
 
 func (s *Server) applyLocal(data []byte) (*fsm.Result, error) {
+	if err := s.gate(fsm.MessageType(data[0]), ""); err != nil {
+		return nil, err
+	}
 	f := s.raft.Apply(data, writeTimeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {

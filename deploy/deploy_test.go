@@ -1138,8 +1138,8 @@ func TestSystemdUnits(t *testing.T) {
 			"Service.PrivateTmp":              "yes",
 			"Service.DevicePolicy":            "closed",
 			"Service.DeviceAllow":             "/dev/net/tun rw",
-			"Service.CapabilityBoundingSet":   "CAP_NET_ADMIN CAP_NET_RAW",
-			"Service.AmbientCapabilities":     "CAP_NET_ADMIN CAP_NET_RAW",
+			"Service.CapabilityBoundingSet":   "CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE",
+			"Service.AmbientCapabilities":     "CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE",
 			"Service.RestrictAddressFamilies": "AF_UNIX AF_NETLINK AF_PACKET AF_INET AF_INET6",
 			"Install.WantedBy":                "multi-user.target",
 		})

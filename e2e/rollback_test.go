@@ -133,6 +133,7 @@ func TestAgentsTakeDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := startAgent(t, filepath.Join(t.TempDir(), "cl"), "cl", tok.Token, nil, "10.99.0.41:51820")
+	waitUntil(t, 10*time.Second, "cl to join", func() bool { return len(listPeers(t, admin)) == 1 })
 	priv, err := wgcfg.GenerateKey()
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,7 @@ admin token revoke admin), when the file is removed.`,
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
 			cfg.Logger = logging.New(g.errOut, lvl)
+			cfg.Version = buildVersion()
 			stun, err := stunListen(cfg.STUNListen, cmd.Flags().Changed("stun-listen"), cfg.APIListen)
 			if err != nil {
 				return err

@@ -17,6 +17,7 @@ import (
 	"github.com/meshd/meshd/peer/engine"
 	"github.com/meshd/meshd/peer/health"
 	"github.com/meshd/meshd/peer/liveness"
+	"github.com/meshd/meshd/peer/meshdns"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/logging"
 )
@@ -42,7 +43,9 @@ A gateway announces its site's subnets with --advertise-routes; gateways
 forward without source NAT unless --snat is given.
 
 Exit status 3: this peer was removed from the mesh or its credential was
-refused; restarting will not help (join again with a new token).`,
+refused; restarting will not help (join again with a new token).
+Exit status 4: every coordinator refused this agent's protocol version; the
+message says which side to upgrade (usually the coordinators, first).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			lvl, ok := logging.ParseLevel(logLevel)
@@ -103,6 +106,11 @@ refused; restarting will not help (join again with a new token).`,
 				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
 				return exitError{code: exitRemoved}
 			}
+			if errors.Is(err, controlclient.ErrProtocol) {
+				// The coordinator's own words say which side to upgrade.
+				fmt.Fprintf(g.errOut, "meshd: %v\n", err)
+				return exitError{code: exitProtocol}
+			}
 			return err
 		},
 	}
@@ -124,6 +132,8 @@ refused; restarting will not help (join again with a new token).`,
 	f.DurationVar(&cfg.HoldDown, "hold-down", health.DefaultHoldDown, "how long a recovered gateway must stay healthy before it takes its routes back")
 	f.IntVar(&cfg.GossipPort, "gossip-port", health.DefaultPort, "health gossip port on the overlay address (UDP and TCP, inside the tunnels)")
 	f.IntVar(&cfg.LivenessPort, "liveness-port", liveness.DefaultPort, "gateway health probe port on the overlay address (UDP, inside the tunnels); every peer of a vnet must use the same")
+	f.BoolVar(&cfg.DNS.Enabled, "dns", true, "answer DNS for NAME.VNET.SUFFIX on the overlay address (port 53) and point the host's resolver at it for SUFFIX (systemd-resolved)")
+	f.StringVar(&cfg.DNS.Suffix, "dns-suffix", meshdns.DefaultSuffix, "DNS suffix of the mesh's names: NAME.VNET.SUFFIX")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -144,6 +154,12 @@ func preflightError(ps []*peer.Problem) error {
 // exitRemoved is peer up's exit status when the peer was removed or its
 // credential refused.
 const exitRemoved = 3
+
+// exitProtocol is peer up's exit status when the coordinators refuse the
+// agent's protocol version: an upgrade (of the coordinators, or of an agent
+// too old) is needed first. A service manager may keep restarting it; it
+// comes up once the coordinators speak its version.
+const exitProtocol = 4
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var dir string

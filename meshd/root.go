@@ -88,6 +88,7 @@ bootstrap credential) or a credential from meshd admin token create.`,
 		newStatusCmd(g),
 		newPingCmd(g),
 		newNetcheckCmd(g),
+		newVersionCmd(g),
 	)
 	return root
 }

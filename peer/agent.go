@@ -103,7 +103,9 @@ type Config struct {
 	// LivenessPort is the UDP port of gateway health probes on the overlay
 	// address; optional: liveness.DefaultPort.
 	LivenessPort int
-	Logger       *slog.Logger
+	// DNS answers the mesh's names on the overlay address (dns.go).
+	DNS    DNSConfig
+	Logger *slog.Logger
 
 	// The rest replace the OS and the network (tests); all optional.
 	NewEngine func(name string) (engine.Engine, error)
@@ -159,6 +161,7 @@ type Agent struct {
 	vipCh  chan bool
 	joinCh chan joinRequest
 	hbKick chan struct{} // asks the heartbeat to report now
+	dnsCh  chan dnsWant  // the names to serve (dns.go)
 	// stun is the STUN servers of the last map, for the heartbeat.
 	stun atomic.Pointer[[]string]
 	// selfFlags is what this peer's health statements say of it
@@ -222,6 +225,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.HoldDown <= 0 {
 		cfg.HoldDown = health.DefaultHoldDown
 	}
+	if err := cfg.DNS.normalize(); err != nil {
+		return nil, err
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
@@ -260,6 +266,7 @@ func New(cfg Config) (*Agent, error) {
 		watchCh: make(chan watchEvent, 16), checkCh: make(chan checkResult), reportCh: make(chan reportEvent),
 		reqCh: make(chan func(*state)), loopDone: make(chan struct{}),
 		vipCh: make(chan bool, 1), joinCh: make(chan joinRequest, 1), hbKick: make(chan struct{}, 1),
+		dnsCh: make(chan dnsWant, 1),
 	}
 	if ownEngine {
 		a.cfg.NewEngine = func(name string) (engine.Engine, error) {
@@ -422,6 +429,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	if a.vip != nil {
 		start(a.vipLoop)
+	}
+	if a.cfg.DNS.Enabled {
+		start(a.dnsLoop)
 	}
 	if a.bind != nil {
 		start(a.relayLoop)

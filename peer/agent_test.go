@@ -38,6 +38,7 @@ type fakeControl struct {
 
 	mu      sync.Mutex
 	down    bool          // guarded by mu: Watch fails at once
+	refuse  error         // guarded by mu: Watch returns it at once
 	cut     chan struct{} // guarded by mu: closed to end the open stream
 	watches int           // guarded by mu: streams opened
 	since   uint64        // guarded by mu: of the last stream opened
@@ -51,6 +52,10 @@ func newFakeControl() *fakeControl {
 
 func (c *fakeControl) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate)) error {
 	c.mu.Lock()
+	if c.refuse != nil {
+		defer c.mu.Unlock()
+		return c.refuse
+	}
 	if c.down {
 		c.mu.Unlock()
 		return errors.New("connection refused")

@@ -73,6 +73,9 @@ type state struct {
 	liveRetry time.Time
 	// policyIn is what the engine's policy rules were last made from.
 	policyIn *string
+	// dnsKey is what the names last handed to the DNS worker were made
+	// from (dns.go); nil before.
+	dnsKey *dnsKey
 
 	pick      map[string]int            // endpoint rotation per peer ID
 	pickSince map[string]time.Time      // when the current pick was made
@@ -319,6 +322,7 @@ func (a *Agent) reconcile(st *state) {
 	} else if d.router.Forward {
 		st.fwdArmed = true
 	}
+	a.offerDNS(st) // the interface has its address now
 	a.selfFlags.Store(selfFlags(st.self))
 	a.ensureHealth(st)
 	a.ensureLiveness(st, now)

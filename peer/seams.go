@@ -23,11 +23,12 @@ import (
 type Control interface {
 	// Watch holds one network-map stream resuming after index since and
 	// calls fn with every update, in order, until the stream ends or ctx
-	// is done. controlclient.ErrRemoved and ErrCredentialRefused end the
-	// agent; other errors are retried.
+	// is done. controlclient.ErrRemoved, ErrCredentialRefused and
+	// ErrProtocol end the agent; other errors are retried.
 	Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate)) error
 	// Heartbeat reports liveness; endpoints and relay, when not nil,
-	// replace what was reported before.
+	// replace what was reported before. ErrCredentialRefused and
+	// ErrProtocol end the agent (as from Relay).
 	Heartbeat(ctx context.Context, endpoints []string, relay *string) error
 	// Relay fetches the relays this peer may use and a credential.
 	Relay(ctx context.Context) (*api.RelayConfig, error)

@@ -42,7 +42,7 @@ func (a *Agent) watchLoop(ctx context.Context, since uint64) error {
 			return nil
 		}
 		send(ctx, a.watchCh, watchEvent{}) // the stream is closed
-		if errors.Is(err, controlclient.ErrRemoved) || errors.Is(err, controlclient.ErrCredentialRefused) {
+		if errors.Is(err, controlclient.ErrRemoved) || errors.Is(err, controlclient.ErrCredentialRefused) || errors.Is(err, controlclient.ErrProtocol) {
 			a.log.Error("stopping", "reason", err)
 			return err
 		}
@@ -88,7 +88,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, reported []string) error {
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, controlclient.ErrCredentialRefused):
+		case errors.Is(err, controlclient.ErrCredentialRefused), errors.Is(err, controlclient.ErrProtocol):
 			a.log.Error("stopping", "reason", err)
 			return err
 		case err != nil:
@@ -146,7 +146,7 @@ func (a *Agent) relayLoop(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, controlclient.ErrCredentialRefused):
+		case errors.Is(err, controlclient.ErrCredentialRefused), errors.Is(err, controlclient.ErrProtocol):
 			a.log.Error("stopping", "reason", err)
 			return err
 		case err != nil:

@@ -110,6 +110,12 @@ type Coordinator struct {
 	// RelayTLSAddr is where it serves TURN over TLS (host:port); empty
 	// when it does not.
 	RelayTLSAddr string `json:"relay_tls_addr,omitempty"`
+	// FeatureLevel is the feature level of the coordinator's version
+	// (fsm.FeatureLevel: which command types it can apply); 0 in records
+	// of versions from before levels were recorded.
+	FeatureLevel int `json:"feature_level,omitempty"`
+	// Version is the coordinator's build version; empty when unknown.
+	Version string `json:"version,omitempty"`
 }
 
 // Tables is the replicated state. Readers get it through Read and must not

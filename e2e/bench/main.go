@@ -59,6 +59,7 @@ func main() {
 	benches := []bench{
 		{"write_throughput", writeThroughput, nil},
 		{"leader_failover_write_outage", leaderFailover, nil},
+		{"rolling_upgrade_outage", rollingUpgrade, nil},
 		{"join_to_first_packet", joinToFirstPacket, nil},
 		{"data_plane_tcp", dataPlane, nil},
 		{"data_plane_policy", dataPlanePolicy, nil},

@@ -4,7 +4,8 @@
 // port-preserving). It needs root, iproute2 and nftables.
 //
 //	go run ./e2e/lab up BIN    start the lab with the meshd binary BIN
-//	go run ./e2e/lab down      stop it and remove its namespaces
+//	go run ./e2e/lab down      stop it and remove its namespaces (and the
+//	                           resolv.conf files written for them)
 package main
 
 import (
@@ -69,7 +70,7 @@ func run(args []string) int {
 	os.RemoveAll(dir)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true, NATClients: true})
+	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true, NATClients: true, Resolvers: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		return 1
@@ -108,6 +109,11 @@ Failover: ping site A from cl1 every 10 ms, then kill the active gateway (gwa1):
   sudo ip netns exec %scl1 ping -i 0.01 %s
   sudo kill -9 $(cat .lab/gwa1.pid)      # gwa2 takes the route and the VIP %s
 
+Names: every agent answers NAME.VNET.mesh on its overlay address; each agent's namespace
+resolves through it (/etc/netns/NS/resolv.conf, removed by make lab-down):
+  sudo ip netns exec %scl2 ping -c3 cl1.default.mesh
+  sudo ip netns exec %scl2 getent hosts gwa1.default.mesh
+
 NAT traversal: the PATH column says direct (a punched hole) or relay (through a coordinator):
   sudo %s status --state-dir .lab/cl4    # cl1, cl2, the gateways: direct; cl3: relay
   sudo %s ping cl3 --state-dir .lab/cl4  # which path answered, and the round-trip time
@@ -119,6 +125,7 @@ Stop it with: make lab-down
 		prefix, bin, prefix, l.Interface("gwa1"),
 		prefix, bin, prefix, bin, netlab.HostA,
 		prefix, netlab.HostA, netlab.SiteAVIP,
+		prefix, prefix,
 		bin, bin, bin)
 	return 0
 }

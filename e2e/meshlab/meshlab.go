@@ -40,6 +40,9 @@ type Options struct {
 	NATClients bool
 	// CoordinatorArgs are more flags for every coordinator.
 	CoordinatorArgs []string
+	// Resolvers points each agent's namespace at its agent's name server
+	// once the peers are up (SetResolvers); Close removes the files.
+	Resolvers bool
 }
 
 // Lab is a running mesh lab.
@@ -156,6 +159,11 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 			continue
 		}
 		if err := l.WaitPeerUp(ctx, name, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	if o.Resolvers {
+		if err := l.SetResolvers(); err != nil {
 			return nil, err
 		}
 	}

@@ -1,8 +1,9 @@
 // Package netlab builds network-namespace topologies on one machine with
 // iproute2, for the local lab and the end-to-end tests. Every namespace it
 // creates starts with the lab's prefix, nothing is connected to the host's
-// own namespace (no route leaves the machine), and Close removes it all,
-// including what an earlier crashed run with the same prefix left behind.
+// own namespace (no route leaves the machine), and Close removes it all
+// (the namespaces and the resolv.conf files written for them), including
+// what an earlier crashed run with the same prefix left behind.
 package netlab
 
 import (
@@ -67,7 +68,7 @@ func (l *Lab) removeStale() error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := []error{l.removeResolvers()}
 	for _, ns := range nss {
 		if _, err := run("ip", "netns", "del", ns); err != nil {
 			errs = append(errs, err)

@@ -37,7 +37,21 @@ var (
 	// ErrCredentialRefused: the coordinators no longer accept this peer's
 	// credential (removed while the agent was down, or another cluster).
 	ErrCredentialRefused = errors.New("the coordinators refused this peer's credential: it was removed or belongs to another cluster; remove the state dir and join again with a new token")
+	// ErrProtocol: every coordinator refused this agent's protocol
+	// version. The error wraps the coordinator's *api.Error, which says
+	// which side to upgrade (api.CodeProtocolTooNew: the coordinators).
+	ErrProtocol = errors.New("the coordinators refused this agent's protocol version")
 )
+
+// protocolRefused turns a coordinator's refusal of this agent's protocol
+// version into an error wrapping ErrProtocol and the refusal; other errors
+// pass unchanged.
+func protocolRefused(err error) error {
+	if !api.IsProtocol(err) {
+		return err
+	}
+	return fmt.Errorf("%w %d: %w", ErrProtocol, api.ProtocolVersion, err)
+}
 
 // WatchIdleTimeout ends a watch that has been silent for this long; the
 // coordinators send a keepalive line every 15 s.
@@ -123,7 +137,7 @@ func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*Identity
 	}
 	resp, err := joinRetrying(ctx, joinToken, req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("join: %w", err)
+		return nil, nil, fmt.Errorf("join: %w", protocolRefused(err))
 	}
 	id := &Identity{
 		PeerID: resp.PeerID, Name: resp.Name, VNet: resp.VNet, OverlayIP: resp.OverlayIP,
@@ -188,7 +202,7 @@ func (c *Client) Relay(ctx context.Context) (*api.RelayConfig, error) {
 		return nil, ErrCredentialRefused
 	}
 	if err != nil {
-		return nil, err
+		return nil, protocolRefused(err)
 	}
 	return &out, nil
 }
@@ -207,13 +221,14 @@ func (c *Client) Heartbeat(ctx context.Context, endpoints []string, relay *strin
 	if api.IsCode(err, api.CodeUnauthorized) {
 		return ErrCredentialRefused
 	}
-	return err
+	return protocolRefused(err)
 }
 
 // Watch holds one network-map stream that resumes after index since (0: the
 // whole map first) and calls fn with every update, in order, until the
-// stream ends or ctx is done. It returns ErrRemoved when the peer was removed
-// and ErrCredentialRefused when its credential is refused; other errors are
+// stream ends or ctx is done. It returns ErrRemoved when the peer was removed,
+// ErrCredentialRefused when its credential is refused and ErrProtocol when
+// every coordinator refuses this agent's protocol version; other errors are
 // worth retrying.
 func (c *Client) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate)) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -228,7 +243,7 @@ func (c *Client) Watch(ctx context.Context, since uint64, fn func(*api.MapUpdate
 		if api.IsCode(err, api.CodeUnauthorized) {
 			return ErrCredentialRefused
 		}
-		return err
+		return protocolRefused(err)
 	}
 	defer resp.Body.Close()
 	// A stream that stays silent past the keepalive interval is dead.

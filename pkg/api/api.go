@@ -12,9 +12,16 @@ import (
 )
 
 // ProtocolVersion is the version of the coordinator/peer protocol. A peer
-// sends it when it joins and watches; a coordinator refuses versions it does
-// not speak.
+// sends it with every request (HeaderProtocol) and in its join; a
+// coordinator serves agents from MinProtocolVersion to ProtocolVersion
+// (CheckProtocol), so agents may lag the coordinators by a version, and
+// refuses newer ones: coordinators are upgraded first. It grows when an
+// agent starts to rely on something older coordinators lack.
 const ProtocolVersion = 1
+
+// MinProtocolVersion is the oldest agent protocol coordinators of this
+// version still serve.
+const MinProtocolVersion = 1
 
 // HeaderProtocol carries ProtocolVersion on every request.
 const HeaderProtocol = "Meshd-Protocol"
@@ -67,6 +74,15 @@ const (
 	// CodeTooMany: a limit on concurrent or repeated requests was reached;
 	// retry after a moment.
 	CodeTooMany = "too_many_requests"
+	// CodeProtocolTooNew: the agent speaks a newer protocol than the
+	// coordinator; upgrade the coordinators first. (CodeVersion: older
+	// than the coordinator still serves; coordinators from before
+	// MinProtocolVersion answer it to newer agents too.)
+	CodeProtocolTooNew = "protocol_too_new"
+	// CodeUpgradeRequired: a coordinator of the cluster runs a version
+	// that cannot apply the command asked for (Error.Coordinators names
+	// them); upgrade every coordinator first.
+	CodeUpgradeRequired = "upgrade_required"
 )
 
 // Error is an API error: a stable code and a sentence a user can act on.
@@ -76,6 +92,9 @@ type Error struct {
 	// Details lists the problems one by one when there are several (a
 	// policy's, each naming its rule and field); optional.
 	Details []string `json:"details,omitempty"`
+	// Coordinators names the coordinators an error is about (those to
+	// upgrade, with CodeUpgradeRequired); optional.
+	Coordinators []string `json:"coordinators,omitempty"`
 }
 
 // Errorf returns an *Error with code and a formatted message.
@@ -94,7 +113,7 @@ func (e *Error) Status() int {
 		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
-	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted:
+	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired:
 		return http.StatusConflict
 	case CodeBodyTooLarge:
 		return http.StatusRequestEntityTooLarge

@@ -112,9 +112,17 @@ var AttemptTimeout = 10 * time.Second
 // ErrUnreachable wraps the last failure when no coordinator answered.
 var ErrUnreachable = errors.New("no coordinator reachable")
 
+// nextOnError reports whether an answer from one coordinator sends the
+// client on to the next: it was unavailable, or it does not speak the
+// client's protocol (another may be upgraded already, in a rolling upgrade).
+func nextOnError(ae *api.Error) bool {
+	return ae.Code == api.CodeUnavailable || api.IsProtocol(ae)
+}
+
 // Do sends a request with a JSON body in (nil for none) and decodes a JSON
 // answer into out (nil to discard). API errors come back as *api.Error; when
-// a coordinator cannot be reached or is unavailable, the next is tried.
+// a coordinator cannot be reached, is unavailable or does not speak this
+// protocol version, the next is tried.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
 	var body []byte
 	if in != nil {
@@ -128,6 +136,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("%w: no coordinator address known", ErrUnreachable)
 	}
 	var last error
+	refused := 0
 	for _, u := range urls {
 		err := c.once(ctx, u, method, path, body, out)
 		if err == nil {
@@ -135,17 +144,22 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 			return nil
 		}
 		var ae *api.Error
-		if errors.As(err, &ae) && ae.Code != api.CodeUnavailable {
+		if errors.As(err, &ae) && !nextOnError(ae) {
 			c.setCurrent(u)
 			return err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if api.IsProtocol(err) {
+			refused++
+		}
 		last = err
 	}
+	// A protocol refusal is the answer only when every coordinator gave
+	// it: one that did not answer may speak this version already.
 	var ae *api.Error
-	if errors.As(last, &ae) {
+	if refused == len(urls) || errors.As(last, &ae) && !api.IsProtocol(ae) {
 		return last
 	}
 	return fmt.Errorf("%w (tried %v): %v", ErrUnreachable, urls, last)
@@ -211,7 +225,9 @@ func decodeResponse(resp *http.Response, out any) error {
 // reads and closes its body.
 func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error) {
 	var last error
-	for _, u := range c.URLs() {
+	refused := 0
+	urls := c.URLs()
+	for _, u := range urls {
 		req, err := c.newRequest(ctx, u, http.MethodGet, path, nil)
 		if err != nil {
 			return nil, err
@@ -225,14 +241,20 @@ func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error
 			err := decodeResponse(resp, nil)
 			resp.Body.Close()
 			var ae *api.Error
-			if errors.As(err, &ae) && ae.Code != api.CodeUnavailable {
+			if errors.As(err, &ae) && !nextOnError(ae) {
 				return nil, err
+			}
+			if api.IsProtocol(err) {
+				refused++
 			}
 			last = err
 			continue
 		}
 		c.setCurrent(u)
 		return resp, nil
+	}
+	if refused > 0 && refused == len(urls) { // as in Do
+		return nil, last
 	}
 	return nil, fmt.Errorf("%w: %v", ErrUnreachable, last)
 }
