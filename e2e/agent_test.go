@@ -175,22 +175,22 @@ func TestAgentsFollowTheNetworkMap(t *testing.T) {
 	c, admin := startCoordinator(t, cdir, key, apiAddr, raftAddr)
 	ctx := context.Background()
 	var tok api.CreateTokenResponse
-	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: 4, AllowRoutes: []string{"192.168.10.0/24"}}, &tok); err != nil {
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: 4, AllowRoutes: []string{"198.19.10.0/24"}}, &tok); err != nil {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
-	gw := startAgent(t, filepath.Join(root, "gw"), "gw", tok.Token, []api.Route{{Prefix: "192.168.10.0/24", Priority: 100}}, "10.99.0.21:51820")
-	cl := startAgent(t, filepath.Join(root, "cl"), "cl", tok.Token, nil, "10.99.0.41:51820")
+	gw := startAgent(t, filepath.Join(root, "gw"), "gw", tok.Token, []api.Route{{Prefix: "198.19.10.0/24", Priority: 100}}, "198.18.99.21:51820")
+	cl := startAgent(t, filepath.Join(root, "cl"), "cl", tok.Token, nil, "198.18.99.41:51820")
 	waitUntil(t, 10*time.Second, "gw and cl to configure each other", func() bool {
 		return len(gw.peers()) == 1 && len(cl.peers()) == 1
 	})
-	if got := cl.peers()[gw.agent.PublicKey()]; len(got) != 2 || got[1] != "192.168.10.0/24" {
-		t.Fatalf("client's WireGuard peer for gw: allowed %v; want gw's overlay /32 and 192.168.10.0/24", got)
+	if got := cl.peers()[gw.agent.PublicKey()]; len(got) != 2 || got[1] != "198.19.10.0/24" {
+		t.Fatalf("client's WireGuard peer for gw: allowed %v; want gw's overlay /32 and 198.19.10.0/24", got)
 	}
 	cl.rtr.mu.Lock()
 	routes := fmt.Sprint(cl.rtr.cfg.Routes)
 	cl.rtr.mu.Unlock()
-	if routes != "[100.96.0.0/12 192.168.10.0/24]" {
+	if routes != "[100.96.0.0/12 198.19.10.0/24]" {
 		t.Fatalf("client routes %s; want the overlay and the gateway's LAN", routes)
 	}
 	for _, mode := range []os.FileMode{mustMode(t, filepath.Join(cl.dir, controlclient.KeyFile)), mustMode(t, filepath.Join(cl.dir, controlclient.IdentityFile))} {
@@ -201,7 +201,7 @@ func TestAgentsFollowTheNetworkMap(t *testing.T) {
 
 	// A new peer reaches everyone's configuration within a second of its join.
 	joined := time.Now()
-	p3 := startAgent(t, filepath.Join(root, "p3"), "p3", tok.Token, nil, "10.99.0.42:51820")
+	p3 := startAgent(t, filepath.Join(root, "p3"), "p3", tok.Token, nil, "198.18.99.42:51820")
 	waitUntil(t, 10*time.Second, "p3 to join", func() bool { return len(p3.peers()) == 2 })
 	took := waitUntil(t, 10*time.Second, "gw and cl to configure p3", func() bool {
 		_, a := gw.peers()[p3.agent.PublicKey()]
@@ -219,7 +219,7 @@ func TestAgentsFollowTheNetworkMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.Self.Name != "cl" || len(st.Peers) != 2 || len(st.Routes) != 1 || st.Routes[0].ActiveGateway != "gw" {
-		t.Fatalf("status %+v; want cl with 2 peers and 192.168.10.0/24 via gw", st)
+		t.Fatalf("status %+v; want cl with 2 peers and 198.19.10.0/24 via gw", st)
 	}
 
 	// Removing a peer takes it out of every configuration within 2 s and
@@ -250,7 +250,7 @@ func TestAgentsFollowTheNetworkMap(t *testing.T) {
 	beforeKey, beforeIP := cl.agent.PublicKey(), st.Self.OverlayIP
 	cl.stop()
 	<-cl.done
-	cl2 := startAgent(t, cl.dir, "cl", "", nil, "10.99.0.41:51820")
+	cl2 := startAgent(t, cl.dir, "cl", "", nil, "198.18.99.41:51820")
 	waitUntil(t, 10*time.Second, "the restarted client to configure gw", func() bool { return len(cl2.peers()) == 1 })
 	st2, err := peer.QueryStatus(ctx, cl.dir)
 	if err != nil {
@@ -271,7 +271,7 @@ func TestAgentsFollowTheNetworkMap(t *testing.T) {
 	if err := admin2.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{}, &tok); err != nil {
 		t.Fatal(err)
 	}
-	p4 := startAgent(t, filepath.Join(root, "p4"), "p4", tok.Token, nil, "10.99.0.43:51820")
+	p4 := startAgent(t, filepath.Join(root, "p4"), "p4", tok.Token, nil, "198.18.99.43:51820")
 	waitUntil(t, 15*time.Second, "agents to resume their watch and see p4", func() bool {
 		_, a := gw.peers()[p4.agent.PublicKey()]
 		_, b := cl2.peers()[p4.agent.PublicKey()]

@@ -91,7 +91,7 @@ func TestDeviceExport(t *testing.T) {
 	if err := l.Net.AddNS(dev); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Net.Connect(dev, "eth0", "10.99.0.51/24", "wan", "br0"); err != nil {
+	if err := l.Net.Connect(dev, "eth0", "198.18.99.51/24", "wan", "br0"); err != nil {
 		t.Fatal(err)
 	}
 	clIP := status(t, l, "cl1").Self.OverlayIP
@@ -143,11 +143,11 @@ func TestDeviceExport(t *testing.T) {
 	var seen bool
 	for _, p := range status(t, l, "gwb1").Peers {
 		if p.Name == "phone" {
-			seen = p.LastHandshake != nil && p.LastHandshakeAgeSeconds != nil && p.Online && strings.HasPrefix(p.Endpoint, "10.99.0.51:")
+			seen = p.LastHandshake != nil && p.LastHandshakeAgeSeconds != nil && p.Online && strings.HasPrefix(p.Endpoint, "198.18.99.51:")
 		}
 	}
 	if !seen {
-		t.Errorf("gwb1's status does not show phone online with a handshake from 10.99.0.51: %+v", status(t, l, "gwb1").Peers)
+		t.Errorf("gwb1's status does not show phone online with a handshake from 198.18.99.51: %+v", status(t, l, "gwb1").Peers)
 	}
 
 	// Removing the device cuts it off everywhere.

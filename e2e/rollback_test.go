@@ -70,7 +70,7 @@ func TestFailedFirstStartRollsBackJoin(t *testing.T) {
 		Logger:    logging.New(testLog{t}, 0),
 		NewEngine: func(string) (engine.Engine, error) { return nil, errEngine },
 		NewRouter: func(string) (router.Router, error) { return &fakeRouter{}, nil },
-		Endpoints: func(context.Context, []string) []string { return []string{"10.99.0.41:51820"} },
+		Endpoints: func(context.Context, []string) []string { return []string{"198.18.99.41:51820"} },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func TestFailedFirstStartRollsBackJoin(t *testing.T) {
 	}
 
 	// The retry works with the same token, under the name it is given.
-	second := startAgent(t, dir, "second", tok.Token, nil, "10.99.0.41:51820")
+	second := startAgent(t, dir, "second", tok.Token, nil, "198.18.99.41:51820")
 	waitUntil(t, 10*time.Second, "the retry to register", func() bool {
 		ps := listPeers(t, admin)
 		return len(ps) == 1 && ps[0].Name == "second"
@@ -132,7 +132,7 @@ func TestAgentsTakeDevices(t *testing.T) {
 	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{Uses: 1}, &tok); err != nil {
 		t.Fatal(err)
 	}
-	cl := startAgent(t, filepath.Join(t.TempDir(), "cl"), "cl", tok.Token, nil, "10.99.0.41:51820")
+	cl := startAgent(t, filepath.Join(t.TempDir(), "cl"), "cl", tok.Token, nil, "198.18.99.41:51820")
 	waitUntil(t, 10*time.Second, "cl to join", func() bool { return len(listPeers(t, admin)) == 1 })
 	priv, err := wgcfg.GenerateKey()
 	if err != nil {
@@ -142,7 +142,7 @@ func TestAgentsTakeDevices(t *testing.T) {
 	if err := admin.Do(ctx, http.MethodPost, "/v1/devices", api.ExportDeviceRequest{Name: "phone", PublicKey: priv.Public().String()}, &dc); err != nil {
 		t.Fatal(err)
 	}
-	if len(dc.Peers) != 1 || dc.Peers[0].Name != "cl" || dc.Peers[0].Endpoint != "10.99.0.41:51820" {
+	if len(dc.Peers) != 1 || dc.Peers[0].Name != "cl" || dc.Peers[0].Endpoint != "198.18.99.41:51820" {
 		t.Fatalf("device config peers %+v; want cl at its endpoint", dc.Peers)
 	}
 	device := func() *wgcfg.Peer {

@@ -29,7 +29,7 @@ func TestSoakNoFalseFailover(t *testing.T) {
 		return n
 	}
 	waitUntil(t, 30*time.Second, "routes to settle", func() bool {
-		gw, _ := l.ActiveGateway("cl1", "192.168.10.0/24")
+		gw, _ := l.ActiveGateway("cl1", "198.19.10.0/24")
 		return gw == "gwa1"
 	})
 	before := moves()
@@ -45,7 +45,7 @@ func TestSoakNoFalseFailover(t *testing.T) {
 	}
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if err := l.Net.Ping("cl1", "192.168.10.10", 5*time.Second); err != nil {
+		if err := l.Net.Ping("cl1", "198.19.10.10", 5*time.Second); err != nil {
 			t.Error(err)
 		}
 		time.Sleep(time.Second) // pace of the background traffic, not a wait for a condition

@@ -23,8 +23,8 @@ token() {
 	mv "/tokens/$name.new" "/tokens/$name"
 	echo "join token for $name written"
 }
-token gwa1 --allow-routes 192.168.10.0/24
-token gwa2 --allow-routes 192.168.10.0/24
-token gwb1 --allow-routes 192.168.20.0/24
+token gwa1 --allow-routes 198.19.10.0/24
+token gwa2 --allow-routes 198.19.10.0/24
+token gwb1 --allow-routes 198.19.20.0/24
 token cl1
 token cl2

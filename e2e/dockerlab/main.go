@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/e2e/harness"
+	"github.com/meshd/meshd/e2e/netlab"
 	"github.com/meshd/meshd/pkg/api"
 )
 
@@ -45,9 +46,9 @@ import (
 var lanBridges = []string{"meshd-site-a", "meshd-site-b"}
 
 const (
-	siteA   = "192.168.10.0/24"
-	hostA   = "192.168.10.10"
-	hostB   = "192.168.20.10"
+	siteA   = "198.19.10.0/24"
+	hostA   = "198.19.10.10"
+	hostB   = "198.19.20.10"
 	readyIn = 120 * time.Second
 )
 
@@ -127,6 +128,11 @@ func (c *compose) exec(ctx context.Context, svc string, args ...string) (string,
 }
 
 func (c *compose) up(ctx context.Context) error {
+	// The host reaches the lab on the wan's bridge (meshd-wan); every other
+	// lab address stays on this machine.
+	if err := netlab.SealHost(); err != nil {
+		return err
+	}
 	for _, f := range []string{"bin/meshd", "bin/busybox"} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("%s is missing: run `make lab-docker` (it builds it)", f)
@@ -452,12 +458,15 @@ func printTry(c *compose) {
 	dc := strings.Join(c.cmd, " ")
 	fmt.Printf(`
 The docker lab is up. Try:
-  %[1]s exec hosta ping 192.168.20.10                 # site A LAN -> site B LAN
-  %[1]s exec hostb wget -qO- http://192.168.10.10:8080/cgi-bin/ip   # prints the source hosta saw
+  %[1]s exec hosta ping 198.19.20.10                 # site A LAN -> site B LAN
+  %[1]s exec hostb wget -qO- http://198.19.10.10:8080/cgi-bin/ip   # prints the source hosta saw
   %[1]s exec cl1 meshd status --state-dir /state
-  %[1]s exec c1 lab-admin.sh route lookup 192.168.10.10
+  %[1]s exec c1 lab-admin.sh route lookup 198.19.10.10
+  # from this shell: the host is on the wan (bridge meshd-wan, 198.18.98.254)
+  export MESHD_ADMIN_TOKEN=$(%[1]s exec -T c1 cat /data/admin.token)
+  bin/meshd cluster status
   # failover: ping site A from a client, and kill the active gateway in another terminal
-  %[1]s exec cl1 ping -i 0.01 192.168.10.10
+  %[1]s exec cl1 ping -i 0.01 198.19.10.10
   %[1]s kill gwa1
 make lab-docker-down removes it.
 `, dc)

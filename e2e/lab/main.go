@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -42,7 +43,7 @@ func run(args []string) int {
 	}
 	switch args[0] {
 	case "down":
-		if err := meshlab.Down(prefix, dir); err != nil {
+		if err := errors.Join(meshlab.Down(prefix, dir), netlab.DetachHost()); err != nil {
 			fmt.Fprintln(os.Stderr, "lab down:", err)
 			return 1
 		}
@@ -70,7 +71,7 @@ func run(args []string) int {
 	os.RemoveAll(dir)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true, NATClients: true, Resolvers: true})
+	l, err := meshlab.Start(ctx, meshlab.Options{Prefix: prefix, Dir: dir, Bin: bin, Detached: true, NATClients: true, Resolvers: true, AttachHost: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		return 1
@@ -102,8 +103,12 @@ Try:
   sudo ip netns exec %shosta ping -c3 %s          # site A LAN -> site B LAN, true source IPs
   sudo ip netns exec %scl1 %s status --state-dir .lab/cl1
   sudo ip netns exec %sgwa1 wg show %s
-  sudo ip netns exec %sc1 env MESHD_ADMIN_TOKEN=$(cat .lab/c1/admin.token) %s peer list
-  sudo ip netns exec %sc1 env MESHD_ADMIN_TOKEN=$(cat .lab/c1/admin.token) %s route lookup %s
+
+The host is on the lab's wan (%s at %s), so the admin CLI works from this shell:
+  export MESHD_ADMIN_TOKEN=$(sudo cat .lab/c1/admin.token)
+  %s cluster status
+  %s peer list
+  %s route lookup %s
 
 Failover: ping site A from cl1 every 10 ms, then kill the active gateway (gwa1):
   sudo ip netns exec %scl1 ping -i 0.01 %s
@@ -123,7 +128,7 @@ Stop it with: make lab-down
 `, netlab.HostA, netlab.HostB, nat3.Addr, nat4.Addr, nat3.WAN, nat4.WAN, prefix,
 		prefix, netlab.HostA, prefix, netlab.HostB,
 		prefix, bin, prefix, l.Interface("gwa1"),
-		prefix, bin, prefix, bin, netlab.HostA,
+		netlab.HostIf, meshlab.HostAddr, bin, bin, bin, netlab.HostA,
 		prefix, netlab.HostA, netlab.SiteAVIP,
 		prefix, prefix,
 		bin, bin, bin)

@@ -40,6 +40,11 @@ type Options struct {
 	NATClients bool
 	// CoordinatorArgs are more flags for every coordinator.
 	CoordinatorArgs []string
+	// AttachHost links the host's own namespace to the lab's wan
+	// (netlab.AttachHost, at HostAddr), so the admin CLI and a browser on
+	// the host reach the coordinators; the host is sealed first
+	// (netlab.SealHost).
+	AttachHost bool
 	// Resolvers points each agent's namespace at its agent's name server
 	// once the peers are up (SetResolvers); Close removes the files.
 	Resolvers bool
@@ -90,7 +95,7 @@ var NATClients = []netlab.NATHostSpec{
 }
 
 // natClientWAN is the flat lab's wan address of NAT router n (from 1).
-func natClientWAN(n int) string { return fmt.Sprintf("10.99.0.%d", 100+n) }
+func natClientWAN(n int) string { return fmt.Sprintf("198.18.99.%d", 100+n) }
 
 // Start builds the topology and starts coordinators and peers, waiting
 // until every peer is up. On error it tears down what it started.
@@ -115,6 +120,11 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	}()
 	if err := l.Topo.Build(nl); err != nil {
 		return nil, err
+	}
+	if o.AttachHost {
+		if err := nl.AttachHost(HostAddr+"/24", "wan", "br0"); err != nil {
+			return nil, err
+		}
 	}
 	clients := 2
 	if o.NATClients {
@@ -169,6 +179,9 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	}
 	return l, nil
 }
+
+// HostAddr is the host's address on the flat lab's wan (Options.AttachHost).
+const HostAddr = "198.18.99.1"
 
 // newLab is a Lab with nothing started yet.
 func newLab(o Options, nl *netlab.Lab, coords []netlab.Node) *Lab {

@@ -507,7 +507,7 @@ func TestNAT(t *testing.T) {
 
 func TestAddNATHostsRejectsSpecs(t *testing.T) {
 	l := &Lab{Prefix: "never-built-", nss: []string{"never-built-wan", "never-built-cl1"}}
-	wan := func(n int) string { return fmt.Sprintf("10.99.0.%d", 100+n) }
+	wan := func(n int) string { return fmt.Sprintf("198.18.99.%d", 100+n) }
 	for _, tt := range []struct {
 		name  string
 		specs []NATHostSpec

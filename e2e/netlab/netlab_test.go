@@ -33,9 +33,9 @@ func TestTopologyUnderlay(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tt := range []struct{ from, to string }{
-		{"cl1", "10.99.0.11"},
-		{"hosta", "192.168.10.2"},
-		{"gwa1", "10.99.0.31"},
+		{"cl1", "198.18.99.11"},
+		{"hosta", "198.19.10.2"},
+		{"gwa1", "198.18.99.31"},
 		{"hostb", SiteBGW},
 	} {
 		if err := l.Ping(tt.from, tt.to, 5*time.Second); err != nil {

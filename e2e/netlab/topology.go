@@ -1,19 +1,22 @@
 package netlab
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Addresses of the meshd lab. The wan is the underlay "internet" every
 // coordinator, gateway and client sits on; site A and site B each have a LAN
 // behind their gateways.
 const (
-	WANNet   = "10.99.0.0/24"
-	SiteA    = "192.168.10.0/24"
-	SiteB    = "192.168.20.0/24"
-	HostA    = "192.168.10.10"
-	HostB    = "192.168.20.10"
-	SiteAVIP = "192.168.10.1" // the HA pair's virtual IP, hosta's default gateway
-	GWA1LAN  = "192.168.10.2"
-	SiteBGW  = "192.168.20.1"
+	WANNet   = "198.18.99.0/24"
+	SiteA    = "198.19.10.0/24"
+	SiteB    = "198.19.20.0/24"
+	HostA    = "198.19.10.10"
+	HostB    = "198.19.20.10"
+	SiteAVIP = "198.19.10.1" // the HA pair's virtual IP, hosta's default gateway
+	GWA1LAN  = "198.19.10.2"
+	SiteBGW  = "198.19.20.1"
 )
 
 // Node is one host of the topology.
@@ -56,13 +59,13 @@ func (t *Topology) Node(name string) Node {
 // MeshdLab is the topology's layout.
 func MeshdLab() *Topology {
 	return &Topology{
-		Coordinators: []Node{{Name: "c1", WAN: "10.99.0.11"}, {Name: "c2", WAN: "10.99.0.12"}, {Name: "c3", WAN: "10.99.0.13"}},
+		Coordinators: []Node{{Name: "c1", WAN: "198.18.99.11"}, {Name: "c2", WAN: "198.18.99.12"}, {Name: "c3", WAN: "198.18.99.13"}},
 		SiteAGateways: []Node{
-			{Name: "gwa1", WAN: "10.99.0.21", LAN: GWA1LAN},
-			{Name: "gwa2", WAN: "10.99.0.22", LAN: "192.168.10.3"},
+			{Name: "gwa1", WAN: "198.18.99.21", LAN: GWA1LAN},
+			{Name: "gwa2", WAN: "198.18.99.22", LAN: "198.19.10.3"},
 		},
-		SiteBGateways: []Node{{Name: "gwb1", WAN: "10.99.0.31", LAN: SiteBGW}},
-		Clients:       []Node{{Name: "cl1", WAN: "10.99.0.41"}, {Name: "cl2", WAN: "10.99.0.42"}},
+		SiteBGateways: []Node{{Name: "gwb1", WAN: "198.18.99.31", LAN: SiteBGW}},
+		Clients:       []Node{{Name: "cl1", WAN: "198.18.99.41"}, {Name: "cl2", WAN: "198.18.99.42"}},
 		HostA:         Node{Name: "hosta", LAN: HostA},
 		HostB:         Node{Name: "hostb", LAN: HostB},
 	}
@@ -82,7 +85,7 @@ func (t *Topology) Build(l *Lab) error {
 		}
 	}
 	lanOf := func(n Node) string {
-		if len(n.LAN) > 10 && n.LAN[:10] == "192.168.10" {
+		if strings.HasPrefix(n.LAN, "198.19.10.") {
 			return "lana"
 		}
 		return "lanb"
