@@ -37,10 +37,15 @@ const promoteMaxLag = 256
 // membershipTimeout bounds one Raft configuration change.
 const membershipTimeout = 10 * time.Second
 
-// replicaProbeTimeout bounds asking another coordinator how far its replica
-// is (cluster status, promotion): a member that does not answer within it
-// is reported as such rather than holding up the answer.
-const replicaProbeTimeout = time.Second
+// Asking another coordinator how far its replica is: cluster status waits
+// statusProbeTimeout for every member at once (a member that does not
+// answer in time is reported as such rather than holding up the answer,
+// which clients poll with a timeout of their own); a promotion waits
+// promoteProbeTimeout for the member to promote.
+const (
+	statusProbeTimeout  = 500 * time.Millisecond
+	promoteProbeTimeout = 2 * time.Second
+)
 
 // canPromote reports whether a non-voter that applied applied is close
 // enough to the leader's commit index to get a vote.
@@ -210,7 +215,7 @@ func (s *Server) handlePromoteMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !req.Force {
-		ctx, cancel := context.WithTimeout(r.Context(), replicaProbeTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), promoteProbeTimeout)
 		info, err := s.probeMember(ctx, name)
 		cancel()
 		if err != nil {
@@ -371,7 +376,7 @@ func (s *Server) probeReplica(ctx context.Context, apiURL string) (*replicaInfo,
 	resp, err := s.peerHTTP.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("no answer within %s", replicaProbeTimeout)
+			return nil, errors.New("no answer in time")
 		}
 		return nil, err
 	}
@@ -422,7 +427,7 @@ func (s *Server) joinLoop(ctx context.Context) {
 		}
 	ask:
 		for _, u := range s.cfg.Join {
-			pctx, cancel := context.WithTimeout(ctx, replicaProbeTimeout)
+			pctx, cancel := context.WithTimeout(ctx, promoteProbeTimeout)
 			info, err := s.probeReplica(pctx, u)
 			cancel()
 			if err != nil {
@@ -475,4 +480,20 @@ func joinStatus(members []replicaMember, name, addr string) joinResult {
 		return joinResult{state: joinWrongAddr, addr: m.RaftAddr}
 	}
 	return joinResult{state: joinNotListed}
+}
+
+// checkSelfAddress logs an error when the Raft configuration lists this
+// node at another address than the one it advertises (restored or added
+// with a wrong address): the others would dial the wrong place.
+func (s *Server) checkSelfAddress() {
+	servers, err := s.configuration()
+	if err != nil {
+		return
+	}
+	for _, srv := range servers {
+		if string(srv.ID) == s.cfg.Name && srv.Address != s.trans.LocalAddr() {
+			s.log.Error("the Raft configuration lists this coordinator at another address; the others cannot reach it: fix --advertise-raft/--raft-listen, or remove it (meshd cluster remove) and add it again",
+				"configured", srv.Address, "advertised", s.trans.LocalAddr())
+		}
+	}
 }

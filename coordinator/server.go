@@ -504,6 +504,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
+	s.checkSelfAddress()
 	loops := []func(context.Context){s.leaderLoop, s.reachLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run}
 	if s.joining {
 		loops = append(loops, s.joinLoop)

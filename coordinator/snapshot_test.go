@@ -47,6 +47,12 @@ func fetchSnapshot(t *testing.T, cl *apiclient.Client) []byte {
 func TestSnapshotOnFollowerIsConsistent(t *testing.T) {
 	c := startCluster(t, 3)
 	leader, fol := c.leader(), c.followers()[0]
+	// The snapshot holds the gossip keys: a read-only credential may not
+	// take one.
+	ro := createAdmin(t, c.admin(leader), "grafana", true)
+	if _, err := apiclient.New([]string{fol.srv.APIURL()}, fol.srv.Pin(), ro).Stream(context.Background(), "/v1/cluster/snapshot"); !api.IsCode(err, api.CodeForbidden) {
+		t.Fatalf("snapshot with a read-only credential: %v; want %s", err, api.CodeForbidden)
+	}
 	w := startWrites(c.admin(leader))
 	w.waitMore(t, 30, "before the snapshot")
 	before := leader.srv.Store().Index()

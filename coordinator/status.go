@@ -13,7 +13,7 @@ import (
 
 // Cluster status. The coordinator that answers `meshd cluster status` asks
 // every member about its replica (GET /v1/internal/replica, each within
-// replicaProbeTimeout, all at once), then judges each member from the
+// statusProbeTimeout, all at once), then judges each member from the
 // leader's point of view: the leader's Raft heartbeats say whether it hears
 // from the member and since when it has not; the member's own answer says
 // how far it has applied, and its lag is measured against the leader's
@@ -106,7 +106,7 @@ func (s *Server) clusterStatus(ctx context.Context) (api.ClusterStatus, error) {
 		}
 	})
 	in.views[s.cfg.Name] = s.localReplica()
-	ctx, cancel := context.WithTimeout(ctx, replicaProbeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, statusProbeTimeout)
 	defer cancel()
 	var mu sync.Mutex
 	var wg sync.WaitGroup

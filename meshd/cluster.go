@@ -31,7 +31,7 @@ func newClusterStatusCmd(g *globals) *cobra.Command {
 		Use:   "status",
 		Short: "Show the coordinators: which one leads, which answer, when the leader last heard from each, how far each lags",
 		Long: `Show the coordinators. The coordinator that answers asks every member how far
-its replica is (within a second) and judges each from the leader's Raft
+its replica is (within half a second) and judges each from the leader's Raft
 heartbeats: REACHABLE says whether the leader hears from it, LAST CONTACT how
 long ago it last did, APPLIED the last Raft index the member applied and LAG
 how many entries it trails the leader's commit index. A member that did not
