@@ -300,4 +300,27 @@ func TestRestoreNewCluster(t *testing.T) {
 		t.Fatalf("resumed watch got full=%v coordinators %v peers %d; want a full map naming %v with laptop", upd.Full, upd.Coordinators, len(upd.Peers), urls)
 	}
 	t.Logf("restored index %d into a cluster at %d", h.Index, upd.Index)
+
+	// A restored node restarts from its data dir like any other: the
+	// snapshot at the new cluster's first index, then its log.
+	var fol *testNode
+	for _, n := range nc.nodes {
+		if n != nc.leader() {
+			fol = n
+		}
+	}
+	fol.stop()
+	if err := newAdmin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range nc.nodes {
+		if o != fol {
+			fol.trans.Connect(o.trans.LocalAddr(), o.trans)
+		}
+	}
+	nc.run(fol, Config{DataDir: filepath.Join(root, fol.name)})
+	nc.waitConverged()
+	if got := fol.srv.Store().Index(); got <= 1<<restoreEraBits {
+		t.Fatalf("restarted node at index %d; want past %d", got, uint64(1)<<restoreEraBits)
+	}
 }
