@@ -337,7 +337,7 @@ func TestDisasterRecovery(t *testing.T) {
 		}
 		return true
 	})
-	t.Logf("agents on the restored cluster %s after it started (%s after they saw its first coordinator up)", time.Since(restartedAt), took)
+	t.Logf("agents on the restored cluster %s after its processes started (%s after every coordinator answered)", time.Since(restartedAt), took)
 	if _, ok := gw.peers()[cl.agent.PublicKey()]; !ok {
 		t.Fatal("gw lost cl")
 	}
