@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -377,6 +378,10 @@ func (s *Server) probeReplica(ctx context.Context, apiURL string) (*replicaInfo,
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, errors.New("no answer in time")
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is the member's, listed beside
 		}
 		return nil, err
 	}
