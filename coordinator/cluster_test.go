@@ -24,13 +24,15 @@ type testCluster struct {
 	t     *testing.T
 	key   clusterkey.Key
 	nodes []*testNode
+	tune  func(*Config) // changes every node's configuration; nil: none
 }
 
 type testNode struct {
 	name   string
 	srv    *Server
 	trans  *raft.InmemTransport
-	logs   *raft.InmemStore
+	logs   *raft.InmemStore // nil with a data dir
+	snaps  *raft.InmemSnapshotStore
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -51,16 +53,22 @@ func (n *testNode) stop() {
 }
 
 func startCluster(t *testing.T, size int) *testCluster {
+	return startClusterWith(t, size, nil)
+}
+
+// startClusterWith starts a cluster whose nodes' configurations tune
+// changes (nil: none).
+func startClusterWith(t *testing.T, size int, tune func(*Config)) *testCluster {
 	t.Helper()
 	key, err := clusterkey.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &testCluster{t: t, key: key}
+	c := &testCluster{t: t, key: key, tune: tune}
 	var members []Member
 	for i := range size {
 		name := fmt.Sprintf("c%d", i+1)
-		addr, trans := raft.NewInmemTransport(raft.ServerAddress(name))
+		addr, trans := raft.NewInmemTransport(raft.ServerAddress(name + ":8301"))
 		c.nodes = append(c.nodes, &testNode{name: name, trans: trans})
 		members = append(members, Member{Name: name, RaftAddr: string(addr)})
 	}
@@ -72,20 +80,7 @@ func startCluster(t *testing.T, size int) *testCluster {
 		}
 	}
 	for _, n := range c.nodes {
-		n.logs = raft.NewInmemStore()
-		srv, err := New(Config{
-			Name: n.name, ClusterKey: key,
-			APIListen: "127.0.0.1:0", InitialCluster: members,
-			RaftTransport: n.trans,
-			RaftStores:    &RaftStores{Log: n.logs, Stable: raft.NewInmemStore(), Snapshot: raft.NewInmemSnapshotStore()},
-			Logger:        logging.New(testWriter{t}, 0),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		n.srv, n.cancel, n.done = srv, cancel, make(chan struct{})
-		go func() { srv.Run(ctx); close(n.done) }()
+		c.run(n, Config{InitialCluster: members})
 	}
 	t.Cleanup(func() {
 		for _, n := range c.nodes {
@@ -96,6 +91,29 @@ func startCluster(t *testing.T, size int) *testCluster {
 	})
 	c.waitReady(c.nodes)
 	return c
+}
+
+// run starts node n with cfg completed by the cluster's key, n's transport
+// and fresh in-memory stores (unless cfg has a data dir).
+func (c *testCluster) run(n *testNode, cfg Config) {
+	c.t.Helper()
+	cfg.Name, cfg.ClusterKey, cfg.APIListen, cfg.RaftTransport = n.name, c.key, "127.0.0.1:0", n.trans
+	cfg.Logger = logging.New(testWriter{c.t}, 0)
+	if cfg.DataDir == "" {
+		n.logs = raft.NewInmemStore()
+		n.snaps = raft.NewInmemSnapshotStore()
+		cfg.RaftStores = &RaftStores{Log: n.logs, Stable: raft.NewInmemStore(), Snapshot: n.snaps}
+	}
+	if c.tune != nil {
+		c.tune(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.srv, n.cancel, n.done = srv, cancel, make(chan struct{})
+	go func() { srv.Run(ctx); close(n.done) }()
 }
 
 // waitReady waits until one of nodes leads, the cluster state is
@@ -383,13 +401,15 @@ func TestClusterStopsCleanly(t *testing.T) {
 }
 
 // TestClusterStatusShowsDeadMember: a coordinator that stopped shows as
-// unreachable in the leader's cluster status within a few heartbeats; a
-// follower reports the leader and itself, and says nothing of the others.
+// unreachable within a few heartbeats, with a last contact that grows and
+// no applied index (it does not answer), in the status any coordinator
+// gives (a follower asks the leader); the others are reachable, heard from
+// within a heartbeat, and level with the leader once writes settle.
 func TestClusterStatusShowsDeadMember(t *testing.T) {
 	c := startCluster(t, 3)
 	ctx := context.Background()
 	leader, fol := c.leader(), c.followers()
-	status := func(n *testNode) map[string]api.Member {
+	status := func(n *testNode) (api.ClusterStatus, map[string]api.Member) {
 		t.Helper()
 		var st api.ClusterStatus
 		if err := c.admin(n).Do(ctx, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
@@ -399,7 +419,7 @@ func TestClusterStatusShowsDeadMember(t *testing.T) {
 		for _, m := range st.Members {
 			out[m.Name] = m
 		}
-		return out
+		return st, out
 	}
 	reach := func(m api.Member) string {
 		if m.Reachable == nil {
@@ -407,31 +427,45 @@ func TestClusterStatusShowsDeadMember(t *testing.T) {
 		}
 		return map[bool]string{true: "yes", false: "no"}[*m.Reachable]
 	}
-	for name, m := range status(leader) {
-		if reach(m) != "yes" {
-			t.Fatalf("before any failure the leader reports %s as %s", name, reach(m))
-		}
-	}
-	fol[0].stop()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st := status(leader)
-		if reach(st[fol[0].name]) == "no" {
-			if reach(st[fol[1].name]) != "yes" || reach(st[leader.name]) != "yes" {
-				t.Fatalf("leader's status %+v; want only %s unreachable", st, fol[0].name)
+	waitFor(t, 5*time.Second, "every member level with the leader", func() bool {
+		st, ms := status(leader)
+		for name, m := range ms {
+			if reach(m) != "yes" || m.AppliedIndex == nil || m.Lag == nil || *m.Lag > 0 || st.CommitIndex == 0 {
+				t.Logf("%s: reachable %s, lag %v, error %q", name, reach(m), m.Lag, m.Error)
+				return false
 			}
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s stopped 5 s ago and the leader still reports it %s", fol[0].name, reach(st[fol[0].name]))
+		return true
+	})
+	fol[0].stop()
+	var first int64
+	waitFor(t, 5*time.Second, fol[0].name+" unreachable in the leader's status", func() bool {
+		_, ms := status(leader)
+		m := ms[fol[0].name]
+		if reach(m) != "no" {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond) // polling interval, bounded by the deadline
-	}
-	st := status(fol[1])
-	if reach(st[leader.name]) != "yes" || reach(st[fol[1].name]) != "yes" || reach(st[fol[0].name]) != "unknown" {
-		t.Fatalf("follower's status: leader %s, self %s, the stopped one %s; want yes, yes, unknown",
-			reach(st[leader.name]), reach(st[fol[1].name]), reach(st[fol[0].name]))
-	}
+		if reach(ms[fol[1].name]) != "yes" || reach(ms[leader.name]) != "yes" {
+			return false
+		}
+		if m.LastContactMS == nil || m.AppliedIndex != nil || m.Lag != nil || m.Error == "" {
+			t.Fatalf("the stopped member: last contact %v, applied %v, lag %v, error %q; want a last contact, no index and why", m.LastContactMS, m.AppliedIndex, m.Lag, m.Error)
+		}
+		first = *m.LastContactMS
+		return true
+	})
+	// The last contact grows as time passes; a follower (asking the
+	// leader) says the same. Polled: a leader re-elected on a busy host
+	// starts its count over.
+	waitFor(t, 5*time.Second, "the last contact to grow in a follower's status", func() bool {
+		st, ms := status(fol[1])
+		m := ms[fol[0].name]
+		if st.Server != fol[1].name {
+			t.Fatalf("status answered by %s; want %s", st.Server, fol[1].name)
+		}
+		return reach(m) == "no" && m.LastContactMS != nil && *m.LastContactMS >= first+300 && m.AppliedIndex == nil &&
+			reach(ms[leader.name]) == "yes" && reach(ms[fol[1].name]) == "yes"
+	})
 }
 
 // TestClusterTransferLeadership: asked through a follower, the leader hands

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/netmap"
 	"github.com/meshd/meshd/coordinator/state"
@@ -30,6 +28,10 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/cluster/transfer-leadership", write(s.handleTransferLeadership))
 	mux.HandleFunc("DELETE /v1/cluster/members/{name}", write(s.handleRemoveMember))
 	mux.HandleFunc("GET /v1/cluster/versions", read(s.handleClusterVersions))
+	mux.HandleFunc("POST /v1/cluster/members", write(s.handleAddMember))
+	mux.HandleFunc("POST /v1/cluster/members/{name}/promote", write(s.handlePromoteMember))
+	mux.HandleFunc("POST /v1/cluster/transfer-leader", write(s.handleTransferLeader))
+	mux.HandleFunc("GET /v1/cluster/snapshot", write(s.handleSnapshot))
 	mux.HandleFunc("GET /v1/vnets", read(s.handleListVNets))
 	mux.HandleFunc("POST /v1/vnets", write(s.handleCreateVNet))
 	mux.HandleFunc("DELETE /v1/vnets/{name}", write(s.handleDeleteVNet))
@@ -59,6 +61,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/devices", write(s.handleExportDevice))
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
 	mux.HandleFunc("GET /v1/internal/applied", s.handleInternalApplied)
+	mux.HandleFunc("GET /v1/internal/replica", s.handleInternalReplica)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -83,7 +86,7 @@ func withWriteDeadline(next http.Handler) http.Handler {
 func (s *Server) untilCaughtUp(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/v1/cluster/status", "/v1/internal/apply", "/v1/internal/applied":
+		case "/v1/cluster/status", "/v1/internal/apply", "/v1/internal/applied", "/v1/internal/replica":
 		default:
 			if !s.caughtUp() {
 				writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s is catching up with the cluster log (applied %d of %d)", s.cfg.Name, s.raft.AppliedIndex(), s.bootIndex))
@@ -156,39 +159,11 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleClusterStatus(w http.ResponseWriter, r *http.Request) {
-	st := api.ClusterStatus{LastAppliedIndex: s.store.Index(), Server: s.cfg.Name, Members: []api.Member{}}
-	_, leaderID := s.raft.LeaderWithID()
-	st.Leader = string(leaderID)
-	st.Term, _ = strconv.ParseUint(s.raft.Stats()["term"], 10, 64)
-	cf := s.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
-		writeError(w, api.Errorf(api.CodeUnavailable, "read raft configuration: %v", err))
+	st, err := s.clusterStatus(r.Context())
+	if err != nil {
+		writeError(w, err)
 		return
 	}
-	var coords map[string]state.Coordinator
-	s.store.Read(func(t *state.Tables, _ uint64) {
-		coords = make(map[string]state.Coordinator, len(t.Coordinators))
-		for n, c := range t.Coordinators {
-			coords[n] = *c
-		}
-	})
-	for _, srv := range cf.Configuration().Servers {
-		m := api.Member{Name: string(srv.ID), RaftAddr: string(srv.Address), Role: "follower"}
-		if srv.Suffrage != raft.Voter {
-			m.Role = "nonvoter"
-		}
-		if srv.ID == leaderID {
-			m.Role = "leader"
-		}
-		if c, ok := coords[m.Name]; ok {
-			m.APIURL = c.APIURL
-		}
-		if answers, known := s.reachable(srv.ID, leaderID); known {
-			m.Reachable = &answers
-		}
-		st.Members = append(st.Members, m)
-	}
-	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Name < st.Members[j].Name })
 	writeJSON(w, http.StatusOK, st)
 }
 

@@ -118,6 +118,15 @@ func (s *Server) raftConfig() *raft.Config {
 	c.BatchApplyCh = true
 	c.SnapshotThreshold = 16384
 	c.TrailingLogs = 10240
+	if s.cfg.SnapshotThreshold > 0 {
+		c.SnapshotThreshold = s.cfg.SnapshotThreshold
+	}
+	if s.cfg.SnapshotInterval > 0 {
+		c.SnapshotInterval = s.cfg.SnapshotInterval
+	}
+	if s.cfg.TrailingLogs > 0 {
+		c.TrailingLogs = s.cfg.TrailingLogs
+	}
 	c.Logger = logging.HCLog(s.log.With("component", "raft"))
 	return c
 }
@@ -130,6 +139,14 @@ func (s *Server) bootstrap(logs raft.LogStore, stable raft.StableStore, snaps ra
 		return fmt.Errorf("check raft state: %w", err)
 	}
 	if has {
+		return nil
+	}
+	if len(s.cfg.Join) > 0 {
+		// Added by the cluster's leader (meshd cluster add), not
+		// bootstrapped: a configuration of its own would make it a
+		// cluster apart.
+		s.joining = true
+		s.log.Info("no state yet: waiting to be added to the cluster", "join", s.cfg.Join, "raft", trans.LocalAddr())
 		return nil
 	}
 	var conf raft.Configuration

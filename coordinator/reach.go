@@ -31,7 +31,7 @@ func (s *Server) reachLoop(ctx context.Context) {
 	ch := make(chan raft.Observation, 64)
 	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation:
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation, raft.PeerObservation:
 			return true
 		}
 		return false
@@ -56,62 +56,37 @@ func (s *Server) reachLoop(ctx context.Context) {
 				delete(s.reach.failed, d.PeerID)
 			case raft.LeaderObservation:
 				clear(s.reach.failed) // a new term: heartbeats start over
+			case raft.PeerObservation:
+				// Replication to a member added or removed starts over (a
+				// coordinator removed and added again is not still failing).
+				delete(s.reach.failed, d.Peer.ID)
 			}
 			s.reach.mu.Unlock()
 		}
 	}
 }
 
-// reachable reports whether coordinator id answers as far as this one can
-// tell (known false: it does not know).
-func (s *Server) reachable(id raft.ServerID, leader raft.ServerID) (answers, known bool) {
-	if id == raft.ServerID(s.cfg.Name) {
-		return true, true
+// heartbeatFailures returns, on the leader, the members whose heartbeats
+// fail, each with the time the leader last heard from it.
+func (s *Server) heartbeatFailures() map[raft.ServerID]time.Time {
+	s.reach.mu.Lock()
+	defer s.reach.mu.Unlock()
+	out := make(map[raft.ServerID]time.Time, len(s.reach.failed))
+	for id, since := range s.reach.failed {
+		out[id] = since
 	}
-	if s.raft.State() == raft.Leader {
-		s.reach.mu.Lock()
-		_, failing := s.reach.failed[id]
-		s.reach.mu.Unlock()
-		return !failing, true
-	}
-	if id == leader {
-		last := s.raft.LastContact()
-		return !last.IsZero() && time.Since(last) < leaderContactWithin, true
-	}
-	return false, false
+	return out
 }
 
 // handleTransferLeadership answers POST /v1/cluster/transfer-leadership:
 // the leader hands leadership to the most up-to-date follower (before
-// maintenance on its host) and answers with the new leader.
+// maintenance on its host) and answers with the new leader. POST
+// /v1/cluster/transfer-leader (membership.go) also takes a target.
 func (s *Server) handleTransferLeadership(w http.ResponseWriter, r *http.Request) {
-	if s.raft.State() != raft.Leader {
-		if r.Header.Get(forwardedHeader) != "" {
-			writeError(w, api.Errorf(api.CodeUnavailable, "leadership moved while the call was passed on; retry"))
-			return
-		}
-		s.forwardToLeader(w, r, nil)
+	if !s.onLeader(w, r, nil) {
 		return
 	}
-	old := s.cfg.Name
-	if err := s.raft.LeadershipTransfer().Error(); err != nil {
-		writeError(w, api.Errorf(api.CodeUnavailable, "transfer leadership: %v", err))
-		return
-	}
-	// This node learns the new leader from its first heartbeat.
-	var id raft.ServerID
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
-		if _, id = s.raft.LeaderWithID(); id != "" && string(id) != old {
-			break
-		}
-		select {
-		case <-r.Context().Done():
-			return
-		case <-time.After(10 * time.Millisecond): // polling interval, bounded by the deadline
-		}
-	}
-	s.log.Info("leadership transferred", "from", old, "to", string(id), "by", adminName(r))
-	writeJSON(w, http.StatusOK, api.LeadershipTransfer{From: old, To: string(id)})
+	s.transferLeader(w, r, "")
 }
 
 // handleRemoveMember answers DELETE /v1/cluster/members/{name}: the leader
@@ -129,7 +104,7 @@ func (s *Server) handleRemoveMember(w http.ResponseWriter, r *http.Request) {
 	}
 	name := r.PathValue("name")
 	if name == s.cfg.Name {
-		writeError(w, api.Errorf(api.CodeConflict, "%s leads the cluster; run `meshd cluster transfer-leadership` first", name))
+		writeError(w, api.Errorf(api.CodeConflict, "%s leads the cluster; run `meshd cluster transfer-leader` first", name))
 		return
 	}
 	// Checked before the member leaves: its deregistration must be

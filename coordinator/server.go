@@ -56,6 +56,17 @@ type Config struct {
 	// InitialCluster lists every member of a new cluster; optional, empty
 	// means a single-node cluster of this node.
 	InitialCluster []Member
+	// Join lists API URLs of members of an existing cluster; optional,
+	// not with InitialCluster. A node started with it and no state does
+	// not bootstrap: it waits to be added (meshd cluster add) and catches
+	// up from the leader, and serves once it has.
+	Join []string
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs tune Raft's
+	// snapshots (how many entries between two, how often to check, how
+	// many entries to keep after one); optional.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
 
 	HeartbeatTimeout   time.Duration // optional
 	ElectionTimeout    time.Duration // optional
@@ -200,6 +211,14 @@ func (c *Config) validate() error {
 	if c.RelayBandwidth < 0 {
 		return fmt.Errorf("relay bandwidth %d: use 0 (unlimited) or more", c.RelayBandwidth)
 	}
+	if len(c.Join) > 0 && len(c.InitialCluster) > 0 {
+		return errors.New("--join and --initial-cluster exclude each other: a new cluster starts from --initial-cluster, a node added to a running one with --join")
+	}
+	for _, u := range c.Join {
+		if p, err := url.Parse(u); err != nil || p.Scheme != "https" || p.Host == "" || p.Path != "" && p.Path != "/" {
+			return fmt.Errorf("join URL %q must look like https://host:port", u)
+		}
+	}
 	if len(c.InitialCluster) > 0 {
 		found := false
 		seen := map[string]bool{}
@@ -285,6 +304,8 @@ type Server struct {
 	bootIndex uint64
 	started   time.Time
 	ready     atomic.Bool
+	// joining: started with Join and no state; set in New, read-only after.
+	joining bool
 }
 
 // New builds a coordinator: it opens the stores, starts Raft and binds the
@@ -486,7 +507,12 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.leaderLoop, s.reachLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run} {
+	s.checkSelfAddress()
+	loops := []func(context.Context){s.leaderLoop, s.reachLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run}
+	if s.joining {
+		loops = append(loops, s.joinLoop)
+	}
+	for _, loop := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -538,6 +564,15 @@ func (s *Server) caughtUp() bool {
 		return true
 	}
 	applied := s.raft.AppliedIndex()
+	if s.joining {
+		// A node that joined empty serves once it has applied what the
+		// leader had committed when it last heard from it.
+		if commit := s.raft.CommitIndex(); commit > 0 && applied >= commit && !s.raft.LastContact().IsZero() {
+			s.ready.Store(true)
+			return true
+		}
+		return false
+	}
 	if applied >= s.bootIndex ||
 		time.Since(s.started) > catchUpGrace && s.raft.CommitIndex() > 0 && applied >= s.raft.CommitIndex() {
 		s.ready.Store(true)

@@ -61,66 +61,6 @@ func dash(s string) string {
 
 func join(xs []string) string { return dash(strings.Join(xs, ",")) }
 
-func newClusterCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "cluster", Short: "Inspect the coordinator cluster"}
-	status := &cobra.Command{
-		Use:   "status",
-		Short: "Show the coordinators, which one leads, the Raft term and the last applied index",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st api.ClusterStatus
-			if err := g.call(cmd, http.MethodGet, "/v1/cluster/status", nil, &st); err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(g.out, st)
-			}
-			fmt.Fprintf(g.out, "leader: %s   term: %d   last applied index: %d (as seen by %s)\n", dash(st.Leader), st.Term, st.LastAppliedIndex, st.Server)
-			return g.table("NAME\tROLE\tREACHABLE\tRAFT\tAPI", func(w *tabwriter.Writer) {
-				for _, m := range st.Members {
-					reach := "-"
-					if m.Reachable != nil {
-						reach = map[bool]string{true: "yes", false: "NO"}[*m.Reachable]
-					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, reach, m.RaftAddr, dash(m.APIURL))
-				}
-			})
-		},
-	}
-	addJSONFlag(status, g)
-	transfer := &cobra.Command{
-		Use:   "transfer-leadership",
-		Short: "Hand the leadership to another coordinator (before maintenance on the leader's host)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var res api.LeadershipTransfer
-			if err := g.call(cmd, http.MethodPost, "/v1/cluster/transfer-leadership", nil, &res); err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(g.out, res)
-			}
-			fmt.Fprintf(g.out, "leadership moved from %s to %s\n", res.From, dash(res.To))
-			return nil
-		},
-	}
-	addJSONFlag(transfer, g)
-	remove := &cobra.Command{
-		Use:   "remove NAME",
-		Short: "Remove a coordinator from the cluster (one whose host is gone, before a replacement joins)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := g.call(cmd, http.MethodDelete, "/v1/cluster/members/"+url.PathEscape(args[0]), nil, nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.out, "removed coordinator %s\n", args[0])
-			return nil
-		},
-	}
-	cmd.AddCommand(status, transfer, remove)
-	return cmd
-}
-
 func newVNetCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vnet", Short: "Manage virtual networks"}
 	var overlay string

@@ -38,7 +38,10 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		Short: "Run a coordinator (control-plane server)",
 		Long: `Run a coordinator. Three or five of them form a Raft cluster; all share the
 secret made by 'meshd coordinator keygen'. Without --initial-cluster the node
-forms a single-node cluster. Once the cluster is up, DATA_DIR/admin.token holds
+forms a single-node cluster. A coordinator added to a running cluster (meshd
+cluster add) starts with an empty --data-dir and --join https://MEMBER:PORT
+instead: it waits to be added and catches up from the leader. Once the
+cluster is up, DATA_DIR/admin.token holds
 the bootstrap admin credential (MESHD_ADMIN_TOKEN) until it is revoked (meshd
 admin token revoke admin), when the file is removed.`,
 		Args: cobra.NoArgs,
@@ -95,6 +98,10 @@ admin token revoke admin), when the file is removed.`,
 	f.StringVar(&cfg.RaftAdvertise, "advertise-raft", "", "Raft address other coordinators dial (default --raft-listen)")
 	f.StringVar(&keyFile, "cluster-key-file", "", "file with the shared cluster secret (required)")
 	f.StringVar(&initial, "initial-cluster", "", "every member of a new cluster: c1=HOST:RAFTPORT,c2=...,c3=...")
+	f.StringSliceVar(&cfg.Join, "join", nil, "API URL of a member of a running cluster (https://HOST:PORT; repeat or comma separate): with an empty data dir, do not bootstrap but wait to be added with 'meshd cluster add NAME RAFTADDR' and catch up from the leader; not with --initial-cluster")
+	f.Uint64Var(&cfg.SnapshotThreshold, "raft-snapshot-threshold", 16384, "Raft log entries between two snapshots")
+	f.DurationVar(&cfg.SnapshotInterval, "raft-snapshot-interval", 120*time.Second, "how often Raft checks whether to take a snapshot")
+	f.Uint64Var(&cfg.TrailingLogs, "raft-trailing-logs", 10240, "Raft log entries kept after a snapshot (a follower further behind is sent the snapshot)")
 	f.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", coordinator.DefaultHeartbeatTimeout, "Raft heartbeat timeout (raise across a WAN)")
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", coordinator.DefaultElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", coordinator.DefaultLeaderLeaseTimeout, "Raft leader lease timeout")
@@ -156,6 +163,78 @@ Once it has been revoked (meshd admin token revoke admin) the cluster refuses it
 	at.Flags().StringVar(&atKey, "cluster-key-file", "", "file with the shared cluster secret")
 	at.Flags().StringSliceVar(&atURLs, "url", nil, "coordinator API URLs the credential names (comma separated or repeated)")
 	cmd.AddCommand(at)
+	cmd.AddCommand(newRestoreCmd(g))
+	return cmd
+}
+
+func newRestoreCmd(g *globals) *cobra.Command {
+	var (
+		cfg       coordinator.RestoreConfig
+		initial   string
+		raftAddr  string
+		advertise string
+		keyFile   string
+	)
+	cmd := &cobra.Command{
+		Use:   "restore --data-dir DIR [--name N] [--initial-cluster c1=HOST:PORT,...] FILE",
+		Short: "Seed a new cluster's data dir from a snapshot file (meshd cluster snapshot save)",
+		Long: `Seed the data dir of a coordinator of a NEW cluster from a snapshot file, after
+checking its checksum. DIR must be empty or absent. Every table comes back
+(vnets, peers and their credentials, join and admin tokens, policies, routes,
+gossip keys); the old cluster's coordinators are forgotten and the new ones
+register as they start, so the maps peers receive list the new coordinators.
+Restore each node of the new cluster from the same file with the same
+--initial-cluster (or restore one and start the others empty with --join), then
+start each with 'meshd coordinator' and its usual flags (--initial-cluster is
+ignored once the data dir has state). Use the old cluster's key file: peers and
+credentials are bound to it (--cluster-key-file here checks it).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.DataDir == "" {
+				return fmt.Errorf("--data-dir is required")
+			}
+			var err error
+			if cfg.Members, err = parseInitialCluster(initial); err != nil {
+				return err
+			}
+			cfg.RaftAddr = raftAddr
+			if advertise != "" {
+				cfg.RaftAddr = advertise
+			}
+			if keyFile != "" {
+				key, err := clusterkey.Load(keyFile)
+				if err != nil {
+					return err
+				}
+				pin := key.APICA().Pin()
+				cfg.Pin = &pin
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			res, err := coordinator.Restore(cfg, f)
+			if err != nil {
+				return err
+			}
+			var names []string
+			for _, m := range res.Members {
+				names = append(names, m.Name+"="+m.RaftAddr)
+			}
+			fmt.Fprintf(g.out, "restored snapshot index %d (taken %s by %s) into %s as coordinator %s of a new cluster %s; its log goes on from index %d\n",
+				res.Header.Index, res.Header.TakenAt.Format(time.RFC3339), res.Header.TakenBy, cfg.DataDir, cfg.Name, strings.Join(names, ","), res.Index)
+			fmt.Fprintf(g.out, "start it with: meshd coordinator --name %s --data-dir %s --cluster-key-file KEY ...\n", cfg.Name, cfg.DataDir)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "", "the new coordinator's data dir (empty or absent)")
+	f.StringVar(&cfg.Name, "name", "c1", "the new coordinator's name")
+	f.StringVar(&initial, "initial-cluster", "", "every member of the new cluster: c1=HOST:RAFTPORT,c2=...; default: this node alone")
+	f.StringVar(&raftAddr, "raft-listen", "127.0.0.1:8301", "this node's Raft address, for a cluster of this node alone")
+	f.StringVar(&advertise, "advertise-raft", "", "the Raft address others dial, when it differs from --raft-listen")
+	f.StringVar(&keyFile, "cluster-key-file", "", "the cluster key the new cluster runs with: refuse a snapshot of a cluster with another key")
 	return cmd
 }
 

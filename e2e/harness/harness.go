@@ -262,7 +262,10 @@ type Node struct {
 	APIAddr  string
 	RaftAddr string
 	Extra    []string // more flags
-	Proc     *Proc
+	// Join, when set, starts the node with --join Join instead of
+	// --initial-cluster: with an empty data dir it waits to be added.
+	Join string
+	Proc *Proc
 }
 
 // URL is the node's API URL.
@@ -323,7 +326,10 @@ func (c *Cluster) Start(n *Node) error {
 	args := []string{"coordinator", "--name", n.Name, "--data-dir", n.DataDir,
 		"--listen", n.APIAddr, "--raft-listen", n.RaftAddr, "--cluster-key-file", c.Key,
 		"--stun-listen", "127.0.0.1:0", "--log-level", "info"}
-	if len(initial) > 0 {
+	switch {
+	case n.Join != "":
+		args = append(args, "--join", n.Join)
+	case len(initial) > 0:
 		args = append(args, "--initial-cluster", strings.Join(initial, ","))
 	}
 	args = append(args, n.Extra...)

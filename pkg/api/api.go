@@ -113,7 +113,7 @@ func (e *Error) Status() int {
 		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
-	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired:
+	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired, CodeCatchingUp:
 		return http.StatusConflict
 	case CodeBodyTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -373,10 +373,24 @@ type Member struct {
 	RaftAddr string `json:"raft_addr"`
 	APIURL   string `json:"api_url"`
 	Role     string `json:"role"`
-	// Reachable is whether the member answers, as the coordinator that
-	// answered can tell (the leader from its heartbeats to every member,
-	// a follower only of itself and the leader); absent when it cannot.
+	// Reachable is whether the member answers: as the leader's Raft
+	// heartbeats tell (the answering coordinator asks the leader when it
+	// does not lead), or, with no leader to ask, whether it answered the
+	// answering coordinator; absent when nothing tells.
 	Reachable *bool `json:"reachable,omitempty"`
+	// LastContactMS is how long ago, in milliseconds, the leader last
+	// heard from the member over Raft (0: within the last heartbeat); for
+	// the leader's own row as seen from a follower, how long ago that
+	// follower last heard from it. Absent when unknown.
+	LastContactMS *int64 `json:"last_contact_ms,omitempty"`
+	// AppliedIndex is the last Raft index the member applied, from its
+	// own answer; absent when it did not answer in time.
+	AppliedIndex *uint64 `json:"applied_index,omitempty"`
+	// Lag is how many entries the member's applied index trails the
+	// leader's commit index; absent when either is unknown.
+	Lag *uint64 `json:"lag,omitempty"`
+	// Error says why the member's own answer is missing.
+	Error string `json:"error,omitempty"`
 }
 
 // LeadershipTransfer answers `meshd cluster transfer-leadership`: the
@@ -396,6 +410,9 @@ type ClusterStatus struct {
 	// leadership changed in between.
 	Term   uint64 `json:"term"`
 	Server string `json:"server"`
+	// CommitIndex is the leader's commit index (the lag of every member is
+	// measured against it); 0 when no leader answered.
+	CommitIndex uint64 `json:"commit_index,omitempty"`
 }
 
 // Gateway is one gateway announcing a route, as the coordinators see it.
