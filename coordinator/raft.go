@@ -87,7 +87,7 @@ func newTLSTransport(listen, advertise string, server, client *tls.Config, log *
 		// (hashicorp/raft#612). Synchronous appends carry a batch of up
 		// to MaxAppendEntries each, so throughput barely changes.
 		MaxRPCsInFlight: 1,
-		Logger:  logging.HCLog(log.With("component", "raft-transport")),
+		Logger:          logging.HCLog(log.With("component", "raft-transport")),
 	}), nil
 }
 

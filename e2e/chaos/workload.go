@@ -45,6 +45,24 @@ type Workload struct {
 	tags   []string          // guarded by mu: tags created (or maybe created)
 	peers  []string          // guarded by mu: peer names joined (or maybe joined)
 	writes []time.Time       // guarded by mu: when each acknowledged write returned
+	errs   map[string]int    // guarded by mu: calls that failed, by API error code
+}
+
+// AckedCount is how many acknowledged writes Acked would return.
+func (w *Workload) AckedCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.writes)
+}
+
+// Errors returns how many calls failed with each API error code ("" for
+// no answer) and forgets them.
+func (w *Workload) Errors() map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.errs
+	w.errs = map[string]int{}
+	return out
 }
 
 // Acked returns when each acknowledged write returned, in order, and forgets
@@ -131,11 +149,16 @@ func do(c *apiclient.Client, method, path string, in, out any) error {
 }
 
 func (w *Workload) ack(out Output) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if out.Outcome == OK {
-		w.mu.Lock()
 		w.writes = append(w.writes, time.Now())
-		w.mu.Unlock()
+		return
 	}
+	if w.errs == nil {
+		w.errs = map[string]int{}
+	}
+	w.errs[out.Code]++
 }
 
 func (w *Workload) createToken(ctx context.Context, id, node int) {
