@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -105,49 +106,36 @@ func (s *Server) authAdmin(t *token.Token) (cred adminCred, ok bool) {
 // replica to catch up with the leader.
 const adminBarrierTimeout = 2 * time.Second
 
-// adminBarrier makes this replica apply everything the leader had applied
-// when the call came in, so that an admin credential revoked through any
-// coordinator is refused here too. The leader applies what its log holds
-// (leaderCurrent); a follower asks the leader how far it has applied and
-// waits for that.
+// adminBarrier makes every admin call linearizable: the replica serving it
+// applies, before the call goes on, everything acknowledged anywhere in the
+// cluster before the call came in (readindex.go). So a read never returns
+// state older than a write that already returned, and an admin credential
+// revoked through any coordinator is refused here too. The leader confirms
+// with a quorum that it still leads and applies what its log holds; a
+// follower asks the leader for that index and waits for it.
 func (s *Server) adminBarrier(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, adminBarrierTimeout)
 	defer cancel()
 	if s.raft.State() == raft.Leader {
-		if err := s.leaderCurrent(ctx); err != nil {
+		idx, err := s.readIndex(ctx)
+		if err != nil {
+			return api.Errorf(api.CodeUnavailable, "coordinator %s cannot confirm with a majority that it still leads (%v); retry, or use another coordinator", s.cfg.Name, err)
+		}
+		if err := s.waitApplied(ctx, idx); err != nil {
 			return api.Errorf(api.CodeUnavailable, "coordinator %s leads but has not applied its log yet; retry", s.cfg.Name)
 		}
 		return nil
 	}
 	leader, ok := s.leaderAPIURL()
 	if !ok {
-		return api.Errorf(api.CodeUnavailable, "no coordinator leader now to check the admin credential against; is a majority of coordinators up?")
+		return api.Errorf(api.CodeUnavailable, "no coordinator leader now to read the cluster state from; is a majority of coordinators up?")
 	}
 	idx, err := s.leaderApplied(ctx, leader)
 	if err != nil {
-		return api.Errorf(api.CodeUnavailable, "check the admin credential against the leader: %v; retry", err)
+		return api.Errorf(api.CodeUnavailable, "read the cluster's current index from the leader: %v; retry", err)
 	}
 	if err := s.waitApplied(ctx, idx); err != nil {
 		return api.Errorf(api.CodeUnavailable, "coordinator %s is behind the leader (applied %d of %d); retry", s.cfg.Name, s.store.Index(), idx)
-	}
-	return nil
-}
-
-// leaderCurrent waits until the leader has applied every entry its log
-// held when called. Everything committed is in a leader's log, but one
-// elected a moment ago may not have applied all of it yet. On a steady
-// leader the log and the applied index are level, or a write or two apart.
-func (s *Server) leaderCurrent(ctx context.Context) error {
-	target := s.raft.LastIndex()
-	for s.raft.AppliedIndex() < target {
-		// Commands wake the store's watchers; other entries (a new
-		// leader's no-op) do not, hence the short wait.
-		select {
-		case <-s.store.WatchCh():
-		case <-time.After(5 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 	}
 	return nil
 }
@@ -191,11 +179,16 @@ func (s *Server) handleInternalApplied(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), adminBarrierTimeout)
 	defer cancel()
-	if err := s.leaderCurrent(ctx); err != nil {
-		writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s leads but has not applied its log yet", s.cfg.Name))
+	idx, err := s.readIndex(ctx)
+	if errors.Is(err, errNotLeader) {
+		w.WriteHeader(http.StatusMisdirectedRequest)
 		return
 	}
-	writeJSON(w, http.StatusOK, appliedBody{Index: s.store.Index()})
+	if err != nil {
+		writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s cannot confirm with a majority that it still leads: %v", s.cfg.Name, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, appliedBody{Index: idx})
 }
 
 func adminTokenView(a *state.AdminToken) api.AdminToken {

@@ -81,7 +81,13 @@ func newTLSTransport(listen, advertise string, server, client *tls.Config, log *
 		Stream:  stream,
 		MaxPool: 8,
 		Timeout: 5 * time.Second,
-		Logger:  logging.HCLog(log.With("component", "raft-transport")),
+		// No pipelining: with it, a follower that rejects appends (its
+		// disk full, or its log behind after a partition) can leave the
+		// leader's pipeline stalled, and the follower never catches up
+		// (hashicorp/raft#612). Synchronous appends carry a batch of up
+		// to MaxAppendEntries each, so throughput barely changes.
+		MaxRPCsInFlight: 1,
+		Logger:          logging.HCLog(log.With("component", "raft-transport")),
 	}), nil
 }
 

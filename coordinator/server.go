@@ -256,7 +256,10 @@ type Server struct {
 	fsm   *fsm.FSM
 	raft  *raft.Raft
 	trans raft.Transport
-	reach reach // which other coordinators answer (reach.go)
+	logs  raft.LogStore // raft's log, read by lastCommandIndex
+	reach reach         // which other coordinators answer (reach.go)
+
+	leaderCheck leaderCheck // coalesced VerifyLeader rounds (readindex.go)
 
 	apiLn     net.Listener
 	apiURL    string
@@ -337,6 +340,7 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 	}()
 	s.fsm = fsm.New(s.store, cfg.Logger)
+	s.leaderCheck.verify = s.verifyLeader
 	s.fanout = newFanout(s)
 	apiCA := cfg.ClusterKey.APICA()
 	s.pin = apiCA.Pin()
@@ -383,6 +387,7 @@ func New(cfg Config) (_ *Server, err error) {
 		s.closers = append(s.closers, closer)
 		stores = &RaftStores{Log: logs, Stable: stable, Snapshot: snaps}
 	}
+	s.logs = stores.Log
 	if err := s.bootstrap(stores.Log, stores.Stable, stores.Snapshot, trans); err != nil {
 		return nil, err
 	}

@@ -85,7 +85,7 @@ func (s *Server) applyLocal(data []byte) (*fsm.Result, error) {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return nil, errNoLeader
 		}
-		return nil, api.Errorf(api.CodeUnavailable, "write outcome unknown (%v); check and retry", err)
+		return nil, applyError(s.cfg.Name, err)
 	}
 	res, ok := f.Response().(*fsm.Result)
 	if !ok {

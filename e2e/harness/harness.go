@@ -265,6 +265,9 @@ type Node struct {
 	// Join, when set, starts the node with --join Join instead of
 	// --initial-cluster: with an empty data dir it waits to be added.
 	Join string
+	// Wrap is the command prefix the node runs under (ip netns exec NS);
+	// nil: the caller's namespace.
+	Wrap []string
 	Proc *Proc
 }
 
@@ -333,7 +336,7 @@ func (c *Cluster) Start(n *Node) error {
 		args = append(args, "--initial-cluster", strings.Join(initial, ","))
 	}
 	args = append(args, n.Extra...)
-	p, err := Start(c.Dir, n.Name, nil, c.Bin, args...)
+	p, err := Start(c.Dir, n.Name, n.Wrap, c.Bin, args...)
 	if err != nil {
 		return err
 	}

@@ -83,6 +83,9 @@ const (
 	// that cannot apply the command asked for (Error.Coordinators names
 	// them); upgrade every coordinator first.
 	CodeUpgradeRequired = "upgrade_required"
+	// CodeStorageFailed: a coordinator could not write its Raft log (its
+	// disk is full or failing); the write was not made. HTTP 507.
+	CodeStorageFailed = "storage_failed"
 )
 
 // Error is an API error: a stable code and a sentence a user can act on.
@@ -125,6 +128,8 @@ func (e *Error) Status() int {
 		return http.StatusServiceUnavailable
 	case CodeInternal:
 		return http.StatusInternalServerError
+	case CodeStorageFailed:
+		return http.StatusInsufficientStorage
 	default:
 		return http.StatusBadRequest
 	}
