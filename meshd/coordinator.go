@@ -117,6 +117,7 @@ admin token revoke admin), when the file is removed.`,
 	f.DurationVar(&cfg.RelayCredentialTTL, "relay-credential-ttl", coordinator.DefaultRelayCredentialTTL, "how long a relay credential handed to a peer is good for")
 	f.StringSliceVar(&cfg.RelayURLs, "relay-url", nil, "external TURN server handed to peers instead of the coordinators' own relays: turn:HOST:PORT[?transport=udp|tcp] or turns:HOST:PORT (repeat or comma separate; needs --relay-secret-file)")
 	f.StringVar(&relaySecretFile, "relay-secret-file", "", "file with the external TURN servers' shared secret (coturn's static-auth-secret with use-auth-secret)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "HOST:PORT where Prometheus metrics are served at /metrics in plain HTTP without a credential, for scrapers (default: off; the API's /metrics needs an admin credential, read-only ones included)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
 	cmd.AddCommand(&cobra.Command{
