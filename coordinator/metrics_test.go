@@ -177,7 +177,11 @@ func TestMetricsEndpoint(t *testing.T) {
 	if err := admin.Do(ctx, http.MethodPost, "/v1/admin/tokens", api.CreateAdminTokenRequest{Name: "grafana", ReadOnly: true}, &ro); err != nil {
 		t.Fatal(err)
 	}
-	if _, code := scrape(t, hc, url, ro.Token); code != http.StatusOK {
+	// ... verifying the coordinator with the API CA alone, as Prometheus
+	// does with the PEM of `meshd coordinator api-ca` as its ca_file.
+	caClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: srv.cfg.ClusterKey.APICA().Pool()}}}
+	defer caClient.CloseIdleConnections()
+	if _, code := scrape(t, caClient, url, ro.Token); code != http.StatusOK {
 		t.Errorf("GET /metrics with a read-only admin credential: got %d; want 200", code)
 	}
 

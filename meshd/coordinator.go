@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/url"
@@ -164,6 +165,29 @@ Once it has been revoked (meshd admin token revoke admin) the cluster refuses it
 	at.Flags().StringVar(&atKey, "cluster-key-file", "", "file with the shared cluster secret")
 	at.Flags().StringSliceVar(&atURLs, "url", nil, "coordinator API URLs the credential names (comma separated or repeated)")
 	cmd.AddCommand(at)
+	var caKey string
+	ca := &cobra.Command{
+		Use:   "api-ca",
+		Short: "Print the certificate (PEM) of the CA that signs the coordinators' API certificates, made from the cluster key",
+		Long: `Print the certificate of the cluster's API CA in PEM, made from the cluster key
+alone. A client that does not read meshd tokens (Prometheus scraping
+https://HOST:8443/metrics, say) verifies the coordinators with it: each API
+certificate names the host of --advertise-api (or --listen), localhost and
+the loopback addresses.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if caKey == "" {
+				return fmt.Errorf("--cluster-key-file is required")
+			}
+			key, err := clusterkey.Load(caKey)
+			if err != nil {
+				return err
+			}
+			return pem.Encode(g.out, &pem.Block{Type: "CERTIFICATE", Bytes: key.APICA().Cert.Raw})
+		},
+	}
+	ca.Flags().StringVar(&caKey, "cluster-key-file", "", "file with the shared cluster secret")
+	cmd.AddCommand(ca)
 	cmd.AddCommand(newRestoreCmd(g))
 	return cmd
 }
