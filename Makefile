@@ -37,7 +37,7 @@ fuzz:
 # from an earlier commit.
 e2e:
 	./scripts/deps.sh
-	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay|TestRollingUpgrade' ./e2e/
+	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay|TestRollingUpgrade|TestDashboard' ./e2e/
 
 # soak: 5 minutes of the lab with both cores busy; no route may move.
 soak: build

@@ -65,9 +65,10 @@ func (s *Server) requireAdmin(write bool, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if err := s.adminBarrier(r.Context()); err != nil {
-			// Cluster status stays readable (from this replica) while
-			// there is no leader: it is how one finds out why.
-			if write || r.URL.Path != "/v1/cluster/status" {
+			// Cluster status and metrics stay readable (from this
+			// replica) while there is no leader: they are how one finds
+			// out why.
+			if write || r.URL.Path != "/v1/cluster/status" && r.URL.Path != "/metrics" {
 				writeError(w, err)
 				return
 			}

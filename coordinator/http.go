@@ -59,13 +59,14 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/relay", agentCall(s.requirePeer(s.handleRelay)))
 	mux.HandleFunc("DELETE /v1/self", agentCall(s.requirePeer(s.handleLeave)))
 	mux.HandleFunc("POST /v1/devices", write(s.handleExportDevice))
+	mux.HandleFunc("GET /metrics", read(s.handleMetrics))
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
 	mux.HandleFunc("GET /v1/internal/applied", s.handleInternalApplied)
 	mux.HandleFunc("GET /v1/internal/replica", s.handleInternalReplica)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return withWriteDeadline(s.untilCaughtUp(mux))
+	return s.instrument(mux, withWriteDeadline(s.untilCaughtUp(mux)))
 }
 
 // withWriteDeadline gives every request apiWriteTimeout to have its answer
@@ -81,12 +82,12 @@ func withWriteDeadline(next http.Handler) http.Handler {
 // untilCaughtUp answers 503 (so clients move on to another coordinator)
 // while this replica is still replaying the log it had on disk: a restarted
 // coordinator must not serve an empty or stale state, nor refuse a peer
-// credential it has not replayed yet. Cluster status and internal calls are
-// always served.
+// credential it has not replayed yet. Cluster status, metrics and internal
+// calls are always served.
 func (s *Server) untilCaughtUp(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/v1/cluster/status", "/v1/internal/apply", "/v1/internal/applied", "/v1/internal/replica":
+		case "/v1/cluster/status", "/v1/internal/apply", "/v1/internal/applied", "/v1/internal/replica", "/metrics":
 		default:
 			if !s.caughtUp() {
 				writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s is catching up with the cluster log (applied %d of %d)", s.cfg.Name, s.raft.AppliedIndex(), s.bootIndex))

@@ -122,6 +122,10 @@ type Config struct {
 	// Version is the build version this coordinator records beside its
 	// feature level (cluster versions, feature-gate errors); optional.
 	Version string
+	// MetricsListen is a host:port where /metrics is served in plain HTTP
+	// without a credential, for scrapers; optional, empty: only the API's
+	// /metrics (admin credential) serves them.
+	MetricsListen string
 
 	Logger *slog.Logger     // optional
 	Now    func() time.Time // optional
@@ -272,6 +276,13 @@ type Server struct {
 	closers []io.Closer
 	fanout  *fanout
 
+	// Metrics (metrics.go); set up in New, read-only after. snapStore is
+	// Raft's snapshot store (the log store is logs above), read when
+	// scraped; metricsLn is the plain-HTTP metrics listener (nil: none).
+	metrics   *coordMetrics
+	snapStore raft.SnapshotStore
+	metricsLn net.Listener
+
 	// The relay (relay.go); set up in New, read-only after.
 	relayUDP     *net.UDPConn  // STUN and TURN over UDP; nil when off
 	relay        *relay.Server // nil when neither UDP nor TLS is on
@@ -333,6 +344,8 @@ func New(cfg Config) (_ *Server, err error) {
 
 		reports:    map[string]*reported{},
 		reportKick: make(chan struct{}, 1),
+
+		metrics: newCoordMetrics(),
 	}
 	defer func() {
 		if err != nil {
@@ -388,6 +401,7 @@ func New(cfg Config) (_ *Server, err error) {
 		stores = &RaftStores{Log: logs, Stable: stable, Snapshot: snaps}
 	}
 	s.logs = stores.Log
+	s.snapStore = stores.Snapshot
 	if err := s.bootstrap(stores.Log, stores.Stable, stores.Snapshot, trans); err != nil {
 		return nil, err
 	}
@@ -406,6 +420,14 @@ func New(cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 		s.closers = append(s.closers, s.relayUDP)
+	}
+
+	s.registerMetrics()
+	if s.metricsLn, err = listenMetrics(cfg.MetricsListen); err != nil {
+		return nil, err
+	}
+	if s.metricsLn != nil {
+		s.closers = append(s.closers, s.metricsLn)
 	}
 
 	// API listener with a certificate from the API CA.
@@ -513,7 +535,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	s.checkSelfAddress()
-	loops := []func(context.Context){s.leaderLoop, s.reachLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run}
+	loops := []func(context.Context){s.leaderLoop, s.reachLoop, s.registerLoop, s.touchLoop, s.markLoop, s.adminTokenLoop, s.relayLoop, s.reportLoop, s.fanout.run, s.serveMetrics}
 	if s.joining {
 		loops = append(loops, s.joinLoop)
 	}
@@ -524,7 +546,11 @@ func (s *Server) Run(ctx context.Context) error {
 			loop(ctx)
 		}()
 	}
-	s.log.Info("coordinator running", "api", s.apiURL, "raft", s.trans.LocalAddr())
+	if s.metricsLn != nil {
+		s.log.Info("coordinator running", "api", s.apiURL, "raft", s.trans.LocalAddr(), "metrics", "http://"+s.metricsLn.Addr().String()+"/metrics")
+	} else {
+		s.log.Info("coordinator running", "api", s.apiURL, "raft", s.trans.LocalAddr())
+	}
 	var err error
 	select {
 	case <-ctx.Done():

@@ -126,6 +126,8 @@ func (f *fanout) run(ctx context.Context) {
 			}
 		}
 		f.publish()
+		f.s.metrics.fanoutRounds.Inc()
+		f.s.metrics.fanoutLag.Observe(time.Since(first).Seconds())
 	}
 }
 
@@ -433,6 +435,7 @@ func (f *fanout) subscribe(peerID, vnet string, since uint64, compress bool) (*s
 
 // resync gives a lagging watcher a fresh full map.
 func (f *fanout) resync(sub *subscriber) *api.MapUpdate {
+	f.s.metrics.fanoutResyncs.Inc()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for len(sub.ch) > 0 {

@@ -39,11 +39,14 @@ func (s *Server) raftApply(ctx context.Context, t fsm.MessageType, body any) (*f
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	backoff := 10 * time.Millisecond
+	start := time.Now()
 	for {
 		res, err := s.applyOnce(ctx, data)
 		if err == nil {
 			if werr := s.waitApplied(ctx, res.Index); werr != nil {
 				s.log.Debug("write applied on leader but not yet here", "index", res.Index)
+			} else {
+				s.metrics.applySeconds.Observe(time.Since(start).Seconds())
 			}
 			if res.Err != nil {
 				return res, res.Err
@@ -80,6 +83,7 @@ func (s *Server) applyLocal(data []byte) (*fsm.Result, error) {
 	if err := s.gate(fsm.MessageType(data[0]), ""); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	f := s.raft.Apply(data, writeTimeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
@@ -87,6 +91,7 @@ func (s *Server) applyLocal(data []byte) (*fsm.Result, error) {
 		}
 		return nil, applyError(s.cfg.Name, err)
 	}
+	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	res, ok := f.Response().(*fsm.Result)
 	if !ok {
 		return nil, api.Errorf(api.CodeInternal, "unexpected apply response %T", f.Response())
@@ -202,5 +207,6 @@ func writeError(w http.ResponseWriter, err error) {
 	if !errors.As(err, &ae) {
 		ae = api.Errorf(api.CodeInternal, "%v", err)
 	}
+	noteAPIError(w, string(ae.Code))
 	writeJSON(w, ae.Status(), api.ErrorBody{Error: ae})
 }

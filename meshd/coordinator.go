@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/url"
@@ -117,6 +118,7 @@ admin token revoke admin), when the file is removed.`,
 	f.DurationVar(&cfg.RelayCredentialTTL, "relay-credential-ttl", coordinator.DefaultRelayCredentialTTL, "how long a relay credential handed to a peer is good for")
 	f.StringSliceVar(&cfg.RelayURLs, "relay-url", nil, "external TURN server handed to peers instead of the coordinators' own relays: turn:HOST:PORT[?transport=udp|tcp] or turns:HOST:PORT (repeat or comma separate; needs --relay-secret-file)")
 	f.StringVar(&relaySecretFile, "relay-secret-file", "", "file with the external TURN servers' shared secret (coturn's static-auth-secret with use-auth-secret)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "HOST:PORT where Prometheus metrics are served at /metrics in plain HTTP without a credential, for scrapers (default: off; the API's /metrics needs an admin credential, read-only ones included)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
 	cmd.AddCommand(&cobra.Command{
@@ -163,6 +165,29 @@ Once it has been revoked (meshd admin token revoke admin) the cluster refuses it
 	at.Flags().StringVar(&atKey, "cluster-key-file", "", "file with the shared cluster secret")
 	at.Flags().StringSliceVar(&atURLs, "url", nil, "coordinator API URLs the credential names (comma separated or repeated)")
 	cmd.AddCommand(at)
+	var caKey string
+	ca := &cobra.Command{
+		Use:   "api-ca",
+		Short: "Print the certificate (PEM) of the CA that signs the coordinators' API certificates, made from the cluster key",
+		Long: `Print the certificate of the cluster's API CA in PEM, made from the cluster key
+alone. A client that does not read meshd tokens (Prometheus scraping
+https://HOST:8443/metrics, say) verifies the coordinators with it: each API
+certificate names the host of --advertise-api (or --listen), localhost and
+the loopback addresses.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if caKey == "" {
+				return fmt.Errorf("--cluster-key-file is required")
+			}
+			key, err := clusterkey.Load(caKey)
+			if err != nil {
+				return err
+			}
+			return pem.Encode(g.out, &pem.Block{Type: "CERTIFICATE", Bytes: key.APICA().Cert.Raw})
+		},
+	}
+	ca.Flags().StringVar(&caKey, "cluster-key-file", "", "file with the shared cluster secret")
+	cmd.AddCommand(ca)
 	cmd.AddCommand(newRestoreCmd(g))
 	return cmd
 }

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/meshd/meshd/coordinator"
+	"github.com/meshd/meshd/coordinator/clusterkey"
 )
 
 func TestParseBytes(t *testing.T) {
@@ -142,5 +147,35 @@ func TestSTUNListenDefault(t *testing.T) {
 	}
 	if _, err := stunListen("", false, "no-port"); err == nil {
 		t.Fatal("a --listen without a port was accepted")
+	}
+}
+
+// TestAPICA: `coordinator api-ca` prints the CA whose pin tokens carry, so
+// a client verifying with it trusts exactly the coordinators tokens trust.
+func TestAPICA(t *testing.T) {
+	key, err := clusterkey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(path, []byte(key.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	root := newRoot(&out, &errOut)
+	root.SetArgs([]string{"coordinator", "api-ca", "--cluster-key-file", path})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("api-ca: %v (%s)", err, errOut.String())
+	}
+	block, rest := pem.Decode(out.Bytes())
+	if block == nil || block.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) != 0 {
+		t.Fatalf("api-ca printed %q; want one PEM certificate", out.String())
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sha256.Sum256(cert.RawSubjectPublicKeyInfo), key.APICA().Pin(); got != want || !cert.IsCA {
+		t.Fatalf("api-ca certificate pin %x (CA %t); want the tokens' pin %x", got, cert.IsCA, want)
 	}
 }

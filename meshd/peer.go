@@ -20,6 +20,7 @@ import (
 	"github.com/meshd/meshd/peer/meshdns"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/logging"
+	"github.com/meshd/meshd/pkg/metrics"
 )
 
 func newPeerUpCmd(g *globals) *cobra.Command {
@@ -32,6 +33,7 @@ func newPeerUpCmd(g *globals) *cobra.Command {
 		lanVIP   string
 		lanCheck string
 		tokFile  string
+		metricsL string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -95,8 +97,20 @@ message says which side to upgrade (usually the coordinators, first).`,
 				return preflightError(ps)
 			}
 			cfg.Logger = logging.New(g.errOut, lvl)
+			// The metrics port is taken before the join too: a port in
+			// use fails the run before it costs a token.
+			if metricsL != "" {
+				ln, err := metrics.Listen(metricsL)
+				if err != nil {
+					return fmt.Errorf("%w (nothing was sent to the coordinators)", err)
+				}
+				cfg.MetricsListener = ln
+			}
 			a, err := peer.New(cfg)
 			if err != nil {
+				if cfg.MetricsListener != nil {
+					cfg.MetricsListener.Close()
+				}
 				return err
 			}
 			err = a.Run(cmd.Context())
@@ -134,6 +148,7 @@ message says which side to upgrade (usually the coordinators, first).`,
 	f.IntVar(&cfg.LivenessPort, "liveness-port", liveness.DefaultPort, "gateway health probe port on the overlay address (UDP, inside the tunnels); every peer of a vnet must use the same")
 	f.BoolVar(&cfg.DNS.Enabled, "dns", true, "answer DNS for NAME.VNET.SUFFIX on the overlay address (port 53) and point the host's resolver at it for SUFFIX (systemd-resolved)")
 	f.StringVar(&cfg.DNS.Suffix, "dns-suffix", meshdns.DefaultSuffix, "DNS suffix of the mesh's names: NAME.VNET.SUFFIX")
+	f.StringVar(&metricsL, "metrics-listen", "", "HOST:PORT where Prometheus metrics are served at /metrics in plain HTTP (default: off; no credential is asked, so bind it to an address only the scraper reaches)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

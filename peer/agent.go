@@ -42,6 +42,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshd/meshd/peer/bind"
 	"github.com/meshd/meshd/peer/controlclient"
 	"github.com/meshd/meshd/peer/endpoints"
@@ -53,6 +55,7 @@ import (
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/clock"
+	"github.com/meshd/meshd/pkg/metrics"
 	"github.com/meshd/meshd/pkg/tlspin"
 )
 
@@ -104,8 +107,11 @@ type Config struct {
 	// address; optional: liveness.DefaultPort.
 	LivenessPort int
 	// DNS answers the mesh's names on the overlay address (dns.go).
-	DNS    DNSConfig
-	Logger *slog.Logger
+	DNS DNSConfig
+	// MetricsListener is where Prometheus metrics are served at /metrics
+	// in plain HTTP (metrics.go); optional. Run closes it.
+	MetricsListener net.Listener
+	Logger          *slog.Logger
 
 	// The rest replace the OS and the network (tests); all optional.
 	NewEngine func(name string) (engine.Engine, error)
@@ -170,6 +176,8 @@ type Agent struct {
 	// up is set once Run has the engine, the router and the local socket
 	// up: a join is rolled back only before.
 	up atomic.Bool
+	// metricsReg holds the agent's collectors (metrics.go).
+	metricsReg *prometheus.Registry
 }
 
 // New checks cfg and loads (or creates) the peer's key. Run joins if needed.
@@ -268,6 +276,8 @@ func New(cfg Config) (*Agent, error) {
 		vipCh: make(chan bool, 1), joinCh: make(chan joinRequest, 1), hbKick: make(chan struct{}, 1),
 		dnsCh: make(chan dnsWant, 1),
 	}
+	a.metricsReg = metrics.NewRegistry()
+	a.metricsReg.MustRegister(&agentCollector{a: a})
 	if ownEngine {
 		a.cfg.NewEngine = func(name string) (engine.Engine, error) {
 			return engine.New(a.cfg.WGMode, name, a.cfg.MTU, a.cfg.Logger, a.bind)
@@ -336,6 +346,9 @@ func (a *Agent) PublicKey() wgcfg.Key { return a.priv.Public() }
 // it is given then).
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer a.loopEnded()
+	if a.cfg.MetricsListener != nil {
+		defer a.cfg.MetricsListener.Close()
+	}
 	first, reported, err := a.identity(ctx)
 	if err != nil {
 		return err
@@ -432,6 +445,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	if a.cfg.DNS.Enabled {
 		start(a.dnsLoop)
+	}
+	if a.cfg.MetricsListener != nil {
+		start(a.serveMetrics)
 	}
 	if a.bind != nil {
 		start(a.relayLoop)

@@ -175,6 +175,9 @@ type site struct {
 	keys  map[string]wgcfg.Key // public keys by peer ID
 	names map[wgcfg.Key]string
 	root  string
+	// mod, when set, changes the configuration of each agent start
+	// runs (by peer ID).
+	mod func(id string, cfg *Config)
 }
 
 func newSite(t *testing.T) *site {
@@ -267,6 +270,9 @@ func (s *site) start(id string) *testPeer {
 		cfg.LANDev = "eth1"
 		cfg.LANCheck = netip.MustParseAddr("192.168.10.10")
 		cfg.NewVIP = func(vip.Config) (vip.VIP, error) { return tp.vip, nil }
+	}
+	if s.mod != nil {
+		s.mod(id, &cfg)
 	}
 	if tp.a, err = New(cfg); err != nil {
 		t.Fatal(err)

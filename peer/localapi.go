@@ -49,6 +49,12 @@ func (a *Agent) localMux() *http.ServeMux {
 // from its state; the engine and the bind are asked afterwards, off the
 // loop.
 func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
+	return a.status(ctx, nil)
+}
+
+// status is Status; also, when not nil, reads more of the state in the
+// same turn of the loop (metrics.go).
+func (a *Agent) status(ctx context.Context, also func(*state)) (*api.LocalStatus, error) {
 	var out *api.LocalStatus
 	var want *desired
 	// reports: what the health sources (probes, gossip) say of each peer,
@@ -79,6 +85,9 @@ func (a *Agent) Status(ctx context.Context) (*api.LocalStatus, error) {
 					}
 				}
 			}
+		}
+		if also != nil {
+			also(s)
 		}
 	})
 	if err != nil {

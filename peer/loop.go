@@ -84,6 +84,7 @@ type state struct {
 	endpoints []string // what the heartbeat last reported
 	connected string   // coordinator of the open stream
 	saved     uint64   // map index last saved to disk
+	failovers uint64   // routes moved from one gateway to another (metrics.go)
 
 	wake clock.Timer // the next hold-down end
 	tick clock.Ticker
@@ -274,7 +275,7 @@ func (a *Agent) reconcile(st *state) {
 		active: dec.active, noEndpoints: a.bind != nil,
 	})
 	if st.want != nil {
-		logRouteChanges(a.log, st.want.routes, d.routes)
+		st.failovers += uint64(logRouteChanges(a.log, st.want.routes, d.routes))
 	}
 	st.want = d
 	for id, p := range st.nm.peers {
@@ -449,17 +450,24 @@ func (a *Agent) ensureLiveness(st *state, now time.Time) {
 	st.live.Set(a.livePeers(st, now))
 }
 
-// logRouteChanges says when a route moves to another gateway.
-func logRouteChanges(log *slog.Logger, before, after []api.LocalRoute) {
+// logRouteChanges says when a route moves to another gateway. It returns
+// how many routes moved from one gateway to another (failovers; a route
+// that gains its first gateway or loses its last is not one).
+func logRouteChanges(log *slog.Logger, before, after []api.LocalRoute) int {
 	was := map[string]string{}
 	for _, r := range before {
 		was[r.Prefix] = r.ActiveGateway
 	}
+	moved := 0
 	for _, r := range after {
 		if old, ok := was[r.Prefix]; ok && old != r.ActiveGateway {
 			log.Info("route moved", "prefix", r.Prefix, "from", old, "to", r.ActiveGateway)
+			if old != "" && r.ActiveGateway != "" {
+				moved++
+			}
 		}
 	}
+	return moved
 }
 
 // rotateEndpoints moves a peer that has never completed a handshake on its

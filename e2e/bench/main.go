@@ -70,6 +70,7 @@ func main() {
 		{"health_traffic", healthTraffic, nil},
 		{"map_fanout_policy_1000", fanoutPolicy, nil},
 		{"nat", nil, natFigures},
+		{"metrics", nil, metricsOverhead},
 	}
 	root, err := harness.RepoRoot()
 	if err != nil {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sync"
+	"time"
 
 	"github.com/meshd/meshd/peer/wgcfg"
 	"github.com/meshd/meshd/pkg/policy"
@@ -14,9 +15,10 @@ type Fake struct {
 	applied applied
 
 	mu    sync.Mutex
-	calls int               // guarded by mu: Reconfig calls that changed something
-	rules []policy.AddrRule // guarded by mu: the policy rules last set
-	sets  int               // guarded by mu: SetPolicyRules calls
+	calls int                      // guarded by mu: Reconfig calls that changed something
+	rules []policy.AddrRule        // guarded by mu: the policy rules last set
+	sets  int                      // guarded by mu: SetPolicyRules calls
+	stats map[wgcfg.Key]PeerStatus // guarded by mu: what Status reports per peer (SetStats)
 }
 
 var (
@@ -55,15 +57,31 @@ func (f *Fake) Reconfig(cfg *wgcfg.Config) error {
 	})
 }
 
-// Status implements Engine: every configured peer, never handshaken.
+// Status implements Engine: every configured peer, never handshaken
+// unless SetStats said otherwise.
 func (f *Fake) Status() ([]PeerStatus, error) {
 	var out []PeerStatus
 	if cfg := f.applied.get(); cfg != nil {
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		for _, p := range cfg.Peers {
-			out = append(out, PeerStatus{PublicKey: p.PublicKey, Endpoint: p.Endpoint})
+			s := f.stats[p.PublicKey]
+			s.PublicKey, s.Endpoint = p.PublicKey, p.Endpoint
+			out = append(out, s)
 		}
 	}
 	return out, nil
+}
+
+// SetStats makes Status report a handshake at last and the byte counts
+// rx and tx for the peer with key k.
+func (f *Fake) SetStats(k wgcfg.Key, last time.Time, rx, tx uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stats == nil {
+		f.stats = map[wgcfg.Key]PeerStatus{}
+	}
+	f.stats[k] = PeerStatus{LastHandshake: last, RxBytes: rx, TxBytes: tx}
 }
 
 // Applied returns a copy of the last configuration and how many changing
