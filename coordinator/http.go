@@ -42,6 +42,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/tokens", read(s.handleListTokens))
 	mux.HandleFunc("POST /v1/tokens", write(s.handleCreateToken))
 	mux.HandleFunc("POST /v1/tokens/{id}/revoke", write(s.handleRevokeToken))
+	mux.HandleFunc("POST /v1/tokens/prune", write(s.handlePruneTokens))
 	mux.HandleFunc("GET /v1/admin/tokens", read(s.handleListAdminTokens))
 	mux.HandleFunc("POST /v1/admin/tokens", write(s.handleCreateAdminToken))
 	mux.HandleFunc("POST /v1/admin/tokens/{ref}/revoke", write(s.handleRevokeAdminToken))
@@ -307,7 +308,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := s.raftApply(r.Context(), fsm.RevokeTokenType, &fsm.RevokeToken{ID: id}); err != nil {
+	if _, err := s.raftApply(r.Context(), fsm.RevokeTokenType, &fsm.RevokeToken{ID: id, Now: s.now()}); err != nil {
 		writeError(w, err)
 		return
 	}

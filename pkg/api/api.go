@@ -113,7 +113,7 @@ func (e *Error) Status() int {
 		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
-	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired, CodeCatchingUp:
+	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired, CodeCatchingUp, CodeAlreadyRevoked:
 		return http.StatusConflict
 	case CodeBodyTooLarge:
 		return http.StatusRequestEntityTooLarge
