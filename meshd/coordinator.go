@@ -46,6 +46,11 @@ the bootstrap admin credential (MESHD_ADMIN_TOKEN) until it is revoked (meshd
 admin token revoke admin), when the file is removed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkPositive(cmd, "raft-snapshot-threshold", "raft-snapshot-interval", "raft-trailing-logs",
+				"raft-heartbeat-timeout", "raft-election-timeout", "raft-leader-lease-timeout", "ephemeral-grace",
+				"api-read-timeout", "api-idle-timeout", "relay-credential-ttl"); err != nil {
+				return err
+			}
 			if keyFile == "" {
 				return fmt.Errorf("--cluster-key-file is required (make one with 'meshd coordinator keygen > cluster.key')")
 			}

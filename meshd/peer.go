@@ -52,6 +52,11 @@ message says which side to upgrade (usually the coordinators, first).`,
 			if !ok {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
+			// 0 would mean "the default" further on: refuse it rather than
+			// change it.
+			if err := checkPositive(cmd, "mtu", "gossip-port", "liveness-port"); err != nil {
+				return err
+			}
 			if cfg.Token == "" {
 				cfg.Token = strings.TrimSpace(os.Getenv("MESHD_TOKEN"))
 			}
