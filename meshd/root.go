@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
 )
 
 // exitError carries an exit code through cobra.
@@ -43,7 +44,8 @@ func execute(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return ee.code
 	}
 	var ae *api.Error
-	if errors.As(err, &ae) {
+	var ue *apiclient.UnreachableError
+	if errors.As(err, &ae) && !errors.As(err, &ue) {
 		if len(ae.Details) > 1 {
 			fmt.Fprintf(errOut, "meshd: %d problems (%s):\n", len(ae.Details), ae.Code)
 			for _, d := range ae.Details {
