@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +60,11 @@ admin token revoke admin), when the file is removed.`,
 				return err
 			}
 			cfg.ClusterKey = key
+			warnLooseKeyFiles(g.errOut,
+				secretFile{"cluster key file", keyFile},
+				secretFile{"admin token file", filepath.Join(cfg.DataDir, "admin.token")},
+				secretFile{"relay secret file", relaySecretFile},
+			)
 			if cfg.GossipKeyGrace < minGossipKeyGrace {
 				return fmt.Errorf("--gossip-key-grace %s: use at least %s (peers switch to a new key 10s after they receive it)", cfg.GossipKeyGrace, minGossipKeyGrace)
 			}
@@ -124,19 +130,34 @@ admin token revoke admin), when the file is removed.`,
 	f.StringVar(&relaySecretFile, "relay-secret-file", "", "file with the external TURN servers' shared secret (coturn's static-auth-secret with use-auth-secret)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
-	cmd.AddCommand(&cobra.Command{
-		Use:   "keygen",
-		Short: "Print a new cluster secret",
-		Args:  cobra.NoArgs,
+	var keyOut string
+	keygen := &cobra.Command{
+		Use:   "keygen [--out FILE]",
+		Short: "Make a new cluster secret: into FILE (mode 0600, never overwritten) with --out, else on stdout",
+		Long: `Make a new cluster secret, the one every coordinator of a cluster shares.
+With --out FILE it is written to FILE with mode 0600; an existing FILE is never
+overwritten. Without --out it is printed on stdout: redirect it into a file only
+you can read (umask 077), as the coordinator warns about a key file its group or
+others can read.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			k, err := clusterkey.Generate()
 			if err != nil {
 				return err
 			}
+			if keyOut != "" {
+				if err := writeKeyFile(keyOut, []byte(k.String())); err != nil {
+					return fmt.Errorf("--out: %w", err)
+				}
+				fmt.Fprintf(g.errOut, "cluster key written to %s (mode 0600)\n", keyOut)
+				return nil
+			}
 			_, err = fmt.Fprint(g.out, k.String())
 			return err
 		},
-	})
+	}
+	keygen.Flags().StringVarP(&keyOut, "out", "o", "", "write the key to this file (mode 0600; an existing file is not overwritten)")
+	cmd.AddCommand(keygen)
 	var atKey string
 	var atURLs []string
 	at := &cobra.Command{

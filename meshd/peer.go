@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -57,6 +58,11 @@ message says which side to upgrade (usually the coordinators, first).`,
 			if err := checkPositive(cmd, "mtu", "gossip-port", "liveness-port"); err != nil {
 				return err
 			}
+			warnLooseKeyFiles(g.errOut,
+				secretFile{"private key file", filepath.Join(cfg.StateDir, controlclient.KeyFile)},
+				secretFile{"credential file", filepath.Join(cfg.StateDir, controlclient.IdentityFile)},
+				secretFile{"join token file", tokFile},
+			)
 			if cfg.Token == "" {
 				cfg.Token = strings.TrimSpace(os.Getenv("MESHD_TOKEN"))
 			}
