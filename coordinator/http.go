@@ -350,11 +350,15 @@ func (s *Server) handleListPeers(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	out := []api.Peer{}
 	var known bool
+	h := s.healthy()
 	s.store.Read(func(t *state.Tables, _ uint64) {
 		_, known = t.VNets[vnet]
+		states := netmap.GatewayStates(t, h)
 		for _, p := range t.Peers {
 			if vnet == "" || p.VNet == vnet {
-				out = append(out, peerView(p, s.online(p, now), now))
+				v := peerView(p, s.online(p, now), now)
+				v.GatewayState = string(states[p.ID])
+				out = append(out, v)
 			}
 		}
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/gateway"
 	"github.com/meshd/meshd/pkg/token"
 )
 
@@ -307,13 +308,13 @@ func newPeerCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(g.out, out)
 			}
-			return g.table("NAME\tVNET\tROLE\tOVERLAY IP\tONLINE\tROUTES\tENDPOINTS", func(w *tabwriter.Writer) {
+			return g.table("NAME\tVNET\tROLE\tOVERLAY IP\tONLINE\tGATEWAY\tROUTES\tENDPOINTS", func(w *tabwriter.Writer) {
 				for _, p := range out {
 					var rs []string
 					for _, r := range p.Routes {
 						rs = append(rs, fmt.Sprintf("%s(%d)", r.Prefix, r.Priority))
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", p.Name, p.VNet, p.Role, p.OverlayIP, p.Online, join(rs), join(p.Endpoints))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\t%s\n", p.Name, p.VNet, p.Role, p.OverlayIP, p.Online, dash(p.GatewayState), join(rs), join(p.Endpoints))
 				}
 			})
 		},
@@ -339,19 +340,31 @@ func newPeerCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printGateways(gs []api.Gateway) string {
+// printGateways lists gateways with their priorities and states:
+// "gwa1(200,active),gwa2(100,standby)".
+func printGateways(gs []api.Gateway, active string) string {
 	var parts []string
 	for _, gw := range gs {
-		h := "healthy"
-		if !gw.Healthy {
-			h = "down"
-		}
-		if gw.Drained {
-			h += ",drained"
-		}
-		parts = append(parts, fmt.Sprintf("%s(%d,%s)", gw.Name, gw.Priority, h))
+		parts = append(parts, fmt.Sprintf("%s(%d,%s)", gw.Name, gw.Priority, gatewayState(gw, active)))
 	}
 	return join(parts)
+}
+
+// gatewayState is a gateway's state word (package gateway); a coordinator
+// that predates the words sends none, and the word follows from what it
+// does send.
+func gatewayState(gw api.Gateway, active string) string {
+	switch {
+	case gw.State != "":
+		return gw.State
+	case gw.Name == active:
+		return string(gateway.Active)
+	case !gw.Healthy:
+		return string(gateway.Offline)
+	case gw.Drained:
+		return string(gateway.Drained)
+	}
+	return string(gateway.Standby)
 }
 
 // moreSpecific describes which prefix of an overlap is the more specific
@@ -397,7 +410,7 @@ func newRouteCmd(g *globals) *cobra.Command {
 			}
 			return g.table("VNET\tPREFIX\tACTIVE\tGATEWAYS", func(w *tabwriter.Writer) {
 				for _, r := range out {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.VNet, r.Prefix, dash(r.ActiveGateway), printGateways(r.Gateways))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.VNet, r.Prefix, dash(r.ActiveGateway), printGateways(r.Gateways, r.ActiveGateway))
 				}
 			})
 		},
@@ -422,7 +435,7 @@ func newRouteCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(g.out, "%s in vnet %s: no route\n", res.IP, res.VNet)
 				return nil
 			}
-			fmt.Fprintf(g.out, "%s in vnet %s: %s via %s\ngateways: %s\n", res.IP, res.VNet, *res.Prefix, dash(res.ActiveGateway), printGateways(res.Gateways))
+			fmt.Fprintf(g.out, "%s in vnet %s: %s via %s\ngateways: %s\n", res.IP, res.VNet, *res.Prefix, dash(res.ActiveGateway), printGateways(res.Gateways, res.ActiveGateway))
 			return nil
 		},
 	}
