@@ -42,6 +42,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/tokens", read(s.handleListTokens))
 	mux.HandleFunc("POST /v1/tokens", write(s.handleCreateToken))
 	mux.HandleFunc("POST /v1/tokens/{id}/revoke", write(s.handleRevokeToken))
+	mux.HandleFunc("POST /v1/tokens/prune", write(s.handlePruneTokens))
 	mux.HandleFunc("GET /v1/admin/tokens", read(s.handleListAdminTokens))
 	mux.HandleFunc("POST /v1/admin/tokens", write(s.handleCreateAdminToken))
 	mux.HandleFunc("POST /v1/admin/tokens/{ref}/revoke", write(s.handleRevokeAdminToken))
@@ -308,7 +309,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := s.raftApply(r.Context(), fsm.RevokeTokenType, &fsm.RevokeToken{ID: id}); err != nil {
+	if _, err := s.raftApply(r.Context(), fsm.RevokeTokenType, &fsm.RevokeToken{ID: id, Now: s.now()}); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -350,11 +351,15 @@ func (s *Server) handleListPeers(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	out := []api.Peer{}
 	var known bool
+	h := s.healthy()
 	s.store.Read(func(t *state.Tables, _ uint64) {
 		_, known = t.VNets[vnet]
+		states := netmap.GatewayStates(t, h)
 		for _, p := range t.Peers {
 			if vnet == "" || p.VNet == vnet {
-				out = append(out, peerView(p, s.online(p, now), now))
+				v := peerView(p, s.online(p, now), now)
+				v.GatewayState = string(states[p.ID])
+				out = append(out, v)
 			}
 		}
 	})

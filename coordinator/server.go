@@ -718,6 +718,7 @@ func (s *Server) expireAndReap(ctx context.Context) {
 			s.log.Info("deleted expired tokens", "count", r.Count)
 		}
 	}
+	s.pruneDeadTokens(ctx)
 	if reap {
 		// The gossip key of every vnet that loses a peer rotates with it.
 		seed, err := newGossipSeed()

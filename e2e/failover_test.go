@@ -160,7 +160,7 @@ func waitSettled(t *testing.T, l *meshlab.Lab) {
 		}
 		for _, ns := range []string{"cl1", "gwa1", "gwa2"} {
 			out, err := l.Net.Exec(ns, l.Opts.Bin, "status", "--json", "--state-dir", l.StateDir(ns))
-			if err != nil || !strings.Contains(string(out), "gwa1(200) healthy") || !strings.Contains(string(out), "gwa2(100) healthy") {
+			if err != nil || !strings.Contains(string(out), "gwa1(200) active") || !strings.Contains(string(out), "gwa2(100) standby") {
 				return false
 			}
 		}

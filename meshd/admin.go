@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -11,8 +12,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshd/meshd/coordinator"
+	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/apiclient"
+	"github.com/meshd/meshd/pkg/gateway"
 	"github.com/meshd/meshd/pkg/token"
 )
 
@@ -122,24 +126,30 @@ func newTokenCmd(g *globals) *cobra.Command {
 	var maxPriority int
 	create := &cobra.Command{
 		Use:   "create",
-		Short: "Create a join token; prints the token string",
-		Args:  cobra.NoArgs,
+		Short: "Create a join token; prints the token string, and its id on stderr",
+		Long: `Create a join token. The token string goes to stdout alone (so
+'meshd token create > gw.token' makes a token file); its id, what it allows and
+how to revoke it go to stderr. --json prints both as one object:
+{token, id, vnet, uses, expires}.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req.MaxPriority = nil
-			if cmd.Flags().Changed("max-priority") {
-				if maxPriority < 0 {
-					return fmt.Errorf("--max-priority %d: give a priority from 0 up", maxPriority)
-				}
-				req.MaxPriority = &maxPriority
+			if err := checkTokenFlags(cmd, &req, maxPriority); err != nil {
+				return err
 			}
 			var resp api.CreateTokenResponse
 			if err := g.call(cmd, http.MethodPost, "/v1/tokens", req, &resp); err != nil {
 				return err
 			}
 			if g.json {
-				return printJSON(g.out, resp)
+				return printJSON(g.out, tokenCreated{CreateTokenResponse: resp, VNet: req.VNet, Uses: req.Uses})
 			}
 			fmt.Fprintln(g.out, resp.Token)
+			uses := "single use"
+			if req.Uses != 1 {
+				uses = fmt.Sprintf("%d uses", req.Uses)
+			}
+			fmt.Fprintf(g.errOut, "join token %s for vnet %s: %s, expires %s (revoke: meshd token revoke %s)\n",
+				resp.ID, req.VNet, uses, resp.Expires.Format(time.RFC3339), resp.ID)
 			return nil
 		},
 	}
@@ -167,15 +177,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 			}
 			return g.table("ID\tVNET\tUSES LEFT\tEXPIRES\tSTATE\tTAGS\tALLOW ROUTES\tMAX PRIORITY", func(w *tabwriter.Writer) {
 				for _, t := range out {
-					st := "valid"
-					switch {
-					case t.Revoked:
-						st = "revoked"
-					case t.Expired:
-						st = "expired"
-					case t.UsesLeft == 0:
-						st = "used"
-					}
+					st := tokenState(t)
 					if t.Ephemeral {
 						st += ",ephemeral"
 					}
@@ -191,7 +193,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 	addJSONFlag(list, g)
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
-		Short: "Revoke a join token",
+		Short: "Revoke a join token (one revoked already is an error: already_revoked)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.call(cmd, http.MethodPost, "/v1/tokens/"+url.PathEscape(args[0])+"/revoke", nil, nil); err != nil {
@@ -201,8 +203,90 @@ func newTokenCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, revoke)
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove the join tokens that can admit no one: used up, expired or revoked",
+		Long: `Remove every join token that can admit no one any more: used up, expired or
+revoked. A token used up in the last two minutes stays, for a join whose answer
+was lost and is repeated. Peers that joined with a pruned token are not
+affected. The leader prunes tokens dead for a day by itself.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res api.PruneTokensResponse
+			if err := g.call(cmd, http.MethodPost, "/v1/tokens/prune", nil, &res); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(g.out, res)
+			}
+			if len(res.Pruned) == 0 {
+				fmt.Fprintln(g.out, "no token to prune")
+				return nil
+			}
+			return g.table("PRUNED\tVNET\tSTATE", func(w *tabwriter.Writer) {
+				for _, t := range res.Pruned {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", t.ID, t.VNet, tokenState(t))
+				}
+			})
+		},
+	}
+	addJSONFlag(prune, g)
+	cmd.AddCommand(create, list, revoke, prune)
 	return cmd
+}
+
+// tokenCreated is what token create --json prints.
+type tokenCreated struct {
+	api.CreateTokenResponse
+	VNet string `json:"vnet"`
+	Uses int    `json:"uses"`
+}
+
+// tokenState is a join token's state in one word: valid, revoked, expired
+// or used.
+func tokenState(t api.Token) string {
+	switch {
+	case t.Revoked:
+		return "revoked"
+	case t.Expired:
+		return "expired"
+	case t.UsesLeft == 0:
+		return "used"
+	}
+	return "valid"
+}
+
+// checkTokenFlags refuses token create's values out of range, here rather
+// than at the coordinator, and never changes one: --uses 0 is an error,
+// not one use.
+func checkTokenFlags(cmd *cobra.Command, req *api.CreateTokenRequest, maxPriority int) error {
+	if req.Uses < 1 || req.Uses > state.MaxTokenUses {
+		return fmt.Errorf("--uses %d: give from 1 to %d peers", req.Uses, state.MaxTokenUses)
+	}
+	if strings.TrimSpace(req.TTL) == "" {
+		return fmt.Errorf("--ttl is empty: give a duration such as 30m, 12h or 7d")
+	}
+	ttl, err := coordinator.ParseTTL(req.TTL)
+	if err != nil {
+		return fmt.Errorf("--ttl %q: give a positive duration such as 30m, 12h or 7d", req.TTL)
+	}
+	if ttl > state.MaxTTL {
+		return fmt.Errorf("--ttl %s: a token lives at most %dd", req.TTL, int(state.MaxTTL/(24*time.Hour)))
+	}
+	req.MaxPriority = nil
+	if cmd.Flags().Changed("max-priority") {
+		if maxPriority < 0 || maxPriority > state.MaxPriority {
+			return fmt.Errorf("--max-priority %d: give a priority from 0 to %d", maxPriority, state.MaxPriority)
+		}
+		req.MaxPriority = &maxPriority
+	}
+	for _, r := range req.AllowRoutes {
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
+		if err != nil || p != p.Masked() {
+			return fmt.Errorf("--allow-routes %q is not a network CIDR like 10.1.0.0/16", r)
+		}
+	}
+	return nil
 }
 
 func newPeerCmd(g *globals) *cobra.Command {
@@ -224,13 +308,13 @@ func newPeerCmd(g *globals) *cobra.Command {
 			if g.json {
 				return printJSON(g.out, out)
 			}
-			return g.table("NAME\tVNET\tROLE\tOVERLAY IP\tONLINE\tROUTES\tENDPOINTS", func(w *tabwriter.Writer) {
+			return g.table("NAME\tVNET\tROLE\tOVERLAY IP\tONLINE\tGATEWAY\tROUTES\tENDPOINTS", func(w *tabwriter.Writer) {
 				for _, p := range out {
 					var rs []string
 					for _, r := range p.Routes {
 						rs = append(rs, fmt.Sprintf("%s(%d)", r.Prefix, r.Priority))
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\n", p.Name, p.VNet, p.Role, p.OverlayIP, p.Online, join(rs), join(p.Endpoints))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\t%s\n", p.Name, p.VNet, p.Role, p.OverlayIP, p.Online, dash(p.GatewayState), join(rs), join(p.Endpoints))
 				}
 			})
 		},
@@ -256,19 +340,31 @@ func newPeerCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printGateways(gs []api.Gateway) string {
+// printGateways lists gateways with their priorities and states:
+// "gwa1(200,active),gwa2(100,standby)".
+func printGateways(gs []api.Gateway, active string) string {
 	var parts []string
 	for _, gw := range gs {
-		h := "healthy"
-		if !gw.Healthy {
-			h = "down"
-		}
-		if gw.Drained {
-			h += ",drained"
-		}
-		parts = append(parts, fmt.Sprintf("%s(%d,%s)", gw.Name, gw.Priority, h))
+		parts = append(parts, fmt.Sprintf("%s(%d,%s)", gw.Name, gw.Priority, gatewayState(gw, active)))
 	}
 	return join(parts)
+}
+
+// gatewayState is a gateway's state word (package gateway); a coordinator
+// that predates the words sends none, and the word follows from what it
+// does send.
+func gatewayState(gw api.Gateway, active string) string {
+	switch {
+	case gw.State != "":
+		return gw.State
+	case gw.Name == active:
+		return string(gateway.Active)
+	case !gw.Healthy:
+		return string(gateway.Offline)
+	case gw.Drained:
+		return string(gateway.Drained)
+	}
+	return string(gateway.Standby)
 }
 
 // moreSpecific describes which prefix of an overlap is the more specific
@@ -314,7 +410,7 @@ func newRouteCmd(g *globals) *cobra.Command {
 			}
 			return g.table("VNET\tPREFIX\tACTIVE\tGATEWAYS", func(w *tabwriter.Writer) {
 				for _, r := range out {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.VNet, r.Prefix, dash(r.ActiveGateway), printGateways(r.Gateways))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.VNet, r.Prefix, dash(r.ActiveGateway), printGateways(r.Gateways, r.ActiveGateway))
 				}
 			})
 		},
@@ -339,7 +435,7 @@ func newRouteCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(g.out, "%s in vnet %s: no route\n", res.IP, res.VNet)
 				return nil
 			}
-			fmt.Fprintf(g.out, "%s in vnet %s: %s via %s\ngateways: %s\n", res.IP, res.VNet, *res.Prefix, dash(res.ActiveGateway), printGateways(res.Gateways))
+			fmt.Fprintf(g.out, "%s in vnet %s: %s via %s\ngateways: %s\n", res.IP, res.VNet, *res.Prefix, dash(res.ActiveGateway), printGateways(res.Gateways, res.ActiveGateway))
 			return nil
 		},
 	}

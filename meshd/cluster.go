@@ -97,6 +97,9 @@ Raft address already in the cluster is refused: to replace a coordinator,
 remove it first.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkPositive(cmd, "wait"); err != nil {
+				return err
+			}
 			name, addr := args[0], args[1]
 			var m api.Member
 			if err := g.call(cmd, http.MethodPost, "/v1/cluster/members", api.AddMemberRequest{Name: name, RaftAddr: addr, Nonvoter: true}, &m); err != nil {

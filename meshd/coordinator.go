@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,11 @@ the bootstrap admin credential (MESHD_ADMIN_TOKEN) until it is revoked (meshd
 admin token revoke admin), when the file is removed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkPositive(cmd, "raft-snapshot-threshold", "raft-snapshot-interval", "raft-trailing-logs",
+				"raft-heartbeat-timeout", "raft-election-timeout", "raft-leader-lease-timeout", "ephemeral-grace",
+				"api-read-timeout", "api-idle-timeout", "relay-credential-ttl"); err != nil {
+				return err
+			}
 			if keyFile == "" {
 				return fmt.Errorf("--cluster-key-file is required (make one with 'meshd coordinator keygen > cluster.key')")
 			}
@@ -55,6 +61,11 @@ admin token revoke admin), when the file is removed.`,
 				return err
 			}
 			cfg.ClusterKey = key
+			warnLooseKeyFiles(g.errOut,
+				secretFile{"cluster key file", keyFile},
+				secretFile{"admin token file", filepath.Join(cfg.DataDir, "admin.token")},
+				secretFile{"relay secret file", relaySecretFile},
+			)
 			if cfg.GossipKeyGrace < minGossipKeyGrace {
 				return fmt.Errorf("--gossip-key-grace %s: use at least %s (peers switch to a new key 10s after they receive it)", cfg.GossipKeyGrace, minGossipKeyGrace)
 			}
@@ -121,19 +132,34 @@ admin token revoke admin), when the file is removed.`,
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "HOST:PORT where Prometheus metrics are served at /metrics in plain HTTP without a credential, for scrapers (default: off; the API's /metrics needs an admin credential, read-only ones included)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 
-	cmd.AddCommand(&cobra.Command{
-		Use:   "keygen",
-		Short: "Print a new cluster secret",
-		Args:  cobra.NoArgs,
+	var keyOut string
+	keygen := &cobra.Command{
+		Use:   "keygen [--out FILE]",
+		Short: "Make a new cluster secret: into FILE (mode 0600, never overwritten) with --out, else on stdout",
+		Long: `Make a new cluster secret, the one every coordinator of a cluster shares.
+With --out FILE it is written to FILE with mode 0600; an existing FILE is never
+overwritten. Without --out it is printed on stdout: redirect it into a file only
+you can read (umask 077), as the coordinator warns about a key file its group or
+others can read.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			k, err := clusterkey.Generate()
 			if err != nil {
 				return err
 			}
+			if keyOut != "" {
+				if err := writeKeyFile(keyOut, []byte(k.String())); err != nil {
+					return fmt.Errorf("--out: %w", err)
+				}
+				fmt.Fprintf(g.errOut, "cluster key written to %s (mode 0600)\n", keyOut)
+				return nil
+			}
 			_, err = fmt.Fprint(g.out, k.String())
 			return err
 		},
-	})
+	}
+	keygen.Flags().StringVarP(&keyOut, "out", "o", "", "write the key to this file (mode 0600; an existing file is not overwritten)")
+	cmd.AddCommand(keygen)
 	var atKey string
 	var atURLs []string
 	at := &cobra.Command{

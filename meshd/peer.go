@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -54,6 +55,16 @@ message says which side to upgrade (usually the coordinators, first).`,
 			if !ok {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
+			// 0 would mean "the default" further on: refuse it rather than
+			// change it.
+			if err := checkPositive(cmd, "mtu", "gossip-port", "liveness-port"); err != nil {
+				return err
+			}
+			warnLooseKeyFiles(g.errOut,
+				secretFile{"private key file", filepath.Join(cfg.StateDir, controlclient.KeyFile)},
+				secretFile{"credential file", filepath.Join(cfg.StateDir, controlclient.IdentityFile)},
+				secretFile{"join token file", tokFile},
+			)
 			if cfg.Token == "" {
 				cfg.Token = strings.TrimSpace(os.Getenv("MESHD_TOKEN"))
 			}

@@ -58,6 +58,9 @@ name the rule or test at fault. Peers get the new policy within a second.`,
 		Short: "Show the vnet's policy and who set which version when",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkPositive(cmd, "version"); err != nil {
+				return err
+			}
 			p := path(getVNet)
 			if version > 0 {
 				p += "?version=" + strconv.Itoa(version)

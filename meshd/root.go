@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
 )
 
 // exitError carries an exit code through cobra.
@@ -25,7 +26,14 @@ func run(args []string) int {
 	startPprof()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := newRoot(os.Stdout, os.Stderr)
+	return execute(ctx, args, os.Stdout, os.Stderr)
+}
+
+// execute runs one command line with its output and errors going to out
+// and errOut, and returns the exit code: 0, the code of an exitError, or 1
+// for any other error, which it prints to errOut.
+func execute(ctx context.Context, args []string, out, errOut io.Writer) int {
+	root := newRoot(out, errOut)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -36,17 +44,18 @@ func run(args []string) int {
 		return ee.code
 	}
 	var ae *api.Error
-	if errors.As(err, &ae) {
+	var ue *apiclient.UnreachableError
+	if errors.As(err, &ae) && !errors.As(err, &ue) {
 		if len(ae.Details) > 1 {
-			fmt.Fprintf(os.Stderr, "meshd: %d problems (%s):\n", len(ae.Details), ae.Code)
+			fmt.Fprintf(errOut, "meshd: %d problems (%s):\n", len(ae.Details), ae.Code)
 			for _, d := range ae.Details {
-				fmt.Fprintf(os.Stderr, "  %s\n", d)
+				fmt.Fprintf(errOut, "  %s\n", d)
 			}
 		} else {
-			fmt.Fprintf(os.Stderr, "meshd: %s (%s)\n", ae.Message, ae.Code)
+			fmt.Fprintf(errOut, "meshd: %s (%s)\n", ae.Message, ae.Code)
 		}
 	} else {
-		fmt.Fprintf(os.Stderr, "meshd: %v\n", err)
+		fmt.Fprintf(errOut, "meshd: %v\n", err)
 	}
 	return 1
 }
@@ -90,6 +99,7 @@ bootstrap credential) or a credential from meshd admin token create.`,
 		newNetcheckCmd(g),
 		newVersionCmd(g),
 	)
+	strictGroups(root)
 	return root
 }
 

@@ -82,6 +82,8 @@ type gatewayOf struct {
 	drained  bool
 	// why explains the choice: every candidate in order with its state.
 	why string
+	// all are the candidates, best first, with their states.
+	all []api.Gateway
 }
 
 // activeGateways picks, for every announced prefix, the one gateway that
@@ -132,6 +134,11 @@ func activeGateways(m *netMap, healthy func(peerID string) bool, selfHealthy boo
 		if i >= 0 {
 			g := gs[i]
 			g.why = why
+			_, sts := gateway.Assess(cs)
+			for _, k := range sortedCandidates(cs) {
+				g.all = append(g.all, api.Gateway{Name: cs[k].Name, Priority: cs[k].Priority, Healthy: cs[k].Healthy, Drained: cs[k].Drained,
+					State: string(sts[k].State), Reason: sts[k].Reason})
+			}
 			out[pfx] = g
 		}
 	}
@@ -237,7 +244,7 @@ func compute(m *netMap, o buildOptions) *desired {
 	slices.SortFunc(prefixes, func(a, b netip.Prefix) int { return cmp.Compare(a.String(), b.String()) })
 	for _, pfx := range prefixes {
 		g := active[pfx]
-		d.routes = append(d.routes, api.LocalRoute{Prefix: pfx.String(), ActiveGateway: g.name, Local: g.peerID == "" || announces(m.self, pfx), Why: g.why})
+		d.routes = append(d.routes, api.LocalRoute{Prefix: pfx.String(), ActiveGateway: g.name, Local: g.peerID == "" || announces(m.self, pfx), Why: g.why, Gateways: g.all})
 		if announces(m.self, pfx) {
 			continue // our own LAN: never route it into the tunnel
 		}
@@ -292,4 +299,14 @@ func (m *netMap) agents() int {
 		}
 	}
 	return n
+}
+
+// sortedCandidates returns the indexes of cs, best first (gateway.Compare).
+func sortedCandidates(cs []gateway.Candidate) []int {
+	order := make([]int, len(cs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(i, j int) int { return gateway.Compare(cs[i], cs[j]) })
+	return order
 }

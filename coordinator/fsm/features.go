@@ -24,7 +24,7 @@ import (
 // unless skipping them would leave a coordinator without state it serves).
 
 // FeatureLevel is the feature level of this version.
-const FeatureLevel = 2
+const FeatureLevel = 3
 
 // Feature is a command type that needs a feature level.
 type Feature struct {
@@ -46,6 +46,8 @@ var gates = []Feature{
 	// join) and devices without the agent.
 	{Type: LeavePeerType, Level: 2, What: "an agent undoing its join"},
 	{Type: AddDeviceType, Level: 2, What: "peer export"},
+	// Level 3: dead join tokens are pruned.
+	{Type: PruneTokensType, Level: 3, What: "token prune"},
 }
 
 // Features lists the gated command types, lowest level first.

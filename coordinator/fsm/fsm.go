@@ -62,6 +62,7 @@ const (
 	DeregisterCoordinatorType
 	LeavePeerType
 	AddDeviceType
+	PruneTokensType
 )
 
 // Command bodies.
@@ -85,8 +86,11 @@ type (
 		Spec state.TokenSpec `json:"spec"`
 		Now  time.Time       `json:"now"`
 	}
+	// RevokeToken revokes a join token; Now (zero in entries of older
+	// versions) records when, for token prune.
 	RevokeToken struct {
-		ID string `json:"id"`
+		ID  string    `json:"id"`
+		Now time.Time `json:"now,omitzero"`
 	}
 	JoinPeer struct {
 		Spec state.JoinSpec `json:"spec"`
@@ -188,6 +192,13 @@ type (
 		Spec state.DeviceSpec `json:"spec"`
 		Now  time.Time        `json:"now"`
 	}
+	// PruneTokens deletes the join tokens IDs names that are dead
+	// (revoked, expired or used up) at Now; the writer chose them
+	// (state.Tables.DeadTokens), the apply checks each again.
+	PruneTokens struct {
+		IDs []string  `json:"ids"`
+		Now time.Time `json:"now"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -217,6 +228,7 @@ var newBody = map[MessageType]func() any{
 	DeregisterCoordinatorType: func() any { return new(DeregisterCoordinator) },
 	LeavePeerType:             func() any { return new(LeavePeer) },
 	AddDeviceType:             func() any { return new(AddDevice) },
+	PruneTokensType:           func() any { return new(PruneTokens) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -339,7 +351,8 @@ func (f *FSM) apply(l *raft.Log) any {
 		c := body.(*CreateToken)
 		err = f.store.CreateToken(c.Spec, c.Now)
 	case RevokeTokenType:
-		err = f.store.RevokeToken(body.(*RevokeToken).ID)
+		c := body.(*RevokeToken)
+		err = f.store.RevokeToken(c.ID, c.Now)
 	case JoinPeerType:
 		c := body.(*JoinPeer)
 		r.Peer, err = f.store.Join(c.Spec, c.Now)
@@ -394,6 +407,9 @@ func (f *FSM) apply(l *raft.Log) any {
 	case AddDeviceType:
 		c := body.(*AddDevice)
 		r.Peer, err = f.store.AddDevice(c.Spec, c.Now)
+	case PruneTokensType:
+		c := body.(*PruneTokens)
+		r.IDs = f.store.PruneTokens(c.IDs, c.Now)
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

@@ -232,12 +232,42 @@ func gateways(t *state.Tables, healthy Healthy) map[routeKey][]api.Gateway {
 	}
 	for _, gs := range out {
 		slices.SortFunc(gs, func(a, b api.Gateway) int { return gateway.Compare(candidate(a), candidate(b)) })
+		cs := make([]gateway.Candidate, len(gs))
+		for i, g := range gs {
+			cs[i] = candidate(g)
+		}
+		_, sts := gateway.Assess(cs)
+		for i := range gs {
+			gs[i].State, gs[i].Reason = string(sts[i].State), sts[i].Reason
+		}
 	}
 	return out
 }
 
+// candidate is a gateway as the coordinators see it: healthy while it is
+// connected (it holds its watch), offline otherwise; they cannot tell a
+// connected gateway that fails its health checks from a sound one.
 func candidate(g api.Gateway) gateway.Candidate {
-	return gateway.Candidate{Name: g.Name, Priority: g.Priority, Healthy: g.Healthy, Drained: g.Drained}
+	return gateway.Candidate{Name: g.Name, Priority: g.Priority, Healthy: g.Healthy, Offline: !g.Healthy, Drained: g.Drained}
+}
+
+// GatewayStates is, by peer ID, the state of every gateway across the
+// routes it announces (gateway.Summary).
+func GatewayStates(t *state.Tables, healthy Healthy) map[string]gateway.State {
+	byName := map[[2]string][]gateway.State{}
+	for k, gs := range gateways(t, healthy) {
+		for _, g := range gs {
+			key := [2]string{k.vnet, g.Name}
+			byName[key] = append(byName[key], gateway.State(g.State))
+		}
+	}
+	out := map[string]gateway.State{}
+	for id, p := range t.Peers {
+		if s := gateway.Summary(byName[[2]string{p.VNet, p.Name}]); s != "" {
+			out[id] = s
+		}
+	}
+	return out
 }
 
 // active names the gateway that carries a route by the rule the peers

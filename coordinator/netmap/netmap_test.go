@@ -3,6 +3,7 @@ package netmap
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/gateway"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -171,14 +173,23 @@ func TestLookupDrained(t *testing.T) {
 			active  string
 			first   api.Gateway
 		}{
-			{"standby takes over", healthyExcept(), "gwa2", api.Gateway{Name: "gwa2", Priority: 100, Healthy: true}},
-			{"drained alone carries it", healthyExcept("gwa2"), "gwa1", api.Gateway{Name: "gwa1", Priority: 200, Healthy: true, Drained: true}},
-			{"drained and unhealthy does not", healthyExcept("gwa1", "gwa2"), "", api.Gateway{Name: "gwa1", Priority: 200, Drained: true}},
+			{"standby takes over", healthyExcept(), "gwa2", api.Gateway{Name: "gwa2", Priority: 100, Healthy: true,
+				State: "active", Reason: "highest-priority healthy gateway"}},
+			{"drained alone carries it", healthyExcept("gwa2"), "gwa1", api.Gateway{Name: "gwa1", Priority: 200, Healthy: true, Drained: true,
+				State: "active", Reason: "drained, but no undrained gateway is healthy"}},
+			{"drained and unhealthy does not", healthyExcept("gwa1", "gwa2"), "", api.Gateway{Name: "gwa1", Priority: 200, Drained: true,
+				State: "offline", Reason: "offline (and drained)"}},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				r := Lookup(tb, "default", netip.MustParseAddr("192.168.10.7"), tt.healthy)
 				if r.ActiveGateway != tt.active || len(r.Gateways) != 2 || r.Gateways[0] != tt.first {
 					t.Fatalf("got %q %+v; want %q with %+v first", r.ActiveGateway, r.Gateways, tt.active, tt.first)
+				}
+				// The one word for the second gateway: drained while the
+				// standby carries it, offline when it is not connected.
+				want := map[string]string{"standby takes over": "drained", "drained alone carries it": "offline", "drained and unhealthy does not": "offline"}[tt.name]
+				if r.Gateways[1].State != want {
+					t.Fatalf("second gateway %+v; want state %s", r.Gateways[1], want)
 				}
 				for _, ri := range Routes(tb, "default", tt.healthy) {
 					if ri.Prefix == "192.168.10.0/24" && ri.ActiveGateway != r.ActiveGateway {
@@ -237,4 +248,32 @@ func TestOverlapsMoreSpecific(t *testing.T) {
 			t.Fatalf("got %+v; want the /25 (b) more specific, announced by gwb1 (not allowed exactly) and gwe (allowed exactly), flagged", got)
 		}
 	})
+}
+
+// TestGatewayStates: peer list's one word per gateway, across its routes;
+// none for a peer without routes.
+func TestGatewayStates(t *testing.T) {
+	s := testStore(t)
+	for _, tt := range []struct {
+		name    string
+		drain   bool
+		healthy Healthy
+		want    map[string]gateway.State
+	}{
+		{"all connected", false, healthyExcept(), map[string]gateway.State{"a1": gateway.Active, "a2": gateway.Standby, "b1": gateway.Active, "x1": gateway.Active}},
+		{"the active one offline", false, healthyExcept("gwa1"), map[string]gateway.State{"a1": gateway.Offline, "a2": gateway.Active, "b1": gateway.Active, "x1": gateway.Active}},
+		{"the active one drained", true, healthyExcept(), map[string]gateway.State{"a1": gateway.Drained, "a2": gateway.Active, "b1": gateway.Active, "x1": gateway.Active}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.drain
+			if err := s.UpdatePeer(state.PeerUpdate{PeerID: "a1", Drained: &d}); err != nil {
+				t.Fatal(err)
+			}
+			s.Read(func(tb *state.Tables, _ uint64) {
+				if got := GatewayStates(tb, tt.healthy); !maps.Equal(got, tt.want) {
+					t.Fatalf("got %v; want %v", got, tt.want)
+				}
+			})
+		})
+	}
 }

@@ -280,15 +280,21 @@ func (s *Store) CreateToken(spec TokenSpec, now time.Time) error {
 	return nil
 }
 
-// RevokeToken makes a token unusable.
-func (s *Store) RevokeToken(id string) error {
+// RevokeToken makes a token unusable from now on (zero: when is not
+// recorded, as entries of older versions). A token revoked already is
+// refused with api.CodeAlreadyRevoked and stays as it was.
+func (s *Store) RevokeToken(id string, now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.t.Tokens[id]
 	if !ok {
 		return api.Errorf(api.CodeNotFound, "token %q does not exist", id)
 	}
+	if t.Revoked {
+		return api.Errorf(api.CodeAlreadyRevoked, "token %q is revoked already; nothing changed", id)
+	}
 	t.Revoked = true
+	t.RevokedAt = now
 	return nil
 }
 
@@ -464,6 +470,7 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 				return nil, err
 			}
 			t.UsesLeft--
+			t.LastUsed = now
 			p.CredHash = j.CredHash
 			return p, nil
 		}
@@ -507,6 +514,7 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 	}
 	v.NextIP = cursor
 	t.UsesLeft--
+	t.LastUsed = now
 	s.t.Peers[p.ID] = p
 	s.indexPeer(p)
 	s.record(v.Name, p.ID)

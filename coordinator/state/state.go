@@ -92,6 +92,12 @@ type Token struct {
 	// CreatedBy names the admin credential that created it; empty for
 	// tokens created before this was recorded.
 	CreatedBy string `json:"created_by,omitempty"`
+	// RevokedAt is when it was revoked; zero if it is not, or if it was
+	// revoked by a version that did not record when.
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// LastUsed is when a peer last joined with it; zero if none has, or
+	// if the join was applied by a version that did not record it.
+	LastUsed time.Time `json:"last_used,omitzero"`
 }
 
 // Coordinator is one member of the coordinator cluster.

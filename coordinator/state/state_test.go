@@ -324,7 +324,7 @@ func TestJoinRetry(t *testing.T) {
 }
 
 func revoke(s *Store) {
-	if err := s.RevokeToken("tok1"); err != nil {
+	if err := s.RevokeToken("tok1", t0); err != nil {
 		panic(err)
 	}
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Route is how a peer's status shows prefix: its active gateway and why
-// (the candidates with their priorities and health, "gw1(200) healthy,
+// (the candidates with their priorities and health, "gw1(200) active,
 // ..."); ok is false when the status has no such route.
 func Route(st *api.LocalStatus, prefix string) (r api.LocalRoute, ok bool) {
 	for _, r := range st.Routes {

@@ -116,7 +116,7 @@ func (e *Error) Status() int {
 		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
-	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired, CodeCatchingUp:
+	case CodeConflict, CodeOverlap, CodeVNetDeleted, CodeExhausted, CodeUpgradeRequired, CodeCatchingUp, CodeAlreadyRevoked:
 		return http.StatusConflict
 	case CodeBodyTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -257,6 +257,10 @@ type Peer struct {
 	CreatedAt time.Time `json:"created_at"`
 	LastSeen  time.Time `json:"last_seen"`
 	Drained   bool      `json:"drained,omitempty"`
+	// GatewayState is a gateway's state across its routes (package
+	// gateway, Summary): active when it carries any, else offline,
+	// unhealthy, drained or standby. Empty for a peer without routes.
+	GatewayState string `json:"gateway_state,omitempty"`
 }
 
 // JoinRequest is what a new peer presents: the token string, its WireGuard
@@ -429,6 +433,11 @@ type Gateway struct {
 	Priority int    `json:"priority"`
 	Healthy  bool   `json:"healthy"`
 	Drained  bool   `json:"drained,omitempty"`
+	// State is its state for this route in one word (package gateway):
+	// active, standby, drained, unhealthy or offline; Reason says why.
+	// Empty from coordinators that predate them.
+	State  string `json:"state,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // RouteInfo is one (vnet, prefix) with its gateways.

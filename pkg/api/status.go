@@ -95,4 +95,7 @@ type LocalRoute struct {
 	Local bool `json:"local,omitempty"`
 	// Why explains the choice.
 	Why string `json:"why,omitempty"`
+	// Gateways are the candidates as this peer sees them, best first,
+	// each with its state (package gateway) and reason.
+	Gateways []Gateway `json:"gateways,omitempty"`
 }

@@ -12,7 +12,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,7 +137,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	if len(urls) == 0 {
 		return fmt.Errorf("%w: no coordinator address known", ErrUnreachable)
 	}
-	var last error
+	var attempts []Attempt
 	refused := 0
 	for _, u := range urls {
 		err := c.once(ctx, u, method, path, body, out)
@@ -154,15 +156,76 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		if api.IsProtocol(err) {
 			refused++
 		}
-		last = err
+		attempts = append(attempts, Attempt{URL: u, Err: err})
 	}
 	// A protocol refusal is the answer only when every coordinator gave
 	// it: one that did not answer may speak this version already.
-	var ae *api.Error
-	if refused == len(urls) || errors.As(last, &ae) && !api.IsProtocol(ae) {
-		return last
+	if refused == len(urls) {
+		return attempts[len(attempts)-1].Err
 	}
-	return fmt.Errorf("%w (tried %v): %v", ErrUnreachable, urls, last)
+	return &UnreachableError{Attempts: attempts}
+}
+
+// Attempt is one coordinator tried and why it did not serve the call.
+type Attempt struct {
+	URL string
+	Err error
+}
+
+// UnreachableError says that no coordinator served a call, and why each
+// did not. It matches ErrUnreachable (errors.Is) and each attempt's error
+// but a protocol refusal: that one is the answer only when every
+// coordinator gave it (api.IsProtocol is false, as a retry may reach one
+// that speaks the version).
+type UnreachableError struct {
+	Attempts []Attempt
+}
+
+func (e *UnreachableError) Error() string {
+	if len(e.Attempts) == 1 {
+		a := e.Attempts[0]
+		return fmt.Sprintf("%v: %s", ErrUnreachable, Describe(a.URL, a.Err))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v; tried %d:", ErrUnreachable, len(e.Attempts))
+	for _, a := range e.Attempts {
+		fmt.Fprintf(&b, "\n  %s", Describe(a.URL, a.Err))
+	}
+	return b.String()
+}
+
+// Unwrap gives ErrUnreachable and every attempt's error but protocol
+// refusals.
+func (e *UnreachableError) Unwrap() []error {
+	out := []error{ErrUnreachable}
+	for _, a := range e.Attempts {
+		if !api.IsProtocol(a.Err) {
+			out = append(out, a.Err)
+		}
+	}
+	return out
+}
+
+// Describe says in a line why the coordinator at url did not serve a
+// call: "https://10.0.0.1:8443: connect: connection refused". A server
+// whose certificate does not match the pin is most often something else
+// listening on that address (a stray host, another cluster's
+// coordinator), so it is described as that and not as an attack.
+func Describe(url string, err error) string {
+	var ae *api.Error
+	var ue *neturl.Error
+	switch {
+	case errors.Is(err, tlspin.ErrMismatch):
+		return fmt.Sprintf("the server at %s is not a coordinator of this cluster (its certificate does not match the pin in the token/admin credential)", url)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("%s: no answer within %s", url, AttemptTimeout)
+	case errors.As(err, &ae):
+		return fmt.Sprintf("%s: %s (%s)", url, ae.Message, ae.Code)
+	case errors.As(err, &ue):
+		// "Get \"https://...\": dial tcp ...": the URL once is enough.
+		return fmt.Sprintf("%s: %v", url, ue.Err)
+	}
+	return fmt.Sprintf("%s: %v", url, err)
 }
 
 func (c *Client) newRequest(ctx context.Context, base, method, path string, body []byte) (*http.Request, error) {
@@ -224,9 +287,12 @@ func decodeResponse(resp *http.Response, out any) error {
 // coordinator that answers with 200 and returns the response; the caller
 // reads and closes its body.
 func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error) {
-	var last error
+	var attempts []Attempt
 	refused := 0
 	urls := c.URLs()
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("%w: no coordinator address known", ErrUnreachable)
+	}
 	for _, u := range urls {
 		req, err := c.newRequest(ctx, u, http.MethodGet, path, nil)
 		if err != nil {
@@ -234,7 +300,10 @@ func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error
 		}
 		resp, err := c.hc.Do(req)
 		if err != nil {
-			last = err
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			attempts = append(attempts, Attempt{URL: u, Err: err})
 			continue
 		}
 		if resp.StatusCode != http.StatusOK {
@@ -247,16 +316,16 @@ func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error
 			if api.IsProtocol(err) {
 				refused++
 			}
-			last = err
+			attempts = append(attempts, Attempt{URL: u, Err: err})
 			continue
 		}
 		c.setCurrent(u)
 		return resp, nil
 	}
-	if refused > 0 && refused == len(urls) { // as in Do
-		return nil, last
+	if refused == len(urls) { // as in Do
+		return nil, attempts[len(attempts)-1].Err
 	}
-	return nil, fmt.Errorf("%w: %v", ErrUnreachable, last)
+	return nil, &UnreachableError{Attempts: attempts}
 }
 
 // Join presents a join token and returns the new peer's identity.

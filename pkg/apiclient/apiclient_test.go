@@ -2,13 +2,22 @@ package apiclient
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/tlspin"
@@ -90,5 +99,77 @@ func TestProtocolRefusal(t *testing.T) {
 	}
 	if current.calls.Load() != 2 {
 		t.Errorf("the current coordinator got %d calls; want 2 (one Do, one Stream)", current.calls.Load())
+	}
+}
+
+// selfSigned is a TLS certificate of a key of its own: a server that is
+// not a coordinator of the cluster whose pin the client holds.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestErrorsNameEveryCoordinator: when no coordinator serves a call, the
+// error names each one tried with its own reason; a server whose
+// certificate does not match the pin is called not a coordinator of this
+// cluster.
+func TestErrorsNameEveryCoordinator(t *testing.T) {
+	busy := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		json.NewEncoder(w).Encode(api.ErrorBody{Error: api.Errorf(api.CodeUnavailable, "coordinator c2 is catching up")})
+	}))
+	defer busy.Close()
+	stray := httptest.NewUnstartedServer(http.NotFoundHandler())
+	stray.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+	stray.StartTLS()
+	defer stray.Close()
+	down := httptest.NewTLSServer(http.NotFoundHandler())
+	downURL := down.URL
+	down.Close()
+
+	c := New([]string{downURL, stray.URL, busy.URL}, tlspin.Of(busy.Certificate()), "")
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"Do": func() error { return c.Do(ctx, http.MethodGet, "/v1/x", nil, nil) },
+		"Stream": func() error {
+			resp, err := c.Stream(ctx, "/v1/x")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err
+		},
+	} {
+		err := call()
+		var ue *UnreachableError
+		if !errors.As(err, &ue) || !errors.Is(err, ErrUnreachable) || !api.IsCode(err, api.CodeUnavailable) {
+			t.Fatalf("%s: %v; want an UnreachableError that matches %v and %s", name, err, ErrUnreachable, api.CodeUnavailable)
+		}
+		if len(ue.Attempts) != 3 {
+			t.Fatalf("%s: %d attempts; want 3", name, len(ue.Attempts))
+		}
+		msg := err.Error()
+		for _, want := range []string{
+			downURL + ": dial tcp",
+			"the server at " + stray.URL + " is not a coordinator of this cluster (its certificate does not match the pin in the token/admin credential)",
+			busy.URL + ": coordinator c2 is catching up (unavailable)",
+		} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: %q lacks %q", name, msg, want)
+			}
+		}
+		if strings.Count(msg, "\n") != 3 {
+			t.Errorf("%s: %q; want a header line and one line per coordinator", name, msg)
+		}
 	}
 }

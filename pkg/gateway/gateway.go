@@ -35,27 +35,52 @@ type Candidate struct {
 	Priority int
 	// Healthy is the caller's view of whether the gateway can forward.
 	Healthy bool
+	// Offline, with Healthy false, says the gateway is not there at all
+	// (coordinators: no coordinator hears from it), rather than there but
+	// failing its health checks.
+	Offline bool
 	// Drained is set by an admin with `meshd route drain`.
 	Drained bool
 }
 
-// State describes the candidate in one word (or two): "healthy", "drained"
-// (healthy but drained), "unhealthy" or "unhealthy+drained".
-func (c Candidate) State() string {
-	switch {
-	case c.Healthy && !c.Drained:
-		return "healthy"
-	case c.Healthy:
-		return "drained"
-	case c.Drained:
-		return "unhealthy+drained"
-	}
-	return "unhealthy"
+// State is what a gateway is doing for one route, in the one word every
+// command shows: route list, route lookup, status, peer list.
+type State string
+
+// The states, from the route's point of view:
+//
+//	active     carries the route now (a drained gateway too, when no
+//	           undrained one is healthy)
+//	standby    healthy and undrained; takes over when the active one fails
+//	drained    healthy, taken out of service by an admin (meshd route drain)
+//	unhealthy  there, but failing its health checks (a zombie, a failed LAN
+//	           check, held down after coming back)
+//	offline    not there at all
+const (
+	Active    State = "active"
+	Standby   State = "standby"
+	Drained   State = "drained"
+	Unhealthy State = "unhealthy"
+	Offline   State = "offline"
+)
+
+// Status is one candidate's state for a route and why, in a phrase.
+type Status struct {
+	State  State
+	Reason string
 }
 
-// String is the candidate as the reason shows it: "gwa1(200) healthy".
+// String is the candidate as a reason lists it: "gwa1(200)".
 func (c Candidate) String() string {
-	return fmt.Sprintf("%s(%d) %s", c.Name, c.Priority, c.State())
+	return fmt.Sprintf("%s(%d)", c.Name, c.Priority)
+}
+
+// down is the state of a candidate that is not healthy.
+func (c Candidate) down() State {
+	if c.Offline {
+		return Offline
+	}
+	return Unhealthy
 }
 
 // tier ranks what a candidate may do: 0 carries routes, 1 carries them only
@@ -87,30 +112,86 @@ func Compare(a, b Candidate) int {
 // Choose returns the index in cands of the gateway that carries the prefix,
 // or -1 when none can (no candidate is healthy), and why: a sentence that
 // lists every candidate with its priority and state, best first, e.g.
-// "highest-priority healthy gateway; candidates: gwa2(100) healthy,
-// gwa1(200) unhealthy". cands is not modified; its order does not matter.
+// "highest-priority healthy gateway; candidates: gwa2(100) active,
+// gwa1(200) offline". cands is not modified; its order does not matter.
 func Choose(cands []Candidate) (active int, why string) {
+	active, sts := Assess(cands)
 	if len(cands) == 0 {
 		return -1, "no gateway announces it"
 	}
+	order := sorted(cands)
+	list := make([]string, len(order))
+	for k, i := range order {
+		list[k] = cands[i].String() + " " + string(sts[i].State)
+	}
+	lead := "no healthy gateway"
+	if active >= 0 {
+		lead = sts[active].Reason
+	}
+	return active, lead + "; candidates: " + strings.Join(list, ", ")
+}
+
+// sorted returns the indexes of cands, best first (Compare).
+func sorted(cands []Candidate) []int {
 	order := make([]int, len(cands))
 	for i := range order {
 		order[i] = i
 	}
 	slices.SortStableFunc(order, func(i, j int) int { return Compare(cands[i], cands[j]) })
-	list := make([]string, len(order))
-	for k, i := range order {
-		list[k] = cands[i].String()
+	return order
+}
+
+// Assess applies the rule to cands and returns the index of the active
+// gateway (-1: none) and every candidate's state and reason, in cands'
+// order. cands is not modified; its order does not matter.
+func Assess(cands []Candidate) (active int, sts []Status) {
+	sts = make([]Status, len(cands))
+	if len(cands) == 0 {
+		return -1, sts
 	}
+	order := sorted(cands)
 	best := cands[order[0]]
-	var lead string
+	active = -1
 	switch best.tier() {
 	case 0:
-		active, lead = order[0], "highest-priority healthy gateway"
+		active = order[0]
+		sts[active] = Status{Active, "highest-priority healthy gateway"}
 	case 1:
-		active, lead = order[0], "drained, but no undrained gateway is healthy"
-	default:
-		active, lead = -1, "no healthy gateway"
+		active = order[0]
+		sts[active] = Status{Active, "drained, but no undrained gateway is healthy"}
 	}
-	return active, lead + "; candidates: " + strings.Join(list, ", ")
+	for _, i := range order {
+		if i == active {
+			continue
+		}
+		c := cands[i]
+		switch {
+		case !c.Healthy && c.Drained:
+			sts[i] = Status{c.down(), string(c.down()) + " (and drained)"}
+		case !c.Healthy && c.Offline:
+			sts[i] = Status{Offline, "offline: not connected"}
+		case !c.Healthy:
+			sts[i] = Status{Unhealthy, "failing its health checks"}
+		case c.Drained:
+			sts[i] = Status{Drained, "drained by an admin: carries the route only when no undrained gateway is healthy"}
+		case cands[active].Priority == c.Priority:
+			sts[i] = Status{Standby, fmt.Sprintf("standby: same priority as %s, which comes first by name", cands[active].Name)}
+		default:
+			sts[i] = Status{Standby, fmt.Sprintf("standby: lower priority than %s", cands[active])}
+		}
+	}
+	return active, sts
+}
+
+// Summary is a gateway's state across the routes it announces, given its
+// state for each: active when it carries any of them, else the first of
+// offline, unhealthy, drained and standby that any has. With no routes it
+// is "".
+func Summary(states []State) State {
+	for _, s := range []State{Active, Offline, Unhealthy, Drained, Standby} {
+		if slices.Contains(states, s) {
+			return s
+		}
+	}
+	return ""
 }

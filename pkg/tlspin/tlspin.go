@@ -13,7 +13,7 @@ import (
 )
 
 // ErrMismatch is returned when no certificate in the chain matches the pin.
-var ErrMismatch = errors.New("coordinator TLS identity does not match the pin in the token")
+var ErrMismatch = errors.New("server certificate does not match the pin in the token")
 
 // Of returns the pin of cert: SHA-256 of its SubjectPublicKeyInfo.
 func Of(cert *x509.Certificate) [32]byte {
