@@ -298,6 +298,8 @@ type Server struct {
 	reportKick chan struct{}
 
 	closeOnce sync.Once
+	// changeWaits ends the dashboard's long polls at shutdown (dashboard.go).
+	changeWaits changeWaits
 
 	// bootIndex is the last log index on disk at start; the replica serves
 	// once it has applied that far (ready latches).
@@ -447,6 +449,7 @@ func New(cfg Config) (_ *Server, err error) {
 			return context.WithValue(ctx, connKey{}, c)
 		},
 	}
+	s.http.RegisterOnShutdown(s.changeWaits.stop)
 	return s, nil
 }
 

@@ -252,6 +252,9 @@ type Peer struct {
 	CreatedAt time.Time `json:"created_at"`
 	LastSeen  time.Time `json:"last_seen"`
 	Drained   bool      `json:"drained,omitempty"`
+	// Relay is the peer's relayed address (its TURN allocation), through
+	// which peers that cannot reach it directly send; absent when none.
+	Relay string `json:"relay,omitempty"`
 }
 
 // JoinRequest is what a new peer presents: the token string, its WireGuard
