@@ -155,7 +155,7 @@
           el('td', {}, p.role),
           el('td', { class: 'mono' }, p.overlay_ip),
           el('td', {}, peerStatus(p)),
-          el('td', { class: 'mono' }, peerPath(p)),
+          el('td', { class: 'mono', title: 'where the other peers reach it: its direct endpoints, and its relayed address for those that cannot reach them' }, peerPath(p)),
           el('td', {}, routes.length ? routes : '-'),
           el('td', { title: p.last_seen }, p.online ? 'now' : ago(p.last_seen)),
           el('td', {}, (p.tags || []).join(', ') || '-'));
@@ -233,6 +233,7 @@
     renderTokens(tokens || [], admins || []);
     lastRefresh = Date.now();
     document.body.dataset.index = String(index);
+    $('#index').textContent = 'index ' + index;
     if (lookupQuery) await lookup(lookupQuery, signal);
   }
 
@@ -267,7 +268,7 @@
       try {
         const st = await api('/v1/cluster/status', signal);
         const up = (st.members || []).length;
-        $('#cluster').textContent = `coordinator ${st.server || '?'} · leader ${st.leader || 'none'} · ${up} members · index ${st.last_applied_index}`;
+        $('#cluster').textContent = `coordinator ${st.server || '?'} · leader ${st.leader || 'none'} · ${up} members`;
       } catch (e) {
         if (signal.aborted) return;
         $('#cluster').textContent = 'cluster status: ' + e.message;
@@ -329,6 +330,7 @@
     $('#signout').hidden = true;
     $('#live').hidden = true;
     $('#cluster').textContent = '';
+    $('#index').textContent = '';
     showError(null);
     showView();
     $('#signin-error').textContent = message || '';
