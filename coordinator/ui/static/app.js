@@ -222,7 +222,7 @@
     e.hidden = false;
   }
 
-  async function refresh(signal) {
+  async function refresh(signal, at) {
     const [vs, peers, routes, overlaps, tokens, admins] = await Promise.all([
       api('/v1/vnets', signal), api('/v1/peers', signal), api('/v1/routes', signal),
       api('/v1/routes/overlaps', signal), api('/v1/tokens', signal), api('/v1/admin/tokens', signal),
@@ -232,8 +232,8 @@
     renderRoutes(routes || [], overlaps || []);
     renderTokens(tokens || [], admins || []);
     lastRefresh = Date.now();
-    document.body.dataset.index = String(index);
-    $('#index').textContent = 'index ' + index;
+    document.body.dataset.index = String(at);
+    $('#index').textContent = 'index ' + at;
     if (lookupQuery) await lookup(lookupQuery, signal);
   }
 
@@ -283,8 +283,8 @@
       try {
         const c = await api(`/v1/changes?after=${index}&wait=${POLL_WAIT}`, signal);
         if (c.index !== index || Date.now() - lastRefresh > REFRESH_ANYWAY) {
-          index = c.index;
-          await refresh(signal);
+          await refresh(signal, c.index);
+          index = c.index; // only once shown: a failed read is tried again
         }
         failures = 0;
         showError(null);
