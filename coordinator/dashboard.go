@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshd/meshd/pkg/api"
@@ -26,7 +27,11 @@ const (
 type changeWaits struct {
 	mu   sync.Mutex
 	done chan struct{} // guarded by mu; made on first use, closed by stop
+	n    atomic.Int64  // long polls open now
 }
+
+// open is how many long polls are open now.
+func (c *changeWaits) open() int64 { return c.n.Load() }
 
 func (c *changeWaits) ch() <-chan struct{} {
 	c.mu.Lock()
@@ -68,6 +73,8 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = time.Duration(n) * time.Second
 	}
+	s.changeWaits.n.Add(1)
+	defer s.changeWaits.n.Add(-1)
 	timeout := time.NewTimer(wait)
 	defer timeout.Stop()
 	stop := s.changeWaits.ch()

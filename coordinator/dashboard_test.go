@@ -158,3 +158,39 @@ func TestDashboardChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestDashboardChangesShutdown: an open long poll does not hold up a
+// coordinator's exit; it is answered 503 at once, so the page retries
+// elsewhere.
+func TestDashboardChangesShutdown(t *testing.T) {
+	srv, admin, stop := startSingleWith(t, nil)
+	h := srv.routes()
+	var now api.Changes
+	if err := admin.Do(context.Background(), http.MethodGet, "/v1/changes", nil, &now); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() { done <- serve(h, http.MethodGet, fmt.Sprintf("/v1/changes?after=%d", now.Index), admin.Auth()) }()
+	// The poll is open once the coordinator counts it; poll for that
+	// rather than guess.
+	waitFor := time.Now().Add(5 * time.Second)
+	for srv.changeWaits.open() == 0 {
+		if time.Now().After(waitFor) {
+			t.Fatal("the long poll did not start")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, bounded by the deadline
+	}
+	start := time.Now()
+	stop()
+	select {
+	case rec := <-done:
+		if rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("long poll at shutdown: %d %s; want 503", rec.Code, rec.Body)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the long poll was still open 5s after the coordinator stopped")
+	}
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Fatalf("the coordinator took %s to stop with a long poll open; want well under its 2s shutdown grace", took)
+	}
+}
