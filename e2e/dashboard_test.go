@@ -158,6 +158,14 @@ func TestDashboard(t *testing.T) {
 	}
 	b.shot(shots, "tokens")
 	b.checkConsole()
+	// The browser enforces the policy (and the check above would see a
+	// violation): an image from elsewhere is refused.
+	b.do(chromedp.Evaluate[chromedp.Void](`document.body.append(Object.assign(document.createElement('img'), {src: 'https://198.18.99.200/x.png'}))`))
+	waitUntil(t, 5*time.Second, "the browser to refuse an image from elsewhere", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.faults) == 1 && strings.Contains(b.faults[0], "img-src")
+	})
 	t.Logf("TestDashboard took %s (lab start included)", time.Since(began).Round(time.Second))
 }
 
