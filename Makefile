@@ -34,7 +34,7 @@ fuzz:
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
 # true source IPs, restart, removal, coordinators down, SNAT; NAT traversal
 # (the NAT matrix, path switches, coturn as the relay); the rolling upgrade
-# from an earlier commit.
+# from an earlier commit; the dashboard in headless Chromium.
 e2e:
 	./scripts/deps.sh
 	$(GO) test -count=1 -v -run 'TestMesh|TestGateway|TestNAT|TestRelay|TestRollingUpgrade|TestDashboard' ./e2e/

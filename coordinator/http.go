@@ -16,6 +16,7 @@ import (
 	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/netmap"
 	"github.com/meshd/meshd/coordinator/state"
+	"github.com/meshd/meshd/coordinator/ui"
 	"github.com/meshd/meshd/pkg/api"
 	"github.com/meshd/meshd/pkg/token"
 )
@@ -61,6 +62,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/self", agentCall(s.requirePeer(s.handleLeave)))
 	mux.HandleFunc("POST /v1/devices", write(s.handleExportDevice))
 	mux.HandleFunc("GET /metrics", read(s.handleMetrics))
+	mux.HandleFunc("GET /v1/changes", read(s.handleChanges))
+	mux.Handle("GET /ui/", ui.Handler())
 	mux.HandleFunc("POST /v1/internal/apply", s.handleInternalApply)
 	mux.HandleFunc("GET /v1/internal/applied", s.handleInternalApplied)
 	mux.HandleFunc("GET /v1/internal/replica", s.handleInternalReplica)
@@ -336,6 +339,7 @@ func peerView(p *state.Peer, online bool, now time.Time) api.Peer {
 		OverlayIP: p.OverlayIP.String(), Online: online, Routes: []api.Route{},
 		Endpoints: append([]string{}, p.Endpoints...), Tags: append([]string{}, p.Tags...),
 		Ephemeral: p.Ephemeral, CreatedAt: p.CreatedAt, LastSeen: p.LastSeen, Drained: p.Drained,
+		Relay: p.Relay,
 	}
 	for _, r := range p.Routes {
 		v.Routes = append(v.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})

@@ -312,6 +312,8 @@ type Server struct {
 	reportKick chan struct{}
 
 	closeOnce sync.Once
+	// changeWaits ends the dashboard's long polls at shutdown (dashboard.go).
+	changeWaits changeWaits
 
 	// bootIndex is the last log index on disk at start; the replica serves
 	// once it has applied that far (ready latches).
@@ -445,6 +447,12 @@ func New(cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Browsers (the dashboard) take no Ed25519 leaf: they get an ECDSA one
+	// from the same CA, listed second so meshd's clients keep the first.
+	browserCert, err := apiCA.IssueECDSA(cfg.Name, []string{u.Hostname(), "localhost", "127.0.0.1", "::1"})
+	if err != nil {
+		return nil, err
+	}
 	// STUN answers and TURN relays from here on; Close stops both.
 	if err := s.startRelay(cert); err != nil {
 		return nil, err
@@ -456,7 +464,7 @@ func New(cfg Config) (_ *Server, err error) {
 		// segment's worth, which costs a write per record per watcher.
 		// Handshakes are completed a few at a time (handshake.go) before
 		// the server sees a connection; "h2" for browsers on the dashboard.
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, DynamicRecordSizingDisabled: true,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert, browserCert}, DynamicRecordSizingDisabled: true,
 			NextProtos: []string{"h2", "http/1.1"}},
 		// A client gets ReadHeaderTimeout for its headers and
 		// ReadTimeout for the whole request, body included (a body
@@ -474,6 +482,7 @@ func New(cfg Config) (_ *Server, err error) {
 			return context.WithValue(ctx, connKey{}, c)
 		},
 	}
+	s.http.RegisterOnShutdown(s.changeWaits.stop)
 	return s, nil
 }
 

@@ -13,6 +13,7 @@ command -v sysctl >/dev/null || need+=(procps)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v turnserver >/dev/null || need+=(coturn) # TestRelayExternalCoturn; its service stays disabled
 command -v git >/dev/null || need+=(git)           # TestRollingUpgrade builds an earlier commit from git
+command -v chromium >/dev/null || need+=(chromium) # TestDashboard drives the dashboard in headless Chromium
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing packages: ${need[*]} (run as root to install them)" >&2

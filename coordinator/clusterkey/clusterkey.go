@@ -10,7 +10,10 @@
 package clusterkey
 
 import (
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -135,6 +138,23 @@ func (ca *CA) Issue(cn string, hosts []string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
+	return ca.issue(cn, hosts, pub, priv)
+}
+
+// IssueECDSA is Issue with an ECDSA P-256 leaf key, for clients that do
+// not take Ed25519 leaf keys: web browsers on the dashboard. A server that
+// lists it after the Ed25519 one serves each client the first it supports,
+// so meshd's own clients still get the Ed25519 leaf. Both chain to the same
+// CA, so the pin holds for either.
+func (ca *CA) IssueECDSA(cn string, hosts []string) (tls.Certificate, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return ca.issue(cn, hosts, &priv.PublicKey, priv)
+}
+
+func (ca *CA) issue(cn string, hosts []string, pub crypto.PublicKey, priv crypto.Signer) (tls.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
 	if err != nil {
 		return tls.Certificate{}, err

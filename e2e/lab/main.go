@@ -110,6 +110,10 @@ The host is on the lab's wan (%s at %s), so the admin CLI works from this shell:
   %s peer list
   %s route lookup %s
 
+Dashboard (the coordinators' certificate comes from the cluster's own CA: accept it once):
+  https://%s:8443/ui/    sign in with the admin token above, or a read-only one:
+  %s admin token create dashboard --read-only
+
 Failover: ping site A from cl1 every 10 ms, then kill the active gateway (gwa1):
   sudo ip netns exec %scl1 ping -i 0.01 %s
   sudo kill -9 $(cat .lab/gwa1.pid)      # gwa2 takes the route and the VIP %s
@@ -129,6 +133,7 @@ Stop it with: make lab-down
 		prefix, netlab.HostA, prefix, netlab.HostB,
 		prefix, bin, prefix, l.Interface("gwa1"),
 		netlab.HostIf, meshlab.HostAddr, bin, bin, bin, netlab.HostA,
+		l.Topo.Coordinators[0].WAN, bin,
 		prefix, netlab.HostA, netlab.SiteAVIP,
 		prefix, prefix,
 		bin, bin, bin)

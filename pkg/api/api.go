@@ -261,6 +261,9 @@ type Peer struct {
 	// gateway, Summary): active when it carries any, else offline,
 	// unhealthy, drained or standby. Empty for a peer without routes.
 	GatewayState string `json:"gateway_state,omitempty"`
+	// Relay is the peer's relayed address (its TURN allocation), through
+	// which peers that cannot reach it directly send; absent when none.
+	Relay string `json:"relay,omitempty"`
 }
 
 // JoinRequest is what a new peer presents: the token string, its WireGuard
