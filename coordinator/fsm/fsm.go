@@ -62,6 +62,7 @@ const (
 	DeregisterCoordinatorType
 	LeavePeerType
 	AddDeviceType
+	CreateVNetIPv6Type
 )
 
 // Command bodies.
@@ -188,6 +189,15 @@ type (
 		Spec state.DeviceSpec `json:"spec"`
 		Now  time.Time        `json:"now"`
 	}
+	// CreateVNetIPv6 creates a vnet with an IPv6 overlay, alone or beside
+	// an IPv4 one (dual-stack). Versions before it would drop the IPv6
+	// overlay, so it is gated (features.go).
+	CreateVNetIPv6 struct {
+		Name       string    `json:"name"`
+		Overlays   []string  `json:"overlays"`
+		Now        time.Time `json:"now"`
+		GossipSeed []byte    `json:"gossip_seed,omitempty"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -217,6 +227,7 @@ var newBody = map[MessageType]func() any{
 	DeregisterCoordinatorType: func() any { return new(DeregisterCoordinator) },
 	LeavePeerType:             func() any { return new(LeavePeer) },
 	AddDeviceType:             func() any { return new(AddDevice) },
+	CreateVNetIPv6Type:        func() any { return new(CreateVNetIPv6) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -394,6 +405,14 @@ func (f *FSM) apply(l *raft.Log) any {
 	case AddDeviceType:
 		c := body.(*AddDevice)
 		r.Peer, err = f.store.AddDevice(c.Spec, c.Now)
+	case CreateVNetIPv6Type:
+		c := body.(*CreateVNetIPv6)
+		if err = state.ValidGossipSeed(c.GossipSeed); err == nil {
+			err = f.store.CreateVNetIPv6(c.Name, c.Overlays, c.Now)
+		}
+		if err == nil && c.GossipSeed != nil {
+			err = f.store.InitGossipRing(c.Name, c.GossipSeed)
+		}
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}
