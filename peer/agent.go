@@ -98,7 +98,7 @@ type Config struct {
 	// LANVIP6 is a second, IPv6, virtual IP beside an IPv4 LANVIP (a
 	// dual-stack LAN); optional.
 	LANVIP6 netip.Prefix
-	LANDev string // required with LANVIP or LANCheck
+	LANDev  string // required with LANVIP or LANCheck
 	// LANCheck is a LAN address a gateway must reach (ARP) to stay
 	// healthy; optional.
 	LANCheck   netip.Addr
