@@ -180,7 +180,7 @@ func (s *Server) handleListVNets(w http.ResponseWriter, r *http.Request) {
 			count[p.VNet]++
 		}
 		for _, v := range t.VNets {
-			out = append(out, api.VNet{Name: v.Name, Overlay: v.Overlay.String(), CreatedAt: v.CreatedAt, Peers: count[v.Name]})
+			out = append(out, apiVNet(v, count[v.Name]))
 		}
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -198,12 +198,13 @@ func (s *Server) handleCreateVNet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if _, err := s.raftApply(r.Context(), fsm.CreateVNetType, &fsm.CreateVNet{Name: req.Name, Overlay: req.Overlay, Now: s.now(), GossipSeed: seed}); err != nil {
+	t, cmd, created := createVNetCommand(req, s.now(), seed)
+	if _, err := s.raftApply(r.Context(), t, cmd); err != nil {
 		writeError(w, err)
 		return
 	}
 	s.log.Info("vnet created", "vnet", req.Name, "overlay", req.Overlay)
-	writeJSON(w, http.StatusCreated, api.VNet{Name: req.Name, Overlay: req.Overlay, CreatedAt: s.now()})
+	writeJSON(w, http.StatusCreated, created)
 }
 
 func (s *Server) handleDeleteVNet(w http.ResponseWriter, r *http.Request) {
@@ -340,6 +341,9 @@ func peerView(p *state.Peer, online bool, now time.Time) api.Peer {
 		Endpoints: append([]string{}, p.Endpoints...), Tags: append([]string{}, p.Tags...),
 		Ephemeral: p.Ephemeral, CreatedAt: p.CreatedAt, LastSeen: p.LastSeen, Drained: p.Drained,
 		Relay: p.Relay,
+	}
+	if p.OverlayIP6.IsValid() {
+		v.OverlayIP6 = p.OverlayIP6.String()
 	}
 	for _, r := range p.Routes {
 		v.Routes = append(v.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
@@ -531,6 +535,9 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	s.store.Read(func(t *state.Tables, index uint64) {
 		if v, ok := t.VNets[p.VNet]; ok {
 			resp.Overlay = v.Overlay.String()
+			if v.Overlay6.IsValid() && p.OverlayIP6.IsValid() {
+				resp.Overlay6, resp.OverlayIP6 = v.Overlay6.String(), p.OverlayIP6.String()
+			}
 		}
 		resp.GossipKeys = t.VNetGossipKeys(p.VNet)
 		if !req.OmitMap {

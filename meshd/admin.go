@@ -65,17 +65,27 @@ func dash(s string) string {
 
 func join(xs []string) string { return dash(strings.Join(xs, ",")) }
 
+// withIPv6 shows an IPv4 value and, in a dual-stack vnet, its IPv6
+// counterpart after a comma.
+func withIPv6(v, v6 string) string {
+	if v6 == "" {
+		return v
+	}
+	return v + "," + v6
+}
+
 func newVNetCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vnet", Short: "Manage virtual networks"}
-	var overlay string
+	var overlays []string
 	create := &cobra.Command{
-		Use:   "create NAME --overlay CIDR",
-		Short: "Create a vnet with its overlay address pool",
+		Use:   "create NAME --overlay CIDR [--overlay CIDR]",
+		Short: "Create a vnet with its overlay address pool (IPv4, IPv6 or both)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if overlay == "" {
-				return fmt.Errorf("--overlay CIDR is required (for example 100.112.0.0/16)")
+			if len(overlays) == 0 {
+				return fmt.Errorf("--overlay CIDR is required (for example 100.112.0.0/16; add --overlay fd7a:115c:a1e0::/48 for IPv6)")
 			}
+			overlay := strings.Join(overlays, ",")
 			if err := g.call(cmd, http.MethodPost, "/v1/vnets", api.CreateVNetRequest{Name: args[0], Overlay: overlay}, nil); err != nil {
 				return err
 			}
@@ -83,7 +93,7 @@ func newVNetCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	create.Flags().StringVar(&overlay, "overlay", "", "overlay CIDR, disjoint from every other vnet's")
+	create.Flags().StringSliceVar(&overlays, "overlay", nil, "overlay CIDR, disjoint from every other vnet's; one IPv4 and one IPv6 prefix (repeat the flag or separate with a comma) make a dual-stack vnet")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List vnets",
@@ -98,7 +108,7 @@ func newVNetCmd(g *globals) *cobra.Command {
 			}
 			return g.table("NAME\tOVERLAY\tPEERS\tCREATED", func(w *tabwriter.Writer) {
 				for _, v := range out {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", v.Name, v.Overlay, v.Peers, v.CreatedAt.Format(time.RFC3339))
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", v.Name, withIPv6(v.Overlay, v.Overlay6), v.Peers, v.CreatedAt.Format(time.RFC3339))
 				}
 			})
 		},
@@ -314,7 +324,7 @@ func newPeerCmd(g *globals) *cobra.Command {
 					for _, r := range p.Routes {
 						rs = append(rs, fmt.Sprintf("%s(%d)", r.Prefix, r.Priority))
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\t%s\n", p.Name, p.VNet, p.Role, p.OverlayIP, p.Online, dash(p.GatewayState), join(rs), join(p.Endpoints))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\t%s\t%s\n", p.Name, p.VNet, p.Role, withIPv6(p.OverlayIP, p.OverlayIP6), p.Online, dash(p.GatewayState), join(rs), join(p.Endpoints))
 				}
 			})
 		},

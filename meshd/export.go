@@ -130,7 +130,11 @@ func wgQuickConfig(dc *api.DeviceConfig, priv *wgcfg.Key) string {
 		fmt.Fprintf(&b, "PrivateKey = %s\n", PrivateKeyPlaceholder)
 	}
 	if ip, err := netip.ParseAddr(dc.Peer.OverlayIP); err == nil {
-		fmt.Fprintf(&b, "Address = %s\n", netip.PrefixFrom(ip, ip.BitLen()))
+		addr := netip.PrefixFrom(ip, ip.BitLen()).String()
+		if ip6, err := netip.ParseAddr(dc.Peer.OverlayIP6); err == nil {
+			addr += ", " + netip.PrefixFrom(ip6, ip6.BitLen()).String()
+		}
+		fmt.Fprintf(&b, "Address = %s\n", addr)
 	}
 	for _, p := range dc.Peers {
 		fmt.Fprintf(&b, "\n[Peer]\n# %s (%s)\n", p.Name, p.Role)

@@ -16,6 +16,7 @@ var noJSON = map[string]string{
 	"meshd cluster remove":          "a confirmation",
 	"meshd coordinator":             "a server in the foreground",
 	"meshd coordinator admin-token": "the credential itself",
+	"meshd coordinator api-ca":      "a PEM certificate",
 	"meshd coordinator keygen":      "the key itself",
 	"meshd coordinator restore":     "a confirmation",
 	"meshd peer export":             "a wg-quick file",

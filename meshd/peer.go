@@ -89,11 +89,11 @@ message says which side to upgrade (usually the coordinators, first).`,
 			}
 			cfg.ListenPort = port
 			if lanVIP != "" {
-				p, err := netip.ParsePrefix(lanVIP)
-				if err != nil || !p.Addr().Is4() {
-					return fmt.Errorf("--lan-vip %q is not an IPv4 address with its LAN prefix length, like 192.168.10.1/24", lanVIP)
+				v, v6, err := parseLANVIPs(lanVIP)
+				if err != nil {
+					return err
 				}
-				cfg.LANVIP = p
+				cfg.LANVIP, cfg.LANVIP6 = v, v6
 			}
 			if lanCheck != "" {
 				a, err := netip.ParseAddr(lanCheck)
@@ -151,7 +151,7 @@ message says which side to upgrade (usually the coordinators, first).`,
 	f.StringVar(&cfg.WGMode, "wg-mode", engine.ModeAuto, "WireGuard engine: auto (userspace: hole punching and the relay), userspace, or kernel (the kernel module; peers only at their announced endpoints, no relay)")
 	f.Uint16Var(&port, "listen-port", 0, "WireGuard UDP port (default: 51820 on a gateway; on a client a random port, kept in the state dir, so clients behind one NAT keep their own mappings)")
 	f.IntVar(&cfg.MTU, "mtu", engine.DefaultMTU, "MTU of the WireGuard interface")
-	f.StringVar(&lanVIP, "lan-vip", "", "virtual IP/LEN the active gateway of an HA pair owns on --lan-dev (LAN hosts route through it)")
+	f.StringVar(&lanVIP, "lan-vip", "", "virtual IP/LEN the active gateway of an HA pair owns on --lan-dev (LAN hosts route through it); an IPv4 and an IPv6 one, comma-separated, on a dual-stack LAN")
 	f.StringVar(&cfg.LANDev, "lan-dev", "", "LAN interface of this gateway for --lan-vip and --lan-check (default: the interface with an address in the VIP's subnet)")
 	f.StringVar(&lanCheck, "lan-check", "", "LAN address this gateway must reach (ARP) to carry its routes")
 	f.DurationVar(&cfg.HoldDown, "hold-down", health.DefaultHoldDown, "how long a recovered gateway must stay healthy before it takes its routes back")
@@ -360,4 +360,32 @@ func ago(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
 	}
+}
+
+// parseLANVIPs parses --lan-vip: one virtual IP/LEN, or an IPv4 and an
+// IPv6 one separated by a comma. The first is returned as v, an IPv6 one
+// given beside an IPv4 one as v6.
+func parseLANVIPs(s string) (v, v6 netip.Prefix, err error) {
+	parts := strings.Split(s, ",")
+	if len(parts) > 2 {
+		return v, v6, fmt.Errorf("--lan-vip %q: give at most one IPv4 and one IPv6 address", s)
+	}
+	var got []netip.Prefix
+	for _, part := range parts {
+		p, err := netip.ParsePrefix(strings.TrimSpace(part))
+		if err != nil || p.Addr().Is4In6() || p.Addr().Zone() != "" || p.Bits() == p.Addr().BitLen() {
+			return v, v6, fmt.Errorf("--lan-vip %q is not an address with its LAN prefix length, like 192.168.10.1/24 or fd00:10::1/64", part)
+		}
+		got = append(got, p)
+	}
+	if len(got) == 2 {
+		if got[0].Addr().Is4() == got[1].Addr().Is4() {
+			return v, v6, fmt.Errorf("--lan-vip %q: give one IPv4 and one IPv6 address", s)
+		}
+		if got[0].Addr().Is6() {
+			got[0], got[1] = got[1], got[0]
+		}
+		return got[0], got[1], nil
+	}
+	return got[0], v6, nil
 }

@@ -95,9 +95,13 @@ type Config struct {
 	WGMode     string      // optional: engine.ModeAuto
 	Routes     []api.Route // optional: subnets this peer announces (a gateway)
 	SNAT       bool        // optional: masquerade mesh traffic leaving the LAN side
-	// LANVIP is the virtual IP the active gateway owns on LANDev; optional.
+	// LANVIP is the virtual IP the active gateway owns on LANDev (IPv4 or
+	// IPv6); optional.
 	LANVIP netip.Prefix
-	LANDev string // required with LANVIP or LANCheck
+	// LANVIP6 is a second, IPv6, virtual IP beside an IPv4 LANVIP (a
+	// dual-stack LAN); optional.
+	LANVIP6 netip.Prefix
+	LANDev  string // required with LANVIP or LANCheck
 	// LANCheck is a LAN address a gateway must reach (ARP) to stay
 	// healthy; optional.
 	LANCheck   netip.Addr
@@ -400,6 +404,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		if a.vip, err = a.cfg.NewVIP(vip.Config{Addr: a.cfg.LANVIP, Dev: a.cfg.LANDev}); err != nil {
 			return err
 		}
+		if a.cfg.LANVIP6.IsValid() {
+			v6, err := a.cfg.NewVIP(vip.Config{Addr: a.cfg.LANVIP6, Dev: a.cfg.LANDev})
+			if err != nil {
+				return err
+			}
+			a.vip = vip.All(a.vip, v6)
+		}
 		defer a.vip.Release()
 	}
 	if first == nil {
@@ -598,8 +609,8 @@ func localNets(exclude string) []netip.Prefix {
 	return out
 }
 
-// lanDevFor finds the one interface with an IPv4 address whose subnet holds
-// addr: the LAN interface when --lan-dev is not given.
+// lanDevFor finds the one interface with an address of addr's family
+// whose subnet holds addr: the LAN interface when --lan-dev is not given.
 func lanDevFor(addr netip.Addr) (string, error) {
 	ifs, err := net.Interfaces()
 	if err != nil {
@@ -613,11 +624,11 @@ func lanDevFor(addr netip.Addr) (string, error) {
 		}
 		for _, a := range addrs {
 			ipn, ok := a.(*net.IPNet)
-			if !ok || ipn.IP.To4() == nil {
+			if !ok || (ipn.IP.To4() == nil) == addr.Is4() {
 				continue
 			}
 			p, err := netip.ParsePrefix(ipn.String())
-			if err == nil && p.Bits() < 32 && p.Masked().Contains(addr) {
+			if err == nil && p.Bits() < p.Addr().BitLen() && p.Masked().Contains(addr) {
 				found = append(found, ifc.Name)
 				break
 			}

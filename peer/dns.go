@@ -110,6 +110,9 @@ func (a *Agent) dnsInput(m *netMap) meshdns.Input {
 	if overlay.IsValid() {
 		in.Overlays = append(in.Overlays, overlay)
 	}
+	if m.overlay6.IsValid() {
+		in.Overlays = append(in.Overlays, m.overlay6)
+	}
 	if m.self != nil {
 		in.Self = m.self.Name
 		in.Hosts = append(in.Hosts, meshdns.Host{Name: m.self.Name, Addrs: overlayAddrs(m.self)})
@@ -123,8 +126,10 @@ func (a *Agent) dnsInput(m *netMap) meshdns.Input {
 // overlayAddrs are a peer's overlay addresses.
 func overlayAddrs(p *api.MapPeer) []netip.Addr {
 	var out []netip.Addr
-	if a, err := netip.ParseAddr(p.OverlayIP); err == nil {
-		out = append(out, a)
+	for _, s := range []string{p.OverlayIP, p.OverlayIP6} {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a)
+		}
 	}
 	return out
 }

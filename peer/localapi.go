@@ -62,7 +62,7 @@ func (a *Agent) status(ctx context.Context, also func(*state)) (*api.LocalStatus
 	var reports map[wgcfg.Key]health.State
 	err := a.do(ctx, func(s *state) {
 		out = &api.LocalStatus{
-			Self:         api.LocalSelf{Name: a.id.Name, VNet: a.id.VNet, OverlayIP: a.id.OverlayIP, PublicKey: a.PublicKey().String(), Role: api.RoleClient},
+			Self:         api.LocalSelf{Name: a.id.Name, VNet: a.id.VNet, OverlayIP: a.id.OverlayIP, OverlayIP6: a.id.OverlayIP6, PublicKey: a.PublicKey().String(), Role: api.RoleClient},
 			Interface:    a.cfg.Interface,
 			ListenPort:   int(a.cfg.ListenPort),
 			Endpoints:    slices.Clone(s.endpoints),
@@ -74,6 +74,9 @@ func (a *Agent) status(ctx context.Context, also func(*state)) (*api.LocalStatus
 		}
 		if s.nm.self != nil && s.nm.self.Role != "" {
 			out.Self.Role = s.nm.self.Role
+		}
+		if s.nm.self != nil && s.nm.self.OverlayIP6 != "" {
+			out.Self.OverlayIP6 = s.nm.self.OverlayIP6
 		}
 		want = s.want // never changed once made
 		if s.health != nil || s.live != nil {
@@ -177,7 +180,7 @@ func (a *Agent) Ping(ctx context.Context, name string) (*api.PingResult, error) 
 	var found *api.MapPeer
 	if err := a.do(ctx, func(s *state) {
 		for _, p := range s.nm.peers {
-			if p.Name == name || p.OverlayIP == name {
+			if p.Name == name || p.OverlayIP == name || p.OverlayIP6 != "" && p.OverlayIP6 == name {
 				found = &p
 				break
 			}

@@ -27,6 +27,9 @@ func (m *netMap) snapshot() *api.MapUpdate {
 	if m.overlay.IsValid() {
 		u.Overlay = m.overlay.String()
 	}
+	if m.overlay6.IsValid() {
+		u.Overlay6 = m.overlay6.String()
+	}
 	for _, p := range m.peers {
 		u.Peers = append(u.Peers, p)
 	}

@@ -18,9 +18,11 @@ const KeepaliveSeconds = 25
 
 // netMap is the network map as the agent last received it.
 type netMap struct {
-	index        uint64
-	vnet         string
-	overlay      netip.Prefix
+	index   uint64
+	vnet    string
+	overlay netip.Prefix
+	// overlay6 is the vnet's IPv6 overlay when it is dual-stack.
+	overlay6     netip.Prefix
 	self         *api.MapPeer
 	peers        map[string]api.MapPeer // by peer ID
 	coordinators []string
@@ -47,6 +49,7 @@ func (m *netMap) apply(u *api.MapUpdate) {
 	}
 	if p, err := netip.ParsePrefix(u.Overlay); err == nil {
 		m.overlay = p
+		m.overlay6, _ = netip.ParsePrefix(u.Overlay6) // sent with Overlay; absent: none
 	}
 	if u.Self != nil {
 		self := *u.Self
@@ -189,15 +192,16 @@ func compute(m *netMap, o buildOptions) *desired {
 	if m.self == nil {
 		return d
 	}
-	if ip, err := netip.ParseAddr(m.self.OverlayIP); err == nil {
-		d.router.Addrs = []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())}
-	}
-	if m.overlay.IsValid() {
-		d.router.Routes = append(d.router.Routes, m.overlay)
+	d.router.Addrs = hostPrefixes(m.self)
+	for _, o := range []netip.Prefix{m.overlay, m.overlay6} {
+		if o.IsValid() {
+			d.router.Routes = append(d.router.Routes, o)
+		}
 	}
 	if len(m.self.Routes) > 0 {
 		d.router.Forward = true
 		d.router.ClampMSS = true
+		d.router.Forward6 = announcesIPv6(m.self)
 	}
 	index := map[string]int{} // peer ID -> position in d.wg.Peers
 	ids := make([]string, 0, len(m.peers))
@@ -211,8 +215,8 @@ func compute(m *netMap, o buildOptions) *desired {
 		if err != nil {
 			continue
 		}
-		ip, err := netip.ParseAddr(p.OverlayIP)
-		if err != nil {
+		allowed := hostPrefixes(&p)
+		if len(allowed) == 0 {
 			continue
 		}
 		index[id] = len(d.wg.Peers)
@@ -227,7 +231,7 @@ func compute(m *netMap, o buildOptions) *desired {
 		d.wg.Peers = append(d.wg.Peers, wgcfg.Peer{
 			PublicKey:           key,
 			Endpoint:            ep,
-			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())},
+			AllowedIPs:          allowed,
 			PersistentKeepalive: KeepaliveSeconds,
 			Roaming:             device,
 		})
@@ -253,12 +257,40 @@ func compute(m *netMap, o buildOptions) *desired {
 			continue
 		}
 		d.wg.Peers[i].AllowedIPs = append(d.wg.Peers[i].AllowedIPs, pfx)
-		if !m.overlay.IsValid() || !m.overlay.Overlaps(pfx) {
+		if !m.inOverlay(pfx) {
 			d.router.Routes = append(d.router.Routes, pfx)
 		}
 	}
 	d.wg.Normalize()
 	return d
+}
+
+// hostPrefixes are a peer's overlay addresses as host prefixes (/32 and,
+// in a dual-stack vnet, /128).
+func hostPrefixes(p *api.MapPeer) []netip.Prefix {
+	var out []netip.Prefix
+	if ip, err := netip.ParseAddr(p.OverlayIP); err == nil {
+		out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+		if ip6, err := netip.ParseAddr(p.OverlayIP6); err == nil && ip6.Is6() {
+			out = append(out, netip.PrefixFrom(ip6, ip6.BitLen()))
+		}
+	}
+	return out
+}
+
+// inOverlay reports whether pfx overlaps one of the vnet's overlays.
+func (m *netMap) inOverlay(pfx netip.Prefix) bool {
+	return m.overlay.IsValid() && m.overlay.Overlaps(pfx) || m.overlay6.IsValid() && m.overlay6.Overlaps(pfx)
+}
+
+// announcesIPv6 reports whether p announces an IPv6 route.
+func announcesIPv6(p *api.MapPeer) bool {
+	for _, r := range p.Routes {
+		if q, err := netip.ParsePrefix(r.Prefix); err == nil && q.Addr().Is6() {
+			return true
+		}
+	}
+	return false
 }
 
 func announces(p *api.MapPeer, pfx netip.Prefix) bool {

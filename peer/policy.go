@@ -23,9 +23,12 @@ func receiverRules(m *netMap, control []uint16) []policy.AddrRule {
 		return nil
 	}
 	rules := []policy.AddrRule{}
-	if self, err := netip.ParseAddr(m.self.OverlayIP); err == nil && m.overlay.IsValid() && len(control) > 0 {
-		r := policy.AddrRule{Rule: -1, Src: []netip.Prefix{m.overlay}, Dst: []netip.Prefix{netip.PrefixFrom(self, self.BitLen())},
-			Proto: policy.ProtoTCP | policy.ProtoUDP}
+	if self := hostPrefixes(m.self); len(self) > 0 && m.overlay.IsValid() && len(control) > 0 {
+		src := []netip.Prefix{m.overlay}
+		if m.overlay6.IsValid() {
+			src = append(src, m.overlay6)
+		}
+		r := policy.AddrRule{Rule: -1, Src: src, Dst: self, Proto: policy.ProtoTCP | policy.ProtoUDP}
 		for _, port := range slices.Sorted(slices.Values(control)) {
 			r.Ports = append(r.Ports, policy.PortRange{First: port, Last: port})
 		}
@@ -46,9 +49,7 @@ func receiverRules(m *netMap, control []uint16) []policy.AddrRule {
 // directoryPeer is a map peer as the policy sees it.
 func directoryPeer(mp api.MapPeer) policy.Peer {
 	p := policy.Peer{Name: mp.Name, Tags: mp.Tags}
-	if a, err := netip.ParseAddr(mp.OverlayIP); err == nil {
-		p.Addrs = []netip.Addr{a}
-	}
+	p.Addrs = overlayAddrs(&mp)
 	for _, r := range mp.Routes {
 		if pf, err := netip.ParsePrefix(r.Prefix); err == nil {
 			p.Subnets = append(p.Subnets, pf)
@@ -72,7 +73,7 @@ func policyInputs(m *netMap) string {
 	}
 	slices.SortFunc(ps, func(x, y api.MapPeer) int { return strings.Compare(x.ID, y.ID) })
 	for _, p := range ps {
-		b.WriteString("\x00" + p.Name + "\x01" + p.OverlayIP + "\x01" + strings.Join(p.Tags, ",") + "\x01")
+		b.WriteString("\x00" + p.Name + "\x01" + p.OverlayIP + "\x01" + p.OverlayIP6 + "\x01" + strings.Join(p.Tags, ",") + "\x01")
 		for _, r := range p.Routes {
 			b.WriteString(r.Prefix + ",")
 		}

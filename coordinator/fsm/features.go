@@ -24,7 +24,7 @@ import (
 // unless skipping them would leave a coordinator without state it serves).
 
 // FeatureLevel is the feature level of this version.
-const FeatureLevel = 3
+const FeatureLevel = 4
 
 // Feature is a command type that needs a feature level.
 type Feature struct {
@@ -48,6 +48,9 @@ var gates = []Feature{
 	{Type: AddDeviceType, Level: 2, What: "peer export"},
 	// Level 3: dead join tokens are pruned.
 	{Type: PruneTokensType, Level: 3, What: "token prune"},
+	// Level 4: IPv6 overlays (dual-stack vnets). Level 3 is another
+	// feature's.
+	{Type: CreateVNetIPv6Type, Level: 4, What: "vnet create with an IPv6 overlay"},
 }
 
 // Features lists the gated command types, lowest level first.

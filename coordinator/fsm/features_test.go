@@ -36,6 +36,12 @@ func TestGate(t *testing.T) {
 			records: map[string]state.Coordinator{"c1": current, "gone": old}},
 		{name: "a newer member passes", t: DeregisterCoordinatorType, members: []string{"c1", "c2"},
 			records: map[string]state.Coordinator{"c1": current, "c2": {FeatureLevel: FeatureLevel + 1}}},
+		{name: "ipv6 vnet with a level-2 member", t: CreateVNetIPv6Type, members: []string{"c1", "c2", "c3"},
+			records: map[string]state.Coordinator{"c1": current, "c2": {FeatureLevel: 2, Version: "v1"}, "c3": current}, want: []string{"c2"}},
+		{name: "ipv6 vnet with a level-3 member", t: CreateVNetIPv6Type, members: []string{"c1", "c2"},
+			records: map[string]state.Coordinator{"c1": {FeatureLevel: 3}, "c2": current}, want: []string{"c1"}},
+		{name: "ipv6 vnet with every member at level 4", t: CreateVNetIPv6Type, members: []string{"c1", "c2"},
+			records: map[string]state.Coordinator{"c1": {FeatureLevel: 4}, "c2": current}},
 		{name: "ungated type with old members", t: CreateTokenType, members: []string{"c1", "c2"},
 			records: map[string]state.Coordinator{"c1": old}},
 	} {

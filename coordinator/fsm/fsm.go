@@ -63,6 +63,7 @@ const (
 	LeavePeerType
 	AddDeviceType
 	PruneTokensType
+	CreateVNetIPv6Type
 )
 
 // Command bodies.
@@ -199,6 +200,15 @@ type (
 		IDs []string  `json:"ids"`
 		Now time.Time `json:"now"`
 	}
+	// CreateVNetIPv6 creates a vnet with an IPv6 overlay, alone or beside
+	// an IPv4 one (dual-stack). Versions before it would drop the IPv6
+	// overlay, so it is gated (features.go).
+	CreateVNetIPv6 struct {
+		Name       string    `json:"name"`
+		Overlays   []string  `json:"overlays"`
+		Now        time.Time `json:"now"`
+		GossipSeed []byte    `json:"gossip_seed,omitempty"`
+	}
 )
 
 // MaxCommandBytes bounds an encoded command.
@@ -229,6 +239,7 @@ var newBody = map[MessageType]func() any{
 	LeavePeerType:             func() any { return new(LeavePeer) },
 	AddDeviceType:             func() any { return new(AddDevice) },
 	PruneTokensType:           func() any { return new(PruneTokens) },
+	CreateVNetIPv6Type:        func() any { return new(CreateVNetIPv6) },
 }
 
 // ErrDecode is returned by Decode for data that is not a command.
@@ -410,6 +421,14 @@ func (f *FSM) apply(l *raft.Log) any {
 	case PruneTokensType:
 		c := body.(*PruneTokens)
 		r.IDs = f.store.PruneTokens(c.IDs, c.Now)
+	case CreateVNetIPv6Type:
+		c := body.(*CreateVNetIPv6)
+		if err = state.ValidGossipSeed(c.GossipSeed); err == nil {
+			err = f.store.CreateVNetIPv6(c.Name, c.Overlays, c.Now)
+		}
+		if err == nil && c.GossipSeed != nil {
+			err = f.store.InitGossipRing(c.Name, c.GossipSeed)
+		}
 	default:
 		panic(fmt.Sprintf("fsm: log %d: no apply for type %d", l.Index, t))
 	}

@@ -53,3 +53,25 @@ func Allocate(p netip.Prefix, next netip.Addr, taken func(netip.Addr) bool) (add
 		}
 	}
 }
+
+// Pool is one address family's pool of a vnet: its prefix and the cursor
+// allocation resumes at.
+type Pool struct {
+	Prefix netip.Prefix
+	Next   netip.Addr
+}
+
+// AllocateEach allocates one address from every pool (a dual-stack vnet has
+// an IPv4 and an IPv6 pool), in the order given, and returns the addresses
+// and each pool's new cursor. It allocates nothing unless every pool has a
+// free address: on ErrExhausted, failed is the pool that had none.
+func AllocateEach(pools []Pool, taken func(netip.Addr) bool) (addrs, cursors []netip.Addr, failed netip.Prefix, err error) {
+	for _, p := range pools {
+		a, c, err := Allocate(p.Prefix, p.Next, taken)
+		if err != nil {
+			return nil, nil, p.Prefix, err
+		}
+		addrs, cursors = append(addrs, a), append(cursors, c)
+	}
+	return addrs, cursors, netip.Prefix{}, nil
+}

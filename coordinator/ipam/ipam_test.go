@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -62,5 +63,51 @@ func TestAllocateUniqueUntilFull(t *testing.T) {
 	}
 	if _, _, err := Allocate(p, cur, func(a netip.Addr) bool { return taken[a] }); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("got %v; want %v", err, ErrExhausted)
+	}
+}
+
+func TestAllocateEachDualStack(t *testing.T) {
+	v4 := netip.MustParsePrefix("100.70.0.0/30") // usable .1 .2
+	v6 := netip.MustParsePrefix("fd7a:115c:a1e0::/126")
+	for _, tt := range []struct {
+		name    string
+		pools   []Pool
+		taken   []string
+		want    []string
+		cursors []string
+		failed  string
+	}{
+		{"ipv4 only", []Pool{{Prefix: v4}}, nil, []string{"100.70.0.1"}, []string{"100.70.0.2"}, ""},
+		{"ipv6 only", []Pool{{Prefix: v6}}, nil, []string{"fd7a:115c:a1e0::1"}, []string{"fd7a:115c:a1e0::2"}, ""},
+		{"one address per family", []Pool{{Prefix: v4}, {Prefix: v6}}, nil,
+			[]string{"100.70.0.1", "fd7a:115c:a1e0::1"}, []string{"100.70.0.2", "fd7a:115c:a1e0::2"}, ""},
+		{"families skip taken addresses independently", []Pool{{Prefix: v4}, {Prefix: v6}}, []string{"100.70.0.1", "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"},
+			[]string{"100.70.0.2", "fd7a:115c:a1e0::3"}, []string{"100.70.0.1", "fd7a:115c:a1e0::1"}, ""},
+		{"ipv6 holds the last address of its prefix (no broadcast)", []Pool{{Prefix: v6, Next: netip.MustParseAddr("fd7a:115c:a1e0::3")}}, nil,
+			[]string{"fd7a:115c:a1e0::3"}, []string{"fd7a:115c:a1e0::1"}, ""},
+		{"cursors resume per family", []Pool{{Prefix: v4, Next: netip.MustParseAddr("100.70.0.2")}, {Prefix: v6, Next: netip.MustParseAddr("fd7a:115c:a1e0::3")}}, nil,
+			[]string{"100.70.0.2", "fd7a:115c:a1e0::3"}, []string{"100.70.0.1", "fd7a:115c:a1e0::1"}, ""},
+		{"a full ipv6 pool fails the whole allocation", []Pool{{Prefix: v4}, {Prefix: v6}}, []string{"fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2", "fd7a:115c:a1e0::3"},
+			nil, nil, v6.String()},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			taken := map[netip.Addr]bool{}
+			for _, s := range tt.taken {
+				taken[netip.MustParseAddr(s)] = true
+			}
+			addrs, curs, failed, err := AllocateEach(tt.pools, func(a netip.Addr) bool { return taken[a] })
+			if tt.failed != "" {
+				if !errors.Is(err, ErrExhausted) || failed.String() != tt.failed {
+					t.Fatalf("got %v, failed %v; want %v in %s", err, failed, ErrExhausted, tt.failed)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(addrs) != fmt.Sprint(tt.want) || fmt.Sprint(curs) != fmt.Sprint(tt.cursors) {
+				t.Fatalf("got %v, cursors %v; want %v, cursors %v", addrs, curs, tt.want, tt.cursors)
+			}
+		})
 	}
 }

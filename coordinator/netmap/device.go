@@ -41,9 +41,13 @@ func Device(t *state.Tables, index uint64, id string, want []netip.Prefix, healt
 		if err != nil {
 			continue
 		}
+		allowed := []string{netip.PrefixFrom(ip, ip.BitLen()).String()}
+		if ip6, err := netip.ParseAddr(p.OverlayIP6); err == nil {
+			allowed = append(allowed, netip.PrefixFrom(ip6, ip6.BitLen()).String())
+		}
 		visible[p.Name] = len(out.Peers)
 		out.Peers = append(out.Peers, api.DevicePeer{Name: p.Name, Role: p.Role, PublicKey: p.PublicKey,
-			Endpoint: BestEndpoint(p.Endpoints), AllowedIPs: []string{netip.PrefixFrom(ip, ip.BitLen()).String()}})
+			Endpoint: BestEndpoint(p.Endpoints), AllowedIPs: allowed})
 	}
 	routes := Routes(t, self.VNet, healthy)
 	type assignment struct {

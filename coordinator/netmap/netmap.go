@@ -23,6 +23,9 @@ func Peer(p *state.Peer) api.MapPeer {
 		OverlayIP: p.OverlayIP.String(), Endpoints: slices.Clone(p.Endpoints),
 		Tags: slices.Clone(p.Tags), Drained: p.Drained, Relay: p.Relay,
 	}
+	if p.OverlayIP6.IsValid() {
+		m.OverlayIP6 = p.OverlayIP6.String()
+	}
 	for _, r := range p.Routes {
 		m.Routes = append(m.Routes, api.Route{Prefix: r.Prefix.String(), Priority: r.Priority})
 	}

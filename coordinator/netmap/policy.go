@@ -39,8 +39,10 @@ func Directory(t *state.Tables, vnet string) (d *policy.Directory, ids []string)
 
 func dirPeer(p *state.Peer) policy.Peer {
 	dp := policy.Peer{Name: p.Name, Tags: p.Tags}
-	if p.OverlayIP.IsValid() {
-		dp.Addrs = []netip.Addr{p.OverlayIP}
+	for _, a := range p.Addrs() {
+		if a.IsValid() {
+			dp.Addrs = append(dp.Addrs, a)
+		}
 	}
 	for _, r := range p.Routes {
 		dp.Subnets = append(dp.Subnets, r.Prefix)
@@ -186,6 +188,9 @@ func FullIn(t *state.Tables, index uint64, selfID string, v *View) *api.MapUpdat
 	u := &api.MapUpdate{Index: index, Full: true, VNet: self.VNet, GossipKeys: t.VNetGossipKeys(self.VNet), Coordinators: Coordinators(t), STUNServers: STUNServers(t)}
 	if vn, ok := t.VNets[self.VNet]; ok {
 		u.Overlay = vn.Overlay.String()
+		if vn.Overlay6.IsValid() {
+			u.Overlay6 = vn.Overlay6.String()
+		}
 	}
 	sp := Peer(self)
 	u.Self = &sp

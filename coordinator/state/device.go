@@ -77,15 +77,16 @@ func (s *Store) AddDevice(d DeviceSpec, now time.Time) (*Peer, error) {
 		return nil, api.Errorf(api.CodeConflict, "peer id %q already exists", d.PeerID)
 	}
 	ips := s.byIP[v.Name]
-	addr, cursor, err := ipam.Allocate(v.Overlay, v.NextIP, func(a netip.Addr) bool { _, ok := ips[a]; return ok })
+	addrs, cursors, full, err := ipam.AllocateEach(v.pools(), func(a netip.Addr) bool { _, ok := ips[a]; return ok })
 	if err != nil {
-		return nil, api.Errorf(api.CodeExhausted, "vnet %q has no free overlay address in %s", v.Name, v.Overlay)
+		return nil, api.Errorf(api.CodeExhausted, "vnet %q has no free overlay address in %s", v.Name, full)
 	}
 	p := &Peer{
 		ID: d.PeerID, Name: d.Name, VNet: v.Name, Role: api.RoleDevice, PublicKey: d.PublicKey,
-		OverlayIP: addr, Tags: append([]string{}, d.Tags...), CreatedAt: now, LastSeen: now,
+		Tags: append([]string{}, d.Tags...), CreatedAt: now, LastSeen: now,
 	}
-	v.NextIP = cursor
+	p.setAddrs(addrs)
+	v.setCursors(cursors)
 	s.t.Peers[p.ID] = p
 	s.indexPeer(p)
 	s.record(v.Name, p.ID)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/meshd/meshd/coordinator/ipam"
@@ -25,6 +26,8 @@ const (
 	JoinRetryWindow = 2 * time.Minute
 	minOverlayLen   = 8
 	maxOverlayLen   = 30
+	minOverlay6Len  = 16
+	maxOverlay6Len  = 120
 )
 
 var tagRE = regexp.MustCompile(`^[a-z0-9][a-z0-9:_.-]{0,62}$`)
@@ -147,29 +150,85 @@ func (s *Store) Bootstrap(now time.Time, gossipKey []byte) error {
 	return nil
 }
 
-// CreateVNet adds a vnet whose overlay overlaps no other vnet's.
+// CreateVNet adds a vnet with one IPv4 overlay that overlaps no other
+// vnet's. It refuses an IPv6 overlay, as versions before dual-stack vnets
+// did, so the entries they logged replay as they applied then
+// (CreateVNetIPv6 takes IPv6).
 func (s *Store) CreateVNet(name, overlay string, now time.Time) error {
+	return s.createVNet(name, []string{overlay}, false, now)
+}
+
+// CreateVNetIPv6 adds a vnet whose overlays are an IPv4 prefix, an IPv6
+// prefix, or one of each (dual-stack), none overlapping another vnet's.
+func (s *Store) CreateVNetIPv6(name string, overlays []string, now time.Time) error {
+	return s.createVNet(name, overlays, true, now)
+}
+
+// ValidOverlay checks one overlay prefix: IPv4 from /8 to /30, or, with
+// ipv6, a unicast IPv6 prefix from /16 to /120.
+func ValidOverlay(overlay string, ipv6 bool) (netip.Prefix, error) {
+	p, err := ParsePrefix("overlay", overlay)
+	if err != nil {
+		return p, err
+	}
+	if p.Addr().Is6() && ipv6 {
+		a := p.Addr()
+		if a.Is4In6() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsLoopback() || p.Bits() < minOverlay6Len || p.Bits() > maxOverlay6Len {
+			return p, api.Errorf(api.CodeInvalidCIDR, "overlay %s must be a unicast IPv6 prefix from /%d to /%d, such as a unique local fd00::/8 one (fd7a:115c:a1e0::/48)", p, minOverlay6Len, maxOverlay6Len)
+		}
+		return p, nil
+	}
+	if !p.Addr().Is4() || p.Bits() < minOverlayLen || p.Bits() > maxOverlayLen {
+		return p, api.Errorf(api.CodeInvalidCIDR, "overlay %s must be an IPv4 prefix from /%d to /%d", p, minOverlayLen, maxOverlayLen)
+	}
+	return p, nil
+}
+
+func (s *Store) createVNet(name string, overlays []string, ipv6 bool, now time.Time) error {
 	if err := ValidName("vnet", name); err != nil {
 		return err
 	}
-	p, err := ParsePrefix("overlay", overlay)
-	if err != nil {
-		return err
+	if len(overlays) == 0 || len(overlays) > 2 {
+		return api.Errorf(api.CodeInvalidCIDR, "a vnet has one overlay per address family: an IPv4 prefix, an IPv6 prefix, or one of each")
 	}
-	if !p.Addr().Is4() || p.Bits() < minOverlayLen || p.Bits() > maxOverlayLen {
-		return api.Errorf(api.CodeInvalidCIDR, "overlay %s must be an IPv4 prefix from /%d to /%d", p, minOverlayLen, maxOverlayLen)
+	var v4, v6 netip.Prefix
+	for _, o := range overlays {
+		p, err := ValidOverlay(o, ipv6)
+		if err != nil {
+			return err
+		}
+		switch {
+		case p.Addr().Is4() && !v4.IsValid():
+			v4 = p
+		case p.Addr().Is6() && !v6.IsValid():
+			v6 = p
+		default:
+			return api.Errorf(api.CodeInvalidCIDR, "overlays %s: a vnet has one overlay per address family", strings.Join(overlays, ","))
+		}
+	}
+	v := &VNet{Name: name, Overlay: v4, CreatedAt: now, Overlay6: v6}
+	switch {
+	case !v4.IsValid():
+		v.Overlay, v.Overlay6 = v6, netip.Prefix{} // an IPv6-only vnet
+		v.NextIP = ipam.First(v6)
+	case v6.IsValid():
+		v.NextIP, v.NextIP6 = ipam.First(v4), ipam.First(v6)
+	default:
+		v.NextIP = ipam.First(v4)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.t.VNets[name]; ok {
 		return api.Errorf(api.CodeConflict, "vnet %q already exists", name)
 	}
-	for _, v := range s.sortedVNets() {
-		if overlaps(v.Overlay, p) {
-			return api.Errorf(api.CodeOverlap, "overlay %s overlaps vnet %q (%s); overlays must be disjoint", p, v.Name, v.Overlay)
+	for _, p := range v.Overlays() {
+		for _, o := range s.sortedVNets() {
+			if q, ok := o.overlapping(p); ok {
+				return api.Errorf(api.CodeOverlap, "overlay %s overlaps vnet %q (%s); overlays must be disjoint", p, o.Name, q)
+			}
 		}
 	}
-	s.t.VNets[name] = &VNet{Name: name, Overlay: p, CreatedAt: now, NextIP: ipam.First(p)}
+	s.t.VNets[name] = v
 	return nil
 }
 
@@ -264,8 +323,8 @@ func (s *Store) CreateToken(spec TokenSpec, now time.Time) error {
 		return api.Errorf(api.CodeNotFound, "vnet %q does not exist", spec.VNet)
 	}
 	for _, p := range allow {
-		if p.Overlaps(v.Overlay) {
-			return api.Errorf(api.CodeOverlap, "allowed route %s overlaps vnet %q's overlay %s", p, v.Name, v.Overlay)
+		if o, ok := v.overlapping(p); ok {
+			return api.Errorf(api.CodeOverlap, "allowed route %s overlaps vnet %q's overlay %s", p, v.Name, o)
 		}
 	}
 	if _, ok := s.t.Tokens[spec.ID]; ok {
@@ -378,8 +437,8 @@ func parseRoutes(rs []api.Route, v *VNet, allow []netip.Prefix, maxPrio *int) ([
 			return nil, api.Errorf(api.CodeInvalidArgument, "route %s is announced twice", p)
 		}
 		seen[p] = true
-		if p.Overlaps(v.Overlay) {
-			return nil, api.Errorf(api.CodeOverlap, "route %s overlaps vnet %q's overlay %s", p, v.Name, v.Overlay)
+		if o, ok := v.overlapping(p); ok {
+			return nil, api.Errorf(api.CodeOverlap, "route %s overlaps vnet %q's overlay %s", p, v.Name, o)
 		}
 		ok := false
 		for _, a := range allow {
@@ -498,9 +557,9 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 		return nil, api.Errorf(api.CodeConflict, "peer id %q already exists", j.PeerID)
 	}
 	ips := s.byIP[v.Name]
-	addr, cursor, err := ipam.Allocate(v.Overlay, v.NextIP, func(a netip.Addr) bool { _, ok := ips[a]; return ok })
+	addrs, cursors, full, err := ipam.AllocateEach(v.pools(), func(a netip.Addr) bool { _, ok := ips[a]; return ok })
 	if err != nil {
-		return nil, api.Errorf(api.CodeExhausted, "vnet %q has no free overlay address in %s", v.Name, v.Overlay)
+		return nil, api.Errorf(api.CodeExhausted, "vnet %q has no free overlay address in %s", v.Name, full)
 	}
 	role := api.RoleClient
 	if len(routes) > 0 {
@@ -508,11 +567,12 @@ func (s *Store) Join(j JoinSpec, now time.Time) (*Peer, error) {
 	}
 	p := &Peer{
 		ID: j.PeerID, Name: j.Name, VNet: v.Name, Role: role, PublicKey: j.PublicKey,
-		OverlayIP: addr, Endpoints: slices.Clone(j.Endpoints), Tags: slices.Clone(t.Tags),
+		Endpoints: slices.Clone(j.Endpoints), Tags: slices.Clone(t.Tags),
 		Routes: routes, AllowRoutes: slices.Clone(t.AllowRoutes), Ephemeral: t.Ephemeral,
 		MaxPriority: clonePtr(t.MaxPriority), CredHash: j.CredHash, TokenID: t.ID, CreatedAt: now, LastSeen: now,
 	}
-	v.NextIP = cursor
+	p.setAddrs(addrs)
+	v.setCursors(cursors)
 	t.UsesLeft--
 	t.LastUsed = now
 	s.t.Peers[p.ID] = p

@@ -17,6 +17,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/meshd/meshd/coordinator/ipam"
 )
 
 // TokenRetention is how long an expired token stays listed before the
@@ -33,6 +35,48 @@ type VNet struct {
 	CreatedAt time.Time    `json:"created_at"`
 	// NextIP is where address allocation resumes.
 	NextIP netip.Addr `json:"next_ip"`
+	// Overlay6 is the IPv6 overlay of a dual-stack vnet (Overlay then
+	// holds the IPv4 one; a vnet with an IPv6 overlay alone holds it in
+	// Overlay); NextIP6 is where its allocation resumes. Absent in vnets
+	// without one, so their encoding is unchanged.
+	Overlay6 netip.Prefix `json:"overlay6,omitzero"`
+	NextIP6  netip.Addr   `json:"next_ip6,omitzero"`
+}
+
+// Overlays lists the vnet's overlay prefixes: Overlay, then Overlay6 when
+// the vnet is dual-stack.
+func (v *VNet) Overlays() []netip.Prefix {
+	if v.Overlay6.IsValid() {
+		return []netip.Prefix{v.Overlay, v.Overlay6}
+	}
+	return []netip.Prefix{v.Overlay}
+}
+
+// overlapping returns the overlay of v that p overlaps, if any.
+func (v *VNet) overlapping(p netip.Prefix) (netip.Prefix, bool) {
+	for _, o := range v.Overlays() {
+		if o.IsValid() && o.Overlaps(p) {
+			return o, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// pools are the vnet's address pools, one per overlay.
+func (v *VNet) pools() []ipam.Pool {
+	ps := []ipam.Pool{{Prefix: v.Overlay, Next: v.NextIP}}
+	if v.Overlay6.IsValid() {
+		ps = append(ps, ipam.Pool{Prefix: v.Overlay6, Next: v.NextIP6})
+	}
+	return ps
+}
+
+// setCursors records where each pool's allocation resumes (AllocateEach).
+func (v *VNet) setCursors(c []netip.Addr) {
+	v.NextIP = c[0]
+	if len(c) > 1 {
+		v.NextIP6 = c[1]
+	}
 }
 
 // Route is a subnet announced by a gateway.
@@ -43,12 +87,15 @@ type Route struct {
 
 // Peer is a member of a vnet.
 type Peer struct {
-	ID          string         `json:"id"`
-	Name        string         `json:"name"`
-	VNet        string         `json:"vnet"`
-	Role        string         `json:"role"`
-	PublicKey   string         `json:"public_key"`
-	OverlayIP   netip.Addr     `json:"overlay_ip"`
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	VNet      string     `json:"vnet"`
+	Role      string     `json:"role"`
+	PublicKey string     `json:"public_key"`
+	OverlayIP netip.Addr `json:"overlay_ip"`
+	// OverlayIP6 is the peer's IPv6 address in a dual-stack vnet (absent
+	// otherwise).
+	OverlayIP6  netip.Addr     `json:"overlay_ip6,omitzero"`
 	Endpoints   []string       `json:"endpoints"`
 	Tags        []string       `json:"tags"`
 	Routes      []Route        `json:"routes"`
@@ -71,6 +118,15 @@ type Peer struct {
 	// MaxPriority is the highest route priority the peer's join token
 	// let it claim; nil: no cap.
 	MaxPriority *int `json:"max_priority,omitempty"`
+}
+
+// Addrs lists the peer's overlay addresses: OverlayIP, then OverlayIP6
+// when it has one.
+func (p *Peer) Addrs() []netip.Addr {
+	if p.OverlayIP6.IsValid() {
+		return []netip.Addr{p.OverlayIP, p.OverlayIP6}
+	}
+	return []netip.Addr{p.OverlayIP}
 }
 
 // Token is a join token; only the hash of its secret is kept.
@@ -220,13 +276,17 @@ func (s *Store) indexPeer(p *Peer) {
 		s.byIP[p.VNet] = map[netip.Addr]string{}
 	}
 	s.byName[p.VNet][p.Name] = p.ID
-	s.byIP[p.VNet][p.OverlayIP] = p.ID
+	for _, a := range p.Addrs() {
+		s.byIP[p.VNet][a] = p.ID
+	}
 	s.byKey[p.PublicKey] = p.ID
 }
 
 func (s *Store) unindexPeer(p *Peer) {
 	delete(s.byName[p.VNet], p.Name)
-	delete(s.byIP[p.VNet], p.OverlayIP)
+	for _, a := range p.Addrs() {
+		delete(s.byIP[p.VNet], a)
+	}
 	delete(s.byKey, p.PublicKey)
 }
 
@@ -424,4 +484,13 @@ func (s *Store) Restore(data []byte) error {
 	s.notify = make(chan struct{})
 	s.mu.Unlock()
 	return nil
+}
+
+// setAddrs sets the peer's overlay addresses from AllocateEach's answer
+// for its vnet's pools.
+func (p *Peer) setAddrs(addrs []netip.Addr) {
+	p.OverlayIP = addrs[0]
+	if len(addrs) > 1 {
+		p.OverlayIP6 = addrs[1]
+	}
 }

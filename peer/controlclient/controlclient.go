@@ -60,11 +60,14 @@ const WatchIdleTimeout = 40 * time.Second
 // Identity is what a peer keeps between runs: with it, a restart needs no
 // token and comes back with the same key and overlay address.
 type Identity struct {
-	PeerID       string   `json:"peer_id"`
-	Name         string   `json:"name"`
-	VNet         string   `json:"vnet"`
-	OverlayIP    string   `json:"overlay_ip"`
-	Overlay      string   `json:"overlay"`
+	PeerID    string `json:"peer_id"`
+	Name      string `json:"name"`
+	VNet      string `json:"vnet"`
+	OverlayIP string `json:"overlay_ip"`
+	Overlay   string `json:"overlay"`
+	// OverlayIP6 and Overlay6 are set in a dual-stack vnet.
+	OverlayIP6   string   `json:"overlay_ip6,omitempty"`
+	Overlay6     string   `json:"overlay6,omitempty"`
 	Credential   string   `json:"credential"`
 	Coordinators []string `json:"coordinators"`
 }
@@ -141,7 +144,7 @@ func Join(ctx context.Context, joinToken string, req api.JoinRequest) (*Identity
 	}
 	id := &Identity{
 		PeerID: resp.PeerID, Name: resp.Name, VNet: resp.VNet, OverlayIP: resp.OverlayIP,
-		Overlay: resp.Overlay, Credential: resp.Credential, Coordinators: tok.URLs,
+		Overlay: resp.Overlay, OverlayIP6: resp.OverlayIP6, Overlay6: resp.Overlay6, Credential: resp.Credential, Coordinators: tok.URLs,
 	}
 	if resp.Map != nil && len(resp.Map.Coordinators) > 0 {
 		id.Coordinators = resp.Map.Coordinators

@@ -1,7 +1,7 @@
 // Package router is the OS side of the peer agent's data plane (what
 // tailscale calls wgengine/router): the overlay address on the mesh
 // interface, its MTU, routes through it for the vnet overlay and every subnet
-// other gateways announce, IPv4 forwarding on gateways, and, only when asked,
+// other gateways announce, IPv4 (and IPv6) forwarding on gateways, and, only when asked,
 // source NAT and TCP MSS clamping.
 //
 // Set is declarative. It is handed the whole wanted Config and makes the OS
@@ -67,6 +67,9 @@ type Config struct {
 	MTU int
 	// Forward enables IPv4 forwarding in this network namespace (a gateway).
 	Forward bool
+	// Forward6 enables IPv6 forwarding in this network namespace (a
+	// gateway that announces an IPv6 route).
+	Forward6 bool
 	// SNAT masquerades mesh traffic leaving through other interfaces. Only
 	// when the user asks (--snat): meshd keeps true source addresses.
 	SNAT bool
@@ -151,6 +154,7 @@ type State struct {
 	Routes   []Route        // meshd's routes (RouteProtocol) through the interface
 	Occupied []netip.Prefix // destinations another owner routes in the main table at meshd's metric
 	Forward  bool           // meshd has turned IPv4 forwarding on
+	Forward6 bool           // meshd has turned IPv6 forwarding on
 	SNAT     bool           // meshd's masquerade rule is installed
 	ClampMSS bool           // meshd's MSS clamp rules are installed
 }
@@ -166,7 +170,7 @@ type Plan struct {
 	DelAddrs     []netip.Prefix
 	// Forward, SNAT and ClampMSS are the new settings; nil: unchanged.
 	// Forward off means "put back what was there before meshd turned it on".
-	Forward, SNAT, ClampMSS *bool
+	Forward, Forward6, SNAT, ClampMSS *bool
 	// Skipped are wanted destinations left to the other owner that routes
 	// them already. Not a change.
 	Skipped []netip.Prefix
@@ -175,7 +179,7 @@ type Plan struct {
 // Empty reports whether the plan changes nothing.
 func (p *Plan) Empty() bool {
 	return p.MTU == 0 && len(p.AddAddrs)+len(p.DelRoutes)+len(p.AddRoutes)+len(p.ChangeRoutes)+len(p.DelAddrs) == 0 &&
-		p.Forward == nil && !p.FirewallChanged()
+		p.Forward == nil && p.Forward6 == nil && !p.FirewallChanged()
 }
 
 // FirewallChanged reports whether the nftables table must be rebuilt.
@@ -205,6 +209,9 @@ func (p *Plan) Ops(dev string) []string {
 	}
 	if p.Forward != nil {
 		out = append(out, "forwarding "+onOff(*p.Forward))
+	}
+	if p.Forward6 != nil {
+		out = append(out, "ipv6 forwarding "+onOff(*p.Forward6))
 	}
 	if p.SNAT != nil {
 		out = append(out, "snat "+onOff(*p.SNAT))
@@ -277,6 +284,7 @@ func MakePlan(have State, want *Config) Plan {
 	}
 
 	p.Forward = change(have.Forward, want.Forward)
+	p.Forward6 = change(have.Forward6, want.Forward6)
 	p.SNAT = change(have.SNAT, want.SNAT)
 	p.ClampMSS = change(have.ClampMSS, want.ClampMSS)
 
@@ -289,22 +297,24 @@ func MakePlan(have State, want *Config) Plan {
 	return p
 }
 
-// routesFor returns the routes cfg wants, by destination. IPv4 routes take
-// the first IPv4 address of cfg as their source, so traffic the host itself
-// sends into the mesh carries the overlay address.
+// routesFor returns the routes cfg wants, by destination. Routes take the
+// first address of their family in cfg as their source, so traffic the
+// host itself sends into the mesh carries the overlay address.
 func routesFor(cfg *Config) map[netip.Prefix]Route {
-	var src netip.Addr
+	var src4, src6 netip.Addr
 	for _, a := range cfg.Addrs {
-		if a.Addr().Is4() {
-			src = a.Addr()
-			break
+		switch {
+		case a.Addr().Is4() && !src4.IsValid():
+			src4 = a.Addr()
+		case a.Addr().Is6() && !src6.IsValid():
+			src6 = a.Addr()
 		}
 	}
 	out := map[netip.Prefix]Route{}
 	for _, p := range cfg.Routes {
-		r := Route{Dst: p.Masked()}
+		r := Route{Dst: p.Masked(), Src: src6}
 		if r.Dst.Addr().Is4() {
-			r.Src = src
+			r.Src = src4
 		}
 		out[r.Dst] = r
 	}
@@ -321,7 +331,7 @@ func change(have, want bool) *bool {
 // Apply returns the state after p is carried out on s. It does not modify
 // s.
 func (s State) Apply(p Plan) State {
-	out := State{MTU: s.MTU, Occupied: slices.Clone(s.Occupied), Forward: s.Forward, SNAT: s.SNAT, ClampMSS: s.ClampMSS}
+	out := State{MTU: s.MTU, Occupied: slices.Clone(s.Occupied), Forward: s.Forward, Forward6: s.Forward6, SNAT: s.SNAT, ClampMSS: s.ClampMSS}
 	if p.MTU != 0 {
 		out.MTU = p.MTU
 	}
@@ -353,7 +363,7 @@ func (s State) Apply(p Plan) State {
 	for _, f := range []struct {
 		to   *bool
 		from *bool
-	}{{&out.Forward, p.Forward}, {&out.SNAT, p.SNAT}, {&out.ClampMSS, p.ClampMSS}} {
+	}{{&out.Forward, p.Forward}, {&out.Forward6, p.Forward6}, {&out.SNAT, p.SNAT}, {&out.ClampMSS, p.ClampMSS}} {
 		if f.from != nil {
 			*f.to = *f.from
 		}

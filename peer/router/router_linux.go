@@ -16,8 +16,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ipForward is IPv4 forwarding of the caller's network namespace.
-const ipForward = "/proc/sys/net/ipv4/ip_forward"
+// ipForward and ip6Forward are IPv4 and IPv6 forwarding of the caller's
+// network namespace.
+const (
+	ipForward  = "/proc/sys/net/ipv4/ip_forward"
+	ip6Forward = "/proc/sys/net/ipv6/conf/all/forwarding"
+)
 
 // maxRounds bounds how often Set plans and applies before the OS settles.
 // One round is the rule; a second is needed when the kernel undoes part of
@@ -35,11 +39,11 @@ type linuxRouter struct {
 	table string // nftables table, family inet
 	log   *slog.Logger
 
-	mu          sync.Mutex
-	forward     bool                  // guarded by mu: meshd turned IPv4 forwarding on
-	prevForward []byte                // guarded by mu: ip_forward before meshd turned it on
-	skipped     map[netip.Prefix]bool // guarded by mu: skipped destinations already logged
-	changes     int                   // guarded by mu: operations carried out, for tests
+	mu       sync.Mutex
+	forward  sysctl                // guarded by mu: IPv4 forwarding
+	forward6 sysctl                // guarded by mu: IPv6 forwarding
+	skipped  map[netip.Prefix]bool // guarded by mu: skipped destinations already logged
+	changes  int                   // guarded by mu: operations carried out, for tests
 }
 
 var _ Router = (*linuxRouter)(nil)
@@ -51,10 +55,12 @@ func New(ifName string, log *slog.Logger) (Router, error) {
 		return nil, fmt.Errorf("router: interface %s: %w", ifName, err)
 	}
 	return &linuxRouter{
-		dev:     ifName,
-		table:   TableName(ifName),
-		log:     log.With("component", "router", "interface", ifName),
-		skipped: map[netip.Prefix]bool{},
+		dev:      ifName,
+		table:    TableName(ifName),
+		log:      log.With("component", "router", "interface", ifName),
+		skipped:  map[netip.Prefix]bool{},
+		forward:  sysctl{path: ipForward, what: "IPv4 forwarding"},
+		forward6: sysctl{path: ip6Forward, what: "IPv6 forwarding"},
 	}, nil
 }
 
@@ -116,7 +122,7 @@ func (r *linuxRouter) Set(cfg *Config) error {
 // read returns what is installed, and the kernel's form of each of meshd's
 // routes (to delete exactly those). A nil l is an interface that is gone.
 func (r *linuxRouter) read(l netlink.Link) (State, map[netip.Prefix][]netlink.Route, error) {
-	s := State{Forward: r.forward}
+	s := State{Forward: r.forward.on, Forward6: r.forward6.on}
 	s.SNAT, s.ClampMSS = r.readFirewall()
 	if l == nil {
 		return s, nil, nil
@@ -221,7 +227,13 @@ func (r *linuxRouter) apply(l netlink.Link, have State, plan Plan, kernel map[ne
 			did(netlink.LinkSetMTU(l, plan.MTU), "set mtu %d on %s", plan.MTU, r.dev)
 		}
 		for _, a := range plan.AddAddrs {
-			did(netlink.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(a)}), "addr add %s dev %s", a, r.dev)
+			na := &netlink.Addr{IPNet: toIPNet(a)}
+			if a.Addr().Is6() {
+				// No duplicate detection on a point-to-point tunnel: the
+				// address is usable (as a route source) at once.
+				na.Flags = unix.IFA_F_NODAD
+			}
+			did(netlink.AddrReplace(l, na), "addr add %s dev %s", a, r.dev)
 		}
 		for _, rt := range plan.DelRoutes {
 			for _, k := range kernel[rt.Dst] {
@@ -244,7 +256,10 @@ func (r *linuxRouter) apply(l netlink.Link, have State, plan Plan, kernel map[ne
 		}
 	}
 	if plan.Forward != nil {
-		did(r.setForward(*plan.Forward), "forwarding %s", onOff(*plan.Forward))
+		did(r.forward.set(*plan.Forward, r.log), "forwarding %s", onOff(*plan.Forward))
+	}
+	if plan.Forward6 != nil {
+		did(r.forward6.set(*plan.Forward6, r.log), "ipv6 forwarding %s", onOff(*plan.Forward6))
 	}
 	if plan.FirewallChanged() {
 		snat, clamp := have.SNAT, have.ClampMSS
@@ -278,30 +293,39 @@ func (r *linuxRouter) kernelRoute(l netlink.Link, rt Route) *netlink.Route {
 	return k
 }
 
-// setForward turns IPv4 forwarding on, remembering the value it had, or
-// puts that value back.
-func (r *linuxRouter) setForward(on bool) error {
+// sysctl is a forwarding switch meshd turns on and, when done, puts back
+// only if it was the one that turned it on.
+type sysctl struct {
+	path string
+	what string // for logs
+	on   bool   // meshd turned it on
+	prev []byte // its value before
+}
+
+// set turns the switch on, remembering the value it had, or puts that
+// value back.
+func (s *sysctl) set(on bool, log *slog.Logger) error {
 	if on {
-		prev, err := os.ReadFile(ipForward)
+		prev, err := os.ReadFile(s.path)
 		if err != nil {
 			return err
 		}
 		if strings.TrimSpace(string(prev)) != "1" {
-			if err := os.WriteFile(ipForward, []byte("1\n"), 0o644); err != nil {
+			if err := os.WriteFile(s.path, []byte("1\n"), 0o644); err != nil {
 				return err
 			}
-			r.log.Info("IPv4 forwarding enabled")
+			log.Info(s.what + " enabled")
 		}
-		r.prevForward, r.forward = prev, true
+		s.prev, s.on = prev, true
 		return nil
 	}
-	if r.prevForward != nil && strings.TrimSpace(string(r.prevForward)) != "1" {
-		if err := os.WriteFile(ipForward, r.prevForward, 0o644); err != nil {
+	if s.prev != nil && strings.TrimSpace(string(s.prev)) != "1" {
+		if err := os.WriteFile(s.path, s.prev, 0o644); err != nil {
 			return err
 		}
-		r.log.Info("IPv4 forwarding restored", "value", strings.TrimSpace(string(r.prevForward)))
+		log.Info(s.what+" restored", "value", strings.TrimSpace(string(s.prev)))
 	}
-	r.prevForward, r.forward = nil, false
+	s.prev, s.on = nil, false
 	return nil
 }
 

@@ -27,3 +27,43 @@ type Config struct {
 	Addr netip.Prefix // the VIP with the LAN's prefix length
 	Dev  string       // LAN interface
 }
+
+// All is one VIP made of several (an IPv4 and an IPv6 one on a dual-stack
+// LAN), claimed and released together: Claim claims each one not owned
+// yet and returns the first error (the others stay claimed; the caller
+// retries, which claims the rest); Owned holds when all are owned.
+func All(vips ...VIP) VIP { return all(vips) }
+
+type all []VIP
+
+func (a all) Claim() error {
+	var first error
+	for _, v := range a {
+		if v.Owned() {
+			continue
+		}
+		if err := v.Claim(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (a all) Release() error {
+	var first error
+	for _, v := range a {
+		if err := v.Release(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (a all) Owned() bool {
+	for _, v := range a {
+		if !v.Owned() {
+			return false
+		}
+	}
+	return true
+}

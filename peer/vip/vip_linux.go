@@ -35,8 +35,8 @@ var _ VIP = (*linuxVIP)(nil)
 // finds the address free. LAN hosts send their traffic to this host's MAC
 // and the kernel forwards it; the VIP itself does not answer ping.
 func New(cfg Config, log *slog.Logger) (VIP, error) {
-	if !cfg.Addr.Addr().Is4() {
-		return nil, fmt.Errorf("lan vip %s: only IPv4 is supported", cfg.Addr)
+	if cfg.Addr.Addr().Is6() {
+		return newVIP6(cfg, log)
 	}
 	if _, err := net.InterfaceByName(cfg.Dev); err != nil {
 		return nil, fmt.Errorf("lan dev %s: %w", cfg.Dev, err)

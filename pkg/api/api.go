@@ -152,9 +152,14 @@ type VNet struct {
 	Overlay   string    `json:"overlay"`
 	CreatedAt time.Time `json:"created_at"`
 	Peers     int       `json:"peers"`
+	// Overlay6 is the IPv6 overlay of a dual-stack vnet (Overlay is then
+	// the IPv4 one); absent otherwise.
+	Overlay6 string `json:"overlay6,omitempty"`
 }
 
-// CreateVNetRequest creates a vnet.
+// CreateVNetRequest creates a vnet. Overlay is one CIDR, or an IPv4 and
+// an IPv6 CIDR separated by a comma (dual-stack); a coordinator from
+// before IPv6 overlays refuses the list rather than drop a part of it.
 type CreateVNetRequest struct {
 	Name    string `json:"name"`
 	Overlay string `json:"overlay"`
@@ -243,20 +248,22 @@ type CreateTokenResponse struct {
 
 // Peer is a peer as the admin sees it.
 type Peer struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	VNet      string    `json:"vnet"`
-	Role      string    `json:"role"`
-	PublicKey string    `json:"public_key"`
-	OverlayIP string    `json:"overlay_ip"`
-	Online    bool      `json:"online"`
-	Routes    []Route   `json:"routes"`
-	Endpoints []string  `json:"endpoints"`
-	Tags      []string  `json:"tags"`
-	Ephemeral bool      `json:"ephemeral"`
-	CreatedAt time.Time `json:"created_at"`
-	LastSeen  time.Time `json:"last_seen"`
-	Drained   bool      `json:"drained,omitempty"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	VNet      string `json:"vnet"`
+	Role      string `json:"role"`
+	PublicKey string `json:"public_key"`
+	OverlayIP string `json:"overlay_ip"`
+	// OverlayIP6 is the peer's IPv6 address in a dual-stack vnet.
+	OverlayIP6 string    `json:"overlay_ip6,omitempty"`
+	Online     bool      `json:"online"`
+	Routes     []Route   `json:"routes"`
+	Endpoints  []string  `json:"endpoints"`
+	Tags       []string  `json:"tags"`
+	Ephemeral  bool      `json:"ephemeral"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastSeen   time.Time `json:"last_seen"`
+	Drained    bool      `json:"drained,omitempty"`
 	// GatewayState is a gateway's state across its routes (package
 	// gateway, Summary): active when it carries any, else offline,
 	// unhealthy, drained or standby. Empty for a peer without routes.
@@ -292,11 +299,15 @@ type JoinRequest struct {
 
 // JoinResponse is what a peer receives when it joins.
 type JoinResponse struct {
-	PeerID     string     `json:"peer_id"`
-	Name       string     `json:"name"`
-	VNet       string     `json:"vnet"`
-	OverlayIP  string     `json:"overlay_ip"`
-	Overlay    string     `json:"overlay"`
+	PeerID    string `json:"peer_id"`
+	Name      string `json:"name"`
+	VNet      string `json:"vnet"`
+	OverlayIP string `json:"overlay_ip"`
+	Overlay   string `json:"overlay"`
+	// OverlayIP6 and Overlay6: the peer's IPv6 address and the vnet's
+	// IPv6 overlay in a dual-stack vnet; absent otherwise.
+	OverlayIP6 string     `json:"overlay_ip6,omitempty"`
+	Overlay6   string     `json:"overlay6,omitempty"`
 	Credential string     `json:"credential"`
 	GossipKeys [][]byte   `json:"gossip_keys"`
 	Map        *MapUpdate `json:"map"`
@@ -304,14 +315,17 @@ type JoinResponse struct {
 
 // MapPeer is another peer as a peer's network map shows it.
 type MapPeer struct {
-	ID        string   `json:"id"`
-	Name      string   `json:"name"`
-	Role      string   `json:"role"`
-	PublicKey string   `json:"public_key"`
-	OverlayIP string   `json:"overlay_ip"`
-	Endpoints []string `json:"endpoints,omitempty"`
-	Routes    []Route  `json:"routes,omitempty"`
-	Tags      []string `json:"tags,omitempty"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	PublicKey string `json:"public_key"`
+	OverlayIP string `json:"overlay_ip"`
+	// OverlayIP6 is the peer's IPv6 address in a dual-stack vnet; agents
+	// from before dual-stack ignore it and reach the peer over IPv4.
+	OverlayIP6 string   `json:"overlay_ip6,omitempty"`
+	Endpoints  []string `json:"endpoints,omitempty"`
+	Routes     []Route  `json:"routes,omitempty"`
+	Tags       []string `json:"tags,omitempty"`
 	// Drained gateways carry their routes only when no other can.
 	Drained bool `json:"drained,omitempty"`
 	// Relay is the peer's relayed address (host:port of its TURN
@@ -325,10 +339,13 @@ type MapPeer struct {
 // Peers are upserts and Removed are peer IDs to drop. Index is the state
 // index the receiver resumes from.
 type MapUpdate struct {
-	Index        uint64    `json:"index"`
-	Full         bool      `json:"full,omitempty"`
-	VNet         string    `json:"vnet,omitempty"`
-	Overlay      string    `json:"overlay,omitempty"`
+	Index   uint64 `json:"index"`
+	Full    bool   `json:"full,omitempty"`
+	VNet    string `json:"vnet,omitempty"`
+	Overlay string `json:"overlay,omitempty"`
+	// Overlay6 is the vnet's IPv6 overlay when it is dual-stack, sent
+	// with Overlay.
+	Overlay6     string    `json:"overlay6,omitempty"`
 	Self         *MapPeer  `json:"self,omitempty"`
 	Peers        []MapPeer `json:"peers,omitempty"`
 	Removed      []string  `json:"removed,omitempty"`

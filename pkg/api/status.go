@@ -24,6 +24,8 @@ type LocalSelf struct {
 	OverlayIP string `json:"overlay_ip"`
 	PublicKey string `json:"public_key"`
 	Role      string `json:"role"`
+	// OverlayIP6 is its IPv6 address in a dual-stack vnet.
+	OverlayIP6 string `json:"overlay_ip6,omitempty"`
 }
 
 // LocalPeer is another peer as this one sees it through WireGuard.

@@ -381,13 +381,13 @@ func parseHost(s string) (Selector, *problem) {
 // parseTarget parses "HOST:PORT"; for icmp the port may be left out or be
 // "*".
 func parseTarget(s string, proto Proto) (Target, *problem) {
-	if proto == ICMP {
+	if proto == ICMP || proto == ICMPv6 {
 		if sel, prob := parseHost(s); prob == nil {
 			return Target{Host: sel}, nil
 		}
 	}
 	host, port, ok := splitHostPorts(s)
-	if proto == ICMP && ok && port == "*" {
+	if (proto == ICMP || proto == ICMPv6) && ok && port == "*" {
 		sel, prob := parseHost(host)
 		return Target{Host: sel}, prob
 	}
