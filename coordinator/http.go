@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -441,31 +440,6 @@ func (s *Server) handleListRoutes(w http.ResponseWriter, r *http.Request) {
 	h := s.healthy()
 	s.store.Read(func(t *state.Tables, _ uint64) { out = netmap.Routes(t, r.URL.Query().Get("vnet"), h) })
 	writeJSON(w, http.StatusOK, out)
-}
-
-func (s *Server) handleLookup(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	ip, err := netip.ParseAddr(q.Get("ip"))
-	if err != nil {
-		writeError(w, api.Errorf(api.CodeInvalidArgument, "%q is not an IP address", q.Get("ip")))
-		return
-	}
-	vnet := q.Get("vnet")
-	if vnet == "" {
-		vnet = api.DefaultVNet
-	}
-	var res api.LookupResult
-	var known bool
-	h := s.healthy()
-	s.store.Read(func(t *state.Tables, _ uint64) {
-		_, known = t.VNets[vnet]
-		res = netmap.Lookup(t, vnet, ip, h)
-	})
-	if !known {
-		writeError(w, api.Errorf(api.CodeNotFound, "vnet %q does not exist", vnet))
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
 }
 
 func (s *Server) handleOverlaps(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -428,28 +429,64 @@ func newRouteCmd(g *globals) *cobra.Command {
 	list.Flags().StringVar(&vnet, "vnet", "", "only this vnet")
 	addJSONFlag(list, g)
 	var lvnet string
+	var allVNets bool
 	lookup := &cobra.Command{
-		Use:   "lookup IP",
-		Short: "Show which gateway carries IP now (longest prefix match)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "lookup IP|CIDR [--vnet NAME | --all-vnets]",
+		Short: "Show which gateway carries an address or a CIDR now, and why (longest prefix match)",
+		Long: `Show which gateway carries an address or a CIDR now, and why. The answer is
+the longest announced route that covers it, with its active gateway, that
+gateway's state and reason, and every gateway of the route with its state
+(active, standby, drained, unhealthy, offline). For a CIDR, the routes inside
+it (more specific ones, each carrying part of it) are listed too.
+
+It looks in one vnet (--vnet, default "default"); --all-vnets looks in every
+vnet and answers for each that has a match (--json: an array of the objects
+one vnet gives).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if allVNets && cmd.Flags().Changed("vnet") {
+				return fmt.Errorf("--vnet and --all-vnets exclude each other")
+			}
+			// An address goes as ip=, which every coordinator version
+			// takes; a CIDR as prefix=.
+			q := url.Values{"prefix": {args[0]}}
+			if _, err := netip.ParseAddr(args[0]); err == nil {
+				q = url.Values{"ip": {args[0]}}
+			}
+			if allVNets {
+				q.Set("all_vnets", "1")
+				var res []api.LookupResult
+				if err := g.call(cmd, http.MethodGet, "/v1/routes/lookup?"+q.Encode(), nil, &res); err != nil {
+					return err
+				}
+				if g.json {
+					return printJSON(g.out, res)
+				}
+				if len(res) == 0 {
+					fmt.Fprintf(g.out, "%s: no route in any vnet\n", args[0])
+				}
+				for i, r := range res {
+					if i > 0 {
+						fmt.Fprintln(g.out)
+					}
+					printLookup(g.out, r)
+				}
+				return nil
+			}
+			q.Set("vnet", lvnet)
 			var res api.LookupResult
-			q := url.Values{"ip": {args[0]}, "vnet": {lvnet}}
 			if err := g.call(cmd, http.MethodGet, "/v1/routes/lookup?"+q.Encode(), nil, &res); err != nil {
 				return err
 			}
 			if g.json {
 				return printJSON(g.out, res)
 			}
-			if res.Prefix == nil {
-				fmt.Fprintf(g.out, "%s in vnet %s: no route\n", res.IP, res.VNet)
-				return nil
-			}
-			fmt.Fprintf(g.out, "%s in vnet %s: %s via %s\ngateways: %s\n", res.IP, res.VNet, *res.Prefix, dash(res.ActiveGateway), printGateways(res.Gateways, res.ActiveGateway))
+			printLookup(g.out, res)
 			return nil
 		},
 	}
 	lookup.Flags().StringVar(&lvnet, "vnet", api.DefaultVNet, "vnet to look in")
+	lookup.Flags().BoolVar(&allVNets, "all-vnets", false, "look in every vnet; answer for each that has a match")
 	addJSONFlag(lookup, g)
 	overlaps := &cobra.Command{
 		Use:   "overlaps",
@@ -623,4 +660,41 @@ never be revoked.`,
 	tok.AddCommand(create, list, revoke)
 	cmd.AddCommand(tok)
 	return cmd
+}
+
+// printLookup writes one vnet's lookup answer for people:
+//
+//	192.168.10.7 in vnet default: 192.168.10.0/24 via gwa1 (active: highest-priority healthy gateway)
+//	  gwa1(200) active: highest-priority healthy gateway
+//	  gwa2(100) standby: lower priority than gwa1(200)
+func printLookup(w io.Writer, r api.LookupResult) {
+	switch {
+	case r.Prefix != nil:
+		fmt.Fprintf(w, "%s in vnet %s: %s via %s (%s)\n", r.IP, r.VNet, *r.Prefix, dash(r.ActiveGateway), r.Why)
+		printLookupGateways(w, "  ", r.Gateways, r.ActiveGateway)
+		for _, c := range r.Covering[min(1, len(r.Covering)):] {
+			fmt.Fprintf(w, "  also covered by %s via %s\n", c.Prefix, dash(c.ActiveGateway))
+		}
+	case len(r.Inside) > 0:
+		fmt.Fprintf(w, "%s in vnet %s: no route covers all of it\n", r.IP, r.VNet)
+	default:
+		fmt.Fprintf(w, "%s in vnet %s: no route\n", r.IP, r.VNet)
+	}
+	if len(r.Inside) > 0 {
+		fmt.Fprintf(w, "routes inside %s:\n", r.Network)
+		for _, in := range r.Inside {
+			fmt.Fprintf(w, "  %s via %s\n", in.Prefix, dash(in.ActiveGateway))
+			printLookupGateways(w, "    ", in.Gateways, in.ActiveGateway)
+		}
+	}
+}
+
+func printLookupGateways(w io.Writer, indent string, gs []api.Gateway, active string) {
+	for _, gw := range gs {
+		line := fmt.Sprintf("%s%s(%d) %s", indent, gw.Name, gw.Priority, gatewayState(gw, active))
+		if gw.Reason != "" {
+			line += ": " + gw.Reason
+		}
+		fmt.Fprintln(w, line)
+	}
 }

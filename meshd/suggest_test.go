@@ -92,7 +92,7 @@ func TestUnknownSubcommand(t *testing.T) {
 		{[]string{"help", "token"}, 0, "", "meshd token [command]", false},
 		{[]string{"help"}, 0, "", "Available Commands", false},
 		{[]string{"token", "--help"}, 0, "", "meshd token [command]", false},
-		{[]string{"route", "lookup", "--help"}, 0, "", "--vnet", false},
+		{[]string{"route", "lookup", "--help"}, 0, "", "--all-vnets", false},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer

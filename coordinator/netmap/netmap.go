@@ -315,24 +315,75 @@ func comparePrefix(a, b netip.Prefix) int {
 
 // Lookup finds the longest announced prefix of vnet containing ip.
 func Lookup(t *state.Tables, vnet string, ip netip.Addr, healthy Healthy) api.LookupResult {
-	res := api.LookupResult{IP: ip.String(), VNet: vnet, Gateways: []api.Gateway{}}
-	var best routeKey
-	var bestGs []api.Gateway
+	return LookupPrefix(t, vnet, netip.PrefixFrom(ip, ip.BitLen()), ip.String(), healthy)
+}
+
+// LookupPrefix is the one rule route lookup answers by, for an address
+// (q a single-address prefix) or a CIDR. In vnet, the routes covering q
+// (announced prefixes that contain all of q) are listed longest first,
+// and the longest of them is the answer: its prefix, its active gateway
+// and why, its gateways with their states. For a CIDR, the announced
+// prefixes inside it (more specific than q) are listed too, since part of
+// q goes to each. query is what the user asked, as they wrote it.
+func LookupPrefix(t *state.Tables, vnet string, q netip.Prefix, query string, healthy Healthy) api.LookupResult {
+	q = q.Masked()
+	res := api.LookupResult{IP: query, VNet: vnet, Gateways: []api.Gateway{}}
+	if !q.IsSingleIP() {
+		res.Network = q.String()
+	}
 	for k, gs := range gateways(t, healthy) {
-		if k.vnet != vnet || !k.prefix.Contains(ip) {
+		if k.vnet != vnet || k.prefix.Addr().Is4() != q.Addr().Is4() {
 			continue
 		}
-		if bestGs == nil || k.prefix.Bits() > best.prefix.Bits() {
-			best, bestGs = k, gs
+		ri := api.RouteInfo{VNet: k.vnet, Prefix: k.prefix.String(), ActiveGateway: active(gs), Gateways: gs}
+		switch {
+		case k.prefix.Bits() <= q.Bits() && k.prefix.Contains(q.Addr()):
+			res.Covering = append(res.Covering, ri)
+		case k.prefix.Bits() > q.Bits() && q.Contains(k.prefix.Addr()):
+			res.Inside = append(res.Inside, ri)
 		}
 	}
-	if bestGs != nil {
-		s := best.prefix.String()
-		res.Prefix = &s
-		res.Gateways = bestGs
-		res.ActiveGateway = active(bestGs)
+	slices.SortFunc(res.Covering, func(a, b api.RouteInfo) int {
+		return netip.MustParsePrefix(b.Prefix).Bits() - netip.MustParsePrefix(a.Prefix).Bits()
+	})
+	slices.SortFunc(res.Inside, func(a, b api.RouteInfo) int {
+		return comparePrefix(netip.MustParsePrefix(a.Prefix), netip.MustParsePrefix(b.Prefix))
+	})
+	switch {
+	case len(res.Covering) > 0:
+		best := res.Covering[0]
+		res.Prefix = &best.Prefix
+		res.Gateways = best.Gateways
+		res.ActiveGateway = best.ActiveGateway
+		res.Why = "no healthy gateway"
+		for _, g := range best.Gateways {
+			if g.Name == best.ActiveGateway {
+				res.Why = g.State + ": " + g.Reason
+			}
+		}
+	case len(res.Inside) > 0:
+		res.Why = "no route covers all of it; routes inside it are listed"
+	default:
+		res.Why = "no route"
 	}
 	return res
+}
+
+// LookupAll is LookupPrefix in every vnet, by name, keeping the vnets
+// where a route covers q or lies inside it.
+func LookupAll(t *state.Tables, q netip.Prefix, query string, healthy Healthy) []api.LookupResult {
+	names := make([]string, 0, len(t.VNets))
+	for n := range t.VNets {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := []api.LookupResult{}
+	for _, n := range names {
+		if r := LookupPrefix(t, n, q, query, healthy); len(r.Covering) > 0 || len(r.Inside) > 0 {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // Overlaps lists every pair of distinct announced prefixes that overlap,

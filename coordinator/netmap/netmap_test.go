@@ -178,7 +178,7 @@ func TestLookupDrained(t *testing.T) {
 			{"drained alone carries it", healthyExcept("gwa2"), "gwa1", api.Gateway{Name: "gwa1", Priority: 200, Healthy: true, Drained: true,
 				State: "active", Reason: "drained, but no undrained gateway is healthy"}},
 			{"drained and unhealthy does not", healthyExcept("gwa1", "gwa2"), "", api.Gateway{Name: "gwa1", Priority: 200, Drained: true,
-				State: "offline", Reason: "offline (and drained)"}},
+				State: "offline", Reason: "not connected (and drained)"}},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				r := Lookup(tb, "default", netip.MustParseAddr("192.168.10.7"), tt.healthy)
@@ -276,4 +276,70 @@ func TestGatewayStates(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestLookupPrefix: the one lookup rule for an address or a CIDR: the
+// longest covering route answers, with its active gateway and why; for a
+// CIDR the routes inside it are listed; LookupAll keeps the vnets with a
+// match.
+func TestLookupPrefix(t *testing.T) {
+	s := testStore(t)
+	s.Read(func(tb *state.Tables, _ uint64) {
+		for _, tt := range []struct {
+			name, vnet, q  string
+			healthy        Healthy
+			prefix, active string
+			why            string
+			covering       []string
+			inside         []string
+		}{
+			{"an address", "default", "192.168.10.7", healthyExcept(), "192.168.10.0/24", "gwa1",
+				"active: highest-priority healthy gateway", []string{"192.168.10.0/24"}, nil},
+			{"an address in both routes", "default", "192.168.10.200", healthyExcept(), "192.168.10.128/25", "gwb1",
+				"active: highest-priority healthy gateway", []string{"192.168.10.128/25", "192.168.10.0/24"}, nil},
+			{"a CIDR inside a route, not masked", "default", "192.168.10.1/28", healthyExcept("gwa1"), "192.168.10.0/24", "gwa2",
+				"active: highest-priority healthy gateway", []string{"192.168.10.0/24"}, nil},
+			{"the route itself", "default", "192.168.10.0/24", healthyExcept(), "192.168.10.0/24", "gwa1",
+				"active: highest-priority healthy gateway", []string{"192.168.10.0/24"}, []string{"192.168.10.128/25"}},
+			{"a CIDR wider than every route", "default", "192.168.0.0/16", healthyExcept(), "", "",
+				"no route covers all of it; routes inside it are listed", nil, []string{"192.168.10.0/24", "192.168.10.128/25"}},
+			{"no healthy gateway", "default", "192.168.10.7", healthyExcept("gwa1", "gwa2"), "192.168.10.0/24", "",
+				"no healthy gateway", []string{"192.168.10.0/24"}, nil},
+			{"nothing", "default", "10.0.0.0/8", healthyExcept(), "", "", "no route", nil, nil},
+			{"another family", "default", "::/0", healthyExcept(), "", "", "no route", nil, nil},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				q, err := netip.ParsePrefix(tt.q)
+				if err != nil {
+					a := netip.MustParseAddr(tt.q)
+					q = netip.PrefixFrom(a, a.BitLen())
+				}
+				r := LookupPrefix(tb, tt.vnet, q, tt.q, tt.healthy)
+				prefix := ""
+				if r.Prefix != nil {
+					prefix = *r.Prefix
+				}
+				var cov, in []string
+				for _, c := range r.Covering {
+					cov = append(cov, c.Prefix)
+				}
+				for _, c := range r.Inside {
+					in = append(in, c.Prefix)
+				}
+				if r.IP != tt.q || prefix != tt.prefix || r.ActiveGateway != tt.active || r.Why != tt.why || !slices.Equal(cov, tt.covering) || !slices.Equal(in, tt.inside) {
+					t.Fatalf("got %+v; want prefix %q via %q (%s), covering %v, inside %v", r, tt.prefix, tt.active, tt.why, tt.covering, tt.inside)
+				}
+				if single := q.IsSingleIP(); single != (r.Network == "") {
+					t.Fatalf("network %q for %s", r.Network, tt.q)
+				}
+			})
+		}
+		all := LookupAll(tb, netip.MustParsePrefix("192.168.10.64/26"), "192.168.10.64/26", healthyExcept())
+		if len(all) != 2 || all[0].VNet != "branch" || all[0].ActiveGateway != "gwx" || all[1].VNet != "default" || all[1].ActiveGateway != "gwa1" {
+			t.Fatalf("LookupAll %+v; want branch via gwx, default via gwa1", all)
+		}
+		if none := LookupAll(tb, netip.MustParsePrefix("10.0.0.0/8"), "10.0.0.0/8", healthyExcept()); none == nil || len(none) != 0 {
+			t.Fatalf("LookupAll with no match %+v; want an empty list", none)
+		}
+	})
 }

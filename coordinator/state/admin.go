@@ -128,8 +128,8 @@ func (s *Store) CreateAdminToken(spec AdminTokenSpec, now time.Time) error {
 // RevokeAdminToken revokes the admin credential with id or name ref, the
 // bootstrap one included, unless it is the last full (not read-only)
 // credential left: the cluster would have no one left to administer it.
-// Revoking a revoked credential changes nothing. It returns the revoked
-// credential's id.
+// Revoking a revoked credential is refused with api.CodeAlreadyRevoked
+// and changes nothing. It returns the revoked credential's id.
 func (s *Store) RevokeAdminToken(ref, by string, now time.Time) (string, error) {
 	if len(by) > maxSetByLen {
 		return "", api.Errorf(api.CodeInvalidArgument, "revoked_by is longer than %d bytes", maxSetByLen)
@@ -141,7 +141,7 @@ func (s *Store) RevokeAdminToken(ref, by string, now time.Time) (string, error) 
 		return "", api.Errorf(api.CodeNotFound, "admin token %q does not exist", ref)
 	}
 	if a.Revoked {
-		return a.ID, nil
+		return a.ID, api.Errorf(api.CodeAlreadyRevoked, "admin token %q is revoked already; nothing changed", a.Name)
 	}
 	if !a.ReadOnly && s.t.fullAdmins() <= 1 {
 		return "", api.Errorf(api.CodeConflict, "admin token %q is the last full admin credential; create another (meshd admin token create NAME) before revoking it", a.Name)

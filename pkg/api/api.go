@@ -468,14 +468,27 @@ type RouteInfo struct {
 	Gateways      []Gateway `json:"gateways"`
 }
 
-// LookupResult answers `meshd route lookup IP`. Prefix is nil when no route
-// matches.
+// LookupResult answers `meshd route lookup IP|CIDR` in one vnet. Prefix
+// is nil when no route covers the address (or all of the CIDR); then
+// ActiveGateway is empty and Gateways too.
 type LookupResult struct {
+	// IP is what was looked up, as given: an address or a CIDR.
 	IP            string    `json:"ip"`
 	VNet          string    `json:"vnet"`
 	Prefix        *string   `json:"prefix"`
 	ActiveGateway string    `json:"active_gateway"`
 	Gateways      []Gateway `json:"gateways"`
+	// Why is the active gateway's state and reason ("active:
+	// highest-priority healthy gateway"), or why there is none.
+	Why string `json:"why,omitempty"`
+	// Network is the CIDR looked up, masked (absent for an address).
+	Network string `json:"network,omitempty"`
+	// Covering are the routes that contain all of it, longest first:
+	// Prefix is the first.
+	Covering []RouteInfo `json:"covering,omitempty"`
+	// Inside are, for a CIDR, the routes more specific than it, which
+	// carry part of it.
+	Inside []RouteInfo `json:"inside,omitempty"`
 }
 
 // Overlap is a pair of announced prefixes that overlap.

@@ -64,7 +64,8 @@ const (
 	Offline   State = "offline"
 )
 
-// Status is one candidate's state for a route and why, in a phrase.
+// Status is one candidate's state for a route and why, in a phrase that
+// does not repeat the state: "lower priority than gwa1(200)".
 type Status struct {
 	State  State
 	Reason string
@@ -167,17 +168,21 @@ func Assess(cands []Candidate) (active int, sts []Status) {
 		c := cands[i]
 		switch {
 		case !c.Healthy && c.Drained:
-			sts[i] = Status{c.down(), string(c.down()) + " (and drained)"}
+			why := "failing its health checks (and drained)"
+			if c.Offline {
+				why = "not connected (and drained)"
+			}
+			sts[i] = Status{c.down(), why}
 		case !c.Healthy && c.Offline:
-			sts[i] = Status{Offline, "offline: not connected"}
+			sts[i] = Status{Offline, "not connected"}
 		case !c.Healthy:
 			sts[i] = Status{Unhealthy, "failing its health checks"}
 		case c.Drained:
 			sts[i] = Status{Drained, "drained by an admin: carries the route only when no undrained gateway is healthy"}
 		case cands[active].Priority == c.Priority:
-			sts[i] = Status{Standby, fmt.Sprintf("standby: same priority as %s, which comes first by name", cands[active].Name)}
+			sts[i] = Status{Standby, fmt.Sprintf("same priority as %s, which comes first by name", cands[active].Name)}
 		default:
-			sts[i] = Status{Standby, fmt.Sprintf("standby: lower priority than %s", cands[active])}
+			sts[i] = Status{Standby, fmt.Sprintf("lower priority than %s", cands[active])}
 		}
 	}
 	return active, sts

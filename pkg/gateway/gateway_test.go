@@ -101,24 +101,24 @@ func TestAssess(t *testing.T) {
 		want  []Status // in cands' order
 	}{
 		{"active and standby", []Candidate{up("gwa2", 100), up("gwa1", 200)}, []Status{
-			{Standby, "standby: lower priority than gwa1(200)"},
+			{Standby, "lower priority than gwa1(200)"},
 			{Active, "highest-priority healthy gateway"}}},
 		{"standby by name", []Candidate{up("gwb", 100), up("gwa", 100)}, []Status{
-			{Standby, "standby: same priority as gwa, which comes first by name"},
+			{Standby, "same priority as gwa, which comes first by name"},
 			{Active, "highest-priority healthy gateway"}}},
 		{"drained with a standby taking over", []Candidate{drained(up("gwa1", 200)), up("gwa2", 100)}, []Status{
 			{Drained, "drained by an admin: carries the route only when no undrained gateway is healthy"},
 			{Active, "highest-priority healthy gateway"}}},
 		{"drained as the last resort", []Candidate{drained(up("gwa1", 200)), offline("gwa2", 100)}, []Status{
 			{Active, "drained, but no undrained gateway is healthy"},
-			{Offline, "offline: not connected"}}},
+			{Offline, "not connected"}}},
 		{"unhealthy against offline", []Candidate{down("gwa1", 200), offline("gwa2", 100), up("gwa3", 50)}, []Status{
 			{Unhealthy, "failing its health checks"},
-			{Offline, "offline: not connected"},
+			{Offline, "not connected"},
 			{Active, "highest-priority healthy gateway"}}},
 		{"offline and drained says offline", []Candidate{drained(offline("gwa1", 200)), drained(down("gwa2", 100))}, []Status{
-			{Offline, "offline (and drained)"},
-			{Unhealthy, "unhealthy (and drained)"}}},
+			{Offline, "not connected (and drained)"},
+			{Unhealthy, "failing its health checks (and drained)"}}},
 		{"none", nil, []Status{}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
