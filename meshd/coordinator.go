@@ -54,7 +54,7 @@ admin token revoke admin), when the file is removed.`,
 				return err
 			}
 			if keyFile == "" {
-				return fmt.Errorf("--cluster-key-file is required (make one with 'meshd coordinator keygen > cluster.key')")
+				return fmt.Errorf("--cluster-key-file is required (make one with 'meshd coordinator keygen --out cluster.key')")
 			}
 			key, err := clusterkey.Load(keyFile)
 			if err != nil {

@@ -4,7 +4,8 @@
 # single-use join token per peer: gateways may announce only their site.
 set -e
 if [ ! -s /secrets/cluster.key ]; then
-	meshd coordinator keygen > /secrets/cluster.key.new
+	rm -f /secrets/cluster.key.new
+	meshd coordinator keygen --out /secrets/cluster.key.new
 	mv /secrets/cluster.key.new /secrets/cluster.key
 fi
 until [ -s /c1/admin.token ]; do sleep 0.2; done
