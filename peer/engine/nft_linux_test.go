@@ -447,9 +447,11 @@ func testConn(t *testing.T, f *nftFilter) *nftables.Conn {
 	return c
 }
 
-// labPrefix names the test's namespaces; netlab removes those an earlier,
-// crashed run left.
-const labPrefix = "mdnfttest-"
+// labPrefix names the test's namespaces, unique to this process so that
+// two runs of the package at once (two checkouts on one machine) do not
+// remove each other's namespaces; netlab removes those an earlier, crashed
+// run of this process's PID left.
+var labPrefix = fmt.Sprintf("mdnft%d-", os.Getpid())
 
 // dialTimeout bounds a connect or an echo: far above a veth's round trip,
 // and what a refused connect costs.
