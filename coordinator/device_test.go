@@ -128,6 +128,20 @@ func TestExportDevice(t *testing.T) {
 		admin.Do(ctx, http.MethodGet, "/v1/peers", nil, &ps)
 		return slices.ContainsFunc(ps, func(p api.Peer) bool { return p.Name == "gw1" && p.Online })
 	})
+	// The peer list counts a watch this coordinator holds at once; its
+	// mark reaches the replicated state in the next batch. The state must
+	// hold still before it is compared.
+	waitFor(t, 10*time.Second, "gw1's watch is marked in the state", func() bool {
+		marked := false
+		srv.Store().Read(func(tb *state.Tables, _ uint64) {
+			for _, p := range tb.Peers {
+				if p.Name == "gw1" && p.WatchedBy != "" {
+					marked = true
+				}
+			}
+		})
+		return marked
+	})
 
 	before := srv.Store().Dump()
 	for _, bad := range []struct {
