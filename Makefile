@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin/meshd
 
-.PHONY: build test e2e soak bench bench-scale lab lab-down lab-docker lab-docker-check lab-docker-down lab-docker-bin lint fuzz
+.PHONY: build test e2e soak chaos bench bench-scale lab lab-down lab-docker lab-docker-check lab-docker-down lab-docker-bin lint fuzz
 
 # VERSION names the build (meshd version; coordinators record it for the
 # feature gate and cluster versions).
@@ -43,6 +43,15 @@ e2e:
 soak: build
 	./scripts/deps.sh
 	MESHD_SOAK=5m $(GO) test -count=1 -v -timeout 15m -run TestSoakNoFalseFailover ./e2e/
+
+# chaos: the coordinator fault suite at length (root): five rounds of every
+# fault (leader isolated, symmetric and asymmetric cuts, a flapping link,
+# SIGSTOP of the leader, a full disk under the leader), each round's history
+# checked for linearizability; figures in bench/chaos.json. make test runs
+# one short round of each.
+chaos:
+	./scripts/deps.sh
+	MESHD_CHAOS=long $(GO) test -count=1 -v -timeout 20m -run '^TestChaos$$' ./e2e/
 
 # bench: every figure beside its same-run baseline; prints a table and
 # merges the figures into bench/results.json.

@@ -21,7 +21,7 @@ import (
 // testCluster is a Raft cluster of in-process coordinators connected by
 // raft's in-memory transport; each still serves its HTTPS API on loopback.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	key   clusterkey.Key
 	nodes []*testNode
 	tune  func(*Config) // changes every node's configuration; nil: none
@@ -52,13 +52,13 @@ func (n *testNode) stop() {
 	n.trans.Close()
 }
 
-func startCluster(t *testing.T, size int) *testCluster {
+func startCluster(t testing.TB, size int) *testCluster {
 	return startClusterWith(t, size, nil)
 }
 
 // startClusterWith starts a cluster whose nodes' configurations tune
 // changes (nil: none).
-func startClusterWith(t *testing.T, size int, tune func(*Config)) *testCluster {
+func startClusterWith(t testing.TB, size int, tune func(*Config)) *testCluster {
 	t.Helper()
 	key, err := clusterkey.Generate()
 	if err != nil {
@@ -197,7 +197,7 @@ func (c *testCluster) waitConverged() {
 	})
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
