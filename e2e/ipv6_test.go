@@ -98,6 +98,42 @@ func TestMeshIPv6(t *testing.T) {
 		}
 	})
 
+	t.Run("an IPv6-only vnet", func(t *testing.T) {
+		if _, err := l.Admin("vnet", "create", "v6only", "--overlay", "fd7b:1::/48"); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := l.Admin("token", "create", "--vnet", "v6only", "--uses", "2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A second agent beside cl1's and cl2's, on its own interface.
+		hosts := map[string]string{"v6a": "cl1", "v6b": "cl2"}
+		for name, ns := range hosts {
+			if err := l.StartPeerIn(ns, name, strings.TrimSpace(tok), "--listen-port", map[string]string{"v6a": "51901", "v6b": "51902"}[name]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ip := map[string]string{}
+		for name, ns := range hosts {
+			waitUntil(t, 20*time.Second, name+" to come up with an IPv6 overlay address", func() bool {
+				out, err := l.Net.Exec(ns, l.Opts.Bin, "status", "--json", "--state-dir", l.StateDir(name))
+				var st api.LocalStatus
+				if err != nil || json.Unmarshal(out, &st) != nil {
+					return false
+				}
+				a, err := netip.ParseAddr(st.Self.OverlayIP)
+				ip[name] = st.Self.OverlayIP
+				return err == nil && netip.MustParsePrefix("fd7b:1::/48").Contains(a) && st.Self.OverlayIP6 == ""
+			})
+		}
+		if err := l.Net.Ping("cl1", ip["v6b"], 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Net.Ping("cl2", ip["v6a"], 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("SIGKILL the active gateway of the IPv6 route", func(t *testing.T) {
 		waitUntil(t, 20*time.Second, "site A's IPv6 route carried by gwa1 in cl1's view and the coordinators'", func() bool {
 			gw, _ := l.ActiveGateway("cl1", netlab.SiteA6)

@@ -367,6 +367,26 @@ func (l *Lab) StartPeer(name, tok string) error {
 	return l.start(name, args...)
 }
 
+// StartPeerIn starts one more agent, name, in the namespace of lab host
+// ns beside the one already there (its own interface, state dir and
+// WireGuard port), joining with tok; extra are more flags. Its logs and
+// process are under name.
+func (l *Lab) StartPeerIn(ns, name, tok string, extra ...string) error {
+	args := []string{"peer", "up", "--state-dir", l.StateDir(name), "--name", name, "--interface", l.Interface(name),
+		"--log-level", "debug", "--token", tok}
+	start := harness.Start
+	if l.Opts.Detached {
+		start = harness.StartDetached
+	}
+	l.Started[name] = time.Now()
+	p, err := start(l.Opts.Dir, name, l.Net.Wrap(ns), l.Opts.Bin, append(args, extra...)...)
+	if err != nil {
+		return err
+	}
+	l.Procs[name] = p
+	return nil
+}
+
 // Admin runs an admin command inside the first running coordinator's
 // namespace, with the admin token, and returns its output.
 func (l *Lab) Admin(args ...string) (string, error) {
