@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +73,13 @@ func TestMeshIPv6(t *testing.T) {
 		}
 		if !strings.Contains(string(wg), netlab.SiteA6) {
 			t.Errorf("wg show on cl1 lacks site A's IPv6 route %s:\n%s", netlab.SiteA6, wg)
+		}
+		// Status names both addresses of every other peer, and only
+		// announced prefixes as its routes.
+		for _, p := range status(t, l, "cl1").Peers {
+			if p.OverlayIP6 != ip6[p.Name] || slices.Contains(p.Routes, ip6[p.Name]+"/128") {
+				t.Errorf("cl1's status shows %s as %s %s with routes %v; want %s and no /128 route", p.Name, p.OverlayIP, p.OverlayIP6, p.Routes, ip6[p.Name])
+			}
 		}
 	})
 
