@@ -11,6 +11,7 @@ import (
 	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
 )
 
 // TestIPv6VNetGate: a vnet with an IPv6 overlay is refused with
@@ -67,6 +68,44 @@ func TestIPv6VNetGate(t *testing.T) {
 	if !api.IsCode(err, api.CodeInvalidCIDR) {
 		t.Fatalf("two ipv6 overlays: %v; want %s", err, api.CodeInvalidCIDR)
 	}
+
+	// A peer joining the dual-stack vnet gets both addresses.
+	var tok api.CreateTokenResponse
+	if err := admin.Do(ctx, http.MethodPost, "/v1/tokens", api.CreateTokenRequest{VNet: "ds", Uses: 2}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	j, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: "cl1", PublicKey: wgKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.OverlayIP != "100.70.0.1" || j.OverlayIP6 != "fd7a:115c:a1e0::1" || j.Overlay6 != "fd7a:115c:a1e0::/48" || j.Map == nil || j.Map.Self.OverlayIP6 != j.OverlayIP6 {
+		t.Fatalf("joined as %s %s in %s %s; want 100.70.0.1 and fd7a:115c:a1e0::1 in both overlays", j.OverlayIP, j.OverlayIP6, j.Overlay, j.Overlay6)
+	}
+	// A coordinator at level 2 added now would give the next peer no IPv6
+	// address: joins into the vnet wait for it to be upgraded (or gone).
+	if err := leader.srv.Raft().AddNonvoter("c5", "c5", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.srv.raftApply(ctx, fsm.RegisterCoordinatorType, &fsm.RegisterCoordinator{Coordinator: state.Coordinator{
+		Name: "c5", RaftAddr: "c5", APIURL: "https://127.0.0.1:1", FeatureLevel: 2, Version: "v1"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the join into the dual-stack vnet to be refused with upgrade_required", func() bool {
+		_, err := apiclient.Join(ctx, tok.Token, api.JoinRequest{Name: "cl2", PublicKey: wgKey()})
+		return api.IsCode(err, api.CodeUpgradeRequired)
+	})
+	if _, err := apiclient.Join(ctx, mustToken(t, admin, "v4"), api.JoinRequest{Name: "cl3", PublicKey: wgKey()}); err != nil {
+		t.Fatalf("join into the ipv4 vnet with a level-2 member: %v", err)
+	}
+}
+
+func mustToken(t *testing.T, admin *apiclient.Client, vnet string) string {
+	t.Helper()
+	var tok api.CreateTokenResponse
+	if err := admin.Do(context.Background(), http.MethodPost, "/v1/tokens", api.CreateTokenRequest{VNet: vnet}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	return tok.Token
 }
 
 // TestCreateVNetCommand: one IPv4 overlay is written as the command every
