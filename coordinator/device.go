@@ -62,6 +62,9 @@ func (s *Server) handleExportDevice(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	})
+	if precheck == nil {
+		precheck = s.gateIPv6(func(t *state.Tables) string { return req.VNet })
+	}
 	if precheck != nil {
 		writeError(w, precheck)
 		return

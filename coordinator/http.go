@@ -497,6 +497,15 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if err := s.gateIPv6(func(t *state.Tables) string {
+		if tk, ok := t.Tokens[spec.TokenID]; ok {
+			return tk.VNet
+		}
+		return ""
+	}); err != nil {
+		writeError(w, err)
+		return
+	}
 	res, err := s.raftApply(r.Context(), fsm.JoinPeerType, &fsm.JoinPeer{Spec: spec, Now: s.now()})
 	if err != nil {
 		writeError(w, err)

@@ -55,3 +55,21 @@ func apiVNet(v *state.VNet, peers int) api.VNet {
 	}
 	return out
 }
+
+// gateIPv6 refuses a new peer in a vnet with an IPv6 overlay (vnetOf names
+// it, read from the local replica; "" none) while a member of the cluster
+// is below the level that knows IPv6 overlays: such a coordinator, added
+// after the vnet was created, would give the peer no IPv6 address, and
+// its state would differ from the others'.
+func (s *Server) gateIPv6(vnetOf func(t *state.Tables) string) error {
+	v6 := false
+	s.store.Read(func(t *state.Tables, _ uint64) {
+		if v, ok := t.VNets[vnetOf(t)]; ok {
+			v6 = v.Overlay6.IsValid() || v.Overlay.Addr().Is6()
+		}
+	})
+	if !v6 {
+		return nil
+	}
+	return s.gate(fsm.CreateVNetIPv6Type, "")
+}

@@ -147,3 +147,22 @@ func TestAgo(t *testing.T) {
 		}
 	}
 }
+
+// TestWGQuickConfigDualStack: a device of a dual-stack vnet gets both of
+// its addresses, and reaches each peer at both of its.
+func TestWGQuickConfigDualStack(t *testing.T) {
+	priv, err := wgcfg.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := &api.DeviceConfig{
+		Peer: api.Peer{Name: "phone", VNet: "ds", Role: api.RoleDevice, OverlayIP: "100.70.0.9", OverlayIP6: "fd7a:115c:a1e0::9", PublicKey: priv.Public().String()},
+		Peers: []api.DevicePeer{{Name: "gw61", Role: api.RoleGateway, PublicKey: "Z3diMWd3YjFnd2IxZ3diMWd3YjFnd2IxZ3diMWd3YjE=",
+			AllowedIPs: []string{"100.70.0.1/32", "fd7a:115c:a1e0::1/128", "fd00:10::/64"}}},
+	}
+	got := parseWGQuick(t, wgQuickConfig(dc, &priv))
+	if len(got) != 2 || got[0].values["Address"] != "100.70.0.9/32, fd7a:115c:a1e0::9/128" ||
+		got[1].values["AllowedIPs"] != "100.70.0.1/32, fd7a:115c:a1e0::1/128, fd00:10::/64" {
+		t.Fatalf("got %v; want both addresses of the device and the gateway", got)
+	}
+}

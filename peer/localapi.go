@@ -117,10 +117,16 @@ func (a *Agent) status(ctx context.Context, also func(*state)) (*api.LocalStatus
 	for _, p := range want.wg.Peers {
 		s := byKey[p.PublicKey]
 		lp := api.LocalPeer{Name: want.names[p.PublicKey], PublicKey: p.PublicKey.String(), RxBytes: s.RxBytes, TxBytes: s.TxBytes}
+		own := want.addrs[p.PublicKey]
 		for _, pfx := range p.AllowedIPs {
-			if pfx.IsSingleIP() && lp.OverlayIP == "" {
+			switch {
+			case own == nil && pfx.IsSingleIP() && lp.OverlayIP == "": // not from compute: the first host address
 				lp.OverlayIP = pfx.Addr().String()
-			} else {
+			case len(own) > 0 && pfx == own[0]:
+				lp.OverlayIP = pfx.Addr().String()
+			case len(own) > 1 && pfx == own[1]:
+				lp.OverlayIP6 = pfx.Addr().String()
+			default:
 				lp.Routes = append(lp.Routes, pfx.String())
 			}
 		}

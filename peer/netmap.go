@@ -154,6 +154,9 @@ type desired struct {
 	router *router.Config
 	routes []api.LocalRoute // for status
 	names  map[wgcfg.Key]string
+	// addrs are each peer's overlay addresses among its AllowedIPs (the
+	// rest are the routes it carries), for status.
+	addrs map[wgcfg.Key][]netip.Prefix
 }
 
 // buildOptions are the local facts compute needs besides the map.
@@ -188,6 +191,7 @@ func compute(m *netMap, o buildOptions) *desired {
 		wg:     &wgcfg.Config{PrivateKey: o.privateKey, ListenPort: o.listenPort},
 		router: &router.Config{MTU: o.mtu, SNAT: o.snat},
 		names:  map[wgcfg.Key]string{},
+		addrs:  map[wgcfg.Key][]netip.Prefix{},
 	}
 	if m.self == nil {
 		return d
@@ -236,6 +240,7 @@ func compute(m *netMap, o buildOptions) *desired {
 			Roaming:             device,
 		})
 		d.names[key] = p.Name
+		d.addrs[key] = slices.Clone(allowed)
 	}
 	active := o.active
 	if active == nil {

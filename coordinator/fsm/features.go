@@ -50,7 +50,7 @@ var gates = []Feature{
 	{Type: PruneTokensType, Level: 3, What: "token prune"},
 	// Level 4: IPv6 overlays (dual-stack vnets). Level 3 is another
 	// feature's.
-	{Type: CreateVNetIPv6Type, Level: 4, What: "vnet create with an IPv6 overlay"},
+	{Type: CreateVNetIPv6Type, Level: 4, What: "IPv6 overlays (vnet create with one, and peers joining such a vnet)"},
 }
 
 // Features lists the gated command types, lowest level first.

@@ -1,6 +1,7 @@
 package netmap
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -96,6 +97,29 @@ func TestLookupIPv6(t *testing.T) {
 					t.Fatalf("got %s via %q; want %s via %q", prefix, r.ActiveGateway, tt.prefix, tt.active)
 				}
 			})
+		}
+	})
+}
+
+// TestOverlapsIPv6: IPv6 routes overlap by prefix like IPv4 ones, and
+// never across families.
+func TestOverlapsIPv6(t *testing.T) {
+	s := dualStore(t)
+	j := state.JoinSpec{TokenID: "t6", SecretHash: hash('d'), PeerID: "g63", Name: "gw63", PublicKey: key(), CredHash: hash('c'),
+		Routes: []api.Route{{Prefix: "fd00:10::80/121", Priority: 100}, {Prefix: "10.6.0.0/16", Priority: 100}}}
+	if _, err := s.Join(j, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.Read(func(tb *state.Tables, _ uint64) {
+		var got []string
+		for _, o := range Overlaps(tb) {
+			if o.A.VNet == "ds" {
+				got = append(got, o.A.Prefix+" "+o.B.Prefix+" "+o.MoreSpecific)
+			}
+		}
+		want := []string{"10.6.0.0/16 10.6.1.0/24 b", "fd00:10::/64 fd00:10::80/121 b"}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("overlaps in ds: got %q; want %q", got, want)
 		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,7 +49,21 @@ type Options struct {
 	// Resolvers points each agent's namespace at its agent's name server
 	// once the peers are up (SetResolvers); Close removes the files.
 	Resolvers bool
+	// DualStack builds the dual-stack topology (netlab.MeshdLabDualStack:
+	// cl2 on an IPv6-only underlay), runs the coordinators on IPv6 (API,
+	// Raft and STUN on the wan's IPv6 addresses) and puts every peer in
+	// the dual-stack vnet DualStackVNet; gateways announce their site's
+	// IPv6 prefix beside the IPv4 one, and site A's pair owns an IPv6
+	// virtual IP beside the IPv4 one (Start only).
+	DualStack bool
 }
+
+// The dual-stack lab's vnet (Options.DualStack).
+const (
+	DualStackVNet = "ds"
+	Overlay4      = "100.70.0.0/16"
+	Overlay6      = "fd7a:115c:a1e0::/48"
+)
 
 // Lab is a running mesh lab.
 type Lab struct {
@@ -111,6 +126,9 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 		return nil, err
 	}
 	topo := netlab.MeshdLab()
+	if o.DualStack {
+		topo = netlab.MeshdLabDualStack()
+	}
 	l := newLab(o, nl, topo.Coordinators)
 	l.Topo = topo
 	defer func() {
@@ -136,12 +154,20 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 	if err := l.startCoordinators(ctx); err != nil {
 		return nil, err
 	}
-	gwTok, err := l.Admin("token", "create", "--uses", "3", "--allow-routes", netlab.SiteA+","+netlab.SiteB)
+	allow, vnet := netlab.SiteA+","+netlab.SiteB, []string{}
+	if o.DualStack {
+		if err := l.createDualStackVNet(ctx, 30*time.Second); err != nil {
+			return nil, err
+		}
+		allow += "," + netlab.SiteA6 + "," + netlab.SiteB6
+		vnet = []string{"--vnet", DualStackVNet}
+	}
+	gwTok, err := l.Admin(append([]string{"token", "create", "--uses", "3", "--allow-routes", allow}, vnet...)...)
 	if err != nil {
 		return nil, err
 	}
 	// Clients carry the tag "branch" (policies name it).
-	clTok, err := l.Admin("token", "create", "--uses", fmt.Sprint(clients), "--tag", ClientTag)
+	clTok, err := l.Admin(append([]string{"token", "create", "--uses", fmt.Sprint(clients), "--tag", ClientTag}, vnet...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +204,25 @@ func Start(ctx context.Context, o Options) (_ *Lab, err error) {
 		}
 	}
 	return l, nil
+}
+
+// createDualStackVNet creates DualStackVNet. An IPv6 overlay needs every
+// coordinator at feature level 4, which a coordinator records when it
+// registers, shortly after the cluster answers: until every one has, the
+// cluster refuses with upgrade_required, and it is asked again.
+func (l *Lab) createDualStackVNet(ctx context.Context, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		_, err := l.Admin("vnet", "create", DualStackVNet, "--overlay", Overlay4, "--overlay", Overlay6)
+		if err == nil || !strings.Contains(err.Error(), "upgrade_required") || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond): // polling interval
+		}
+	}
 }
 
 // HostAddr is the host's address on the flat lab's wan (Options.AttachHost).
@@ -243,9 +288,18 @@ func (l *Lab) start(name string, args ...string) error {
 func (l *Lab) CoordinatorURLs() []string {
 	var out []string
 	for _, c := range l.Coordinators {
-		out = append(out, "https://"+c.WAN+":8443")
+		out = append(out, "https://"+net.JoinHostPort(coordinatorAddr(c), "8443"))
 	}
 	return out
+}
+
+// coordinatorAddr is the address a coordinator serves on: its IPv6 wan
+// address in a dual-stack lab, else its IPv4 one.
+func coordinatorAddr(c netlab.Node) string {
+	if c.WAN6 != "" {
+		return c.WAN6
+	}
+	return c.WAN
 }
 
 // StartCoordinator starts (or restarts with the same data dir) a
@@ -254,7 +308,7 @@ func (l *Lab) StartCoordinator(name string) error {
 	var initial []string
 	var n netlab.Node
 	for _, c := range l.Coordinators {
-		initial = append(initial, c.Name+"="+c.WAN+":8301")
+		initial = append(initial, c.Name+"="+net.JoinHostPort(coordinatorAddr(c), "8301"))
 		if c.Name == name {
 			n = c
 		}
@@ -262,9 +316,19 @@ func (l *Lab) StartCoordinator(name string) error {
 	if n.Name == "" {
 		return fmt.Errorf("no coordinator %q in the lab", name)
 	}
+	addr := coordinatorAddr(n)
+	listen, stun := net.JoinHostPort(addr, "8443"), net.JoinHostPort(addr, "3478")
+	var advertise []string
+	if n.WAN6 != "" {
+		// The API and STUN on every address of both families; peers
+		// are told the IPv6 URL.
+		listen, stun = "[::]:8443", "[::]:3478"
+		advertise = []string{"--advertise-api", "https://" + net.JoinHostPort(addr, "8443")}
+	}
 	args := []string{"coordinator", "--name", name, "--data-dir", filepath.Join(l.Opts.Dir, name),
-		"--listen", n.WAN + ":8443", "--raft-listen", n.WAN + ":8301", "--cluster-key-file", l.Key,
-		"--initial-cluster", strings.Join(initial, ","), "--stun-listen", n.WAN + ":3478"}
+		"--listen", listen, "--raft-listen", net.JoinHostPort(addr, "8301"), "--cluster-key-file", l.Key,
+		"--initial-cluster", strings.Join(initial, ","), "--stun-listen", stun}
+	args = append(args, advertise...)
 	return l.start(name, append(args, l.Opts.CoordinatorArgs...)...)
 }
 
@@ -284,9 +348,14 @@ func (l *Lab) StartPeer(name, tok string) error {
 	}
 	for _, p := range Peers {
 		if p.Name == name && p.Routes != "" {
-			args = append(args, "--advertise-routes", p.Routes, "--gateway-priority", fmt.Sprint(p.Priority))
+			routes, vip := p.Routes, netlab.SiteAVIP+"/24"
+			if l.Opts.DualStack {
+				routes += "," + map[string]string{netlab.SiteA: netlab.SiteA6, netlab.SiteB: netlab.SiteB6}[p.Routes]
+				vip += "," + netlab.SiteAVIP6 + "/64"
+			}
+			args = append(args, "--advertise-routes", routes, "--gateway-priority", fmt.Sprint(p.Priority))
 			if p.Routes == netlab.SiteA {
-				args = append(args, "--lan-vip", netlab.SiteAVIP+"/24", "--lan-dev", "eth1")
+				args = append(args, "--lan-vip", vip, "--lan-dev", "eth1")
 			}
 			if l.Opts.SNAT {
 				args = append(args, "--snat")
@@ -296,6 +365,26 @@ func (l *Lab) StartPeer(name, tok string) error {
 	args = append(args, l.Opts.PeerArgs[name]...)
 	l.Started[name] = time.Now()
 	return l.start(name, args...)
+}
+
+// StartPeerIn starts one more agent, name, in the namespace of lab host
+// ns beside the one already there (its own interface, state dir and
+// WireGuard port), joining with tok; extra are more flags. Its logs and
+// process are under name.
+func (l *Lab) StartPeerIn(ns, name, tok string, extra ...string) error {
+	args := []string{"peer", "up", "--state-dir", l.StateDir(name), "--name", name, "--interface", l.Interface(name),
+		"--log-level", "debug", "--token", tok}
+	start := harness.Start
+	if l.Opts.Detached {
+		start = harness.StartDetached
+	}
+	l.Started[name] = time.Now()
+	p, err := start(l.Opts.Dir, name, l.Net.Wrap(ns), l.Opts.Bin, append(args, extra...)...)
+	if err != nil {
+		return err
+	}
+	l.Procs[name] = p
+	return nil
 }
 
 // Admin runs an admin command inside the first running coordinator's

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pion/logging"
 	"github.com/pion/stun/v3"
+	"github.com/pion/transport/v4/stdnet"
 	"github.com/pion/turn/v4"
 	"golang.zx2c4.com/wireguard/conn"
 
@@ -528,10 +529,14 @@ func (m *relayMgr) allocateUDP(ctx context.Context, u relayURL) (*allocation, er
 	if err != nil {
 		return nil, err
 	}
+	std, err := stdnet.NewNet()
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: %w", u.raw, err)
+	}
 	cl, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: server.String(), TURNServerAddr: server.String(),
 		Username: u.username, Password: u.password, RTO: 100 * time.Millisecond,
-		Conn: &sockShim{c: m.c}, LoggerFactory: quietLogs{},
+		Conn: &sockShim{c: m.c}, LoggerFactory: quietLogs{}, Net: anyFamilyNet{std},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: %w", u.raw, err)
@@ -635,6 +640,16 @@ func allocateWithin(ctx context.Context, a *allocation) error {
 		}
 		return ctx.Err()
 	}
+}
+
+// anyFamilyNet is the network the TURN client resolves its server's
+// address with: the standard one, except that an address of either family
+// resolves (the client asks for "udp4" only, and a relay may be on IPv6).
+// The address is always an IP literal here (endpoints.Resolve).
+type anyFamilyNet struct{ *stdnet.Net }
+
+func (anyFamilyNet) ResolveUDPAddr(_, address string) (*net.UDPAddr, error) {
+	return net.ResolveUDPAddr("udp", address)
 }
 
 // sockShim lets a TURN client write through the shared socket; what the

@@ -159,6 +159,30 @@ func testLinuxRouter(t *testing.T) error {
 		check(t, "address "+a, []string{a, "100.96.0.9/32"}, []string{"100.96.0.0/12 src 100.96.0.9", "192.168.20.0/24 src 100.96.0.9"}, false, true)
 	}
 
+	// Dual-stack: an IPv6 address beside the IPv4 one, IPv6 routes with
+	// the IPv6 source (usable at once: no duplicate address detection),
+	// and IPv6 forwarding for an IPv6 site; taking the site away puts
+	// IPv6 forwarding back and leaves IPv4 as it was.
+	if err := os.WriteFile(ip6Forward, []byte("0\n"), 0o644); err != nil {
+		return err
+	}
+	dual := &Config{Addrs: pfxs("100.96.0.9/32", "fd7a:115c:a1e0::9/128"), MTU: 1380, Forward: true, Forward6: true, ClampMSS: true,
+		Routes: pfxs("100.96.0.0/12", "192.168.20.0/24", "fd7a:115c:a1e0::/48", "fd00:20::/64")}
+	if err := r.Set(dual); err != nil {
+		return err
+	}
+	check(t, "dual-stack", []string{"100.96.0.9/32", "fd7a:115c:a1e0::9/128"}, []string{"100.96.0.0/12 src 100.96.0.9", "192.168.20.0/24 src 100.96.0.9",
+		"fd00:20::/64 src fd7a:115c:a1e0::9", "fd7a:115c:a1e0::/48 src fd7a:115c:a1e0::9"}, false, true)
+	checkSysctl(t, "dual-stack", ip6Forward, "1")
+	dual.Routes, dual.Forward6 = pfxs("100.96.0.0/12", "192.168.20.0/24", "fd7a:115c:a1e0::/48"), false
+	if err := r.Set(dual); err != nil {
+		return err
+	}
+	check(t, "IPv6 site gone", []string{"100.96.0.9/32", "fd7a:115c:a1e0::9/128"}, []string{"100.96.0.0/12 src 100.96.0.9", "192.168.20.0/24 src 100.96.0.9",
+		"fd7a:115c:a1e0::/48 src fd7a:115c:a1e0::9"}, false, true)
+	checkSysctl(t, "IPv6 site gone", ip6Forward, "0")
+	checkForward(t, "IPv6 site gone", "1")
+
 	if err := r.Close(); err != nil {
 		return err
 	}
@@ -344,4 +368,16 @@ func hasRoute(dst, dev string) bool {
 		return false
 	}
 	return slices.ContainsFunc(routes, func(r netlink.Route) bool { return r.Dst != nil && r.Dst.String() == dst })
+}
+
+func checkSysctl(t *testing.T, step, path, want string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Errorf("%s: %v", step, err)
+		return
+	}
+	if got := strings.TrimSpace(string(b)); got != want {
+		t.Errorf("%s: %s is %s; want %s", step, path, got, want)
+	}
 }

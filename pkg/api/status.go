@@ -30,8 +30,10 @@ type LocalSelf struct {
 
 // LocalPeer is another peer as this one sees it through WireGuard.
 type LocalPeer struct {
-	Name          string     `json:"name"`
-	OverlayIP     string     `json:"overlay_ip"`
+	Name      string `json:"name"`
+	OverlayIP string `json:"overlay_ip"`
+	// OverlayIP6 is its IPv6 address in a dual-stack vnet.
+	OverlayIP6    string     `json:"overlay_ip6,omitempty"`
 	PublicKey     string     `json:"public_key"`
 	Endpoint      string     `json:"endpoint"`
 	LastHandshake *time.Time `json:"last_handshake"`
