@@ -58,7 +58,7 @@ type chaosPlan struct {
 
 func chaosPlanFor(long bool) chaosPlan {
 	if long {
-		return chaosPlan{rounds: 5, hold: 5 * time.Second, flap: 6 * time.Second, stop: 5 * time.Second, clients: 6}
+		return chaosPlan{rounds: 5, hold: 3 * time.Second, flap: 5 * time.Second, stop: 5 * time.Second, clients: 4}
 	}
 	return chaosPlan{rounds: 1, hold: 1500 * time.Millisecond, flap: 3 * time.Second, stop: 5 * time.Second, clients: 4}
 }
@@ -572,9 +572,10 @@ func (l *chaosLab) round(w *chaos.Workload, probe *prober, plan chaosPlan, kind 
 	w.Acked()
 	acked := probe.take()
 	errs := w.Errors()
-	v := chaos.Check(init, ops, 60*time.Second)
+	took := time.Since(began)
+	v := chaos.Check(init, ops, 120*time.Second)
 	rd := chaosRound{Kind: kind, Ops: v.Ops, Unknown: v.Unknown, Outage: longestGap(acked, start, acked[len(acked)-1]), StorageFailed: errs[api.CodeStorageFailed],
-		OpsPerSecond: float64(v.Ops) / time.Since(began).Seconds()}
+		OpsPerSecond: float64(v.Ops) / took.Seconds()}
 	switch v.Result {
 	case porcupine.Ok:
 		rd.Verdict = "linearizable"
