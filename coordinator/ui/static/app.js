@@ -88,34 +88,39 @@
   }
 
   // gwState is a gateway's state in the words package gateway uses.
+  // gwState is a gateway's state for a route in the coordinators' own
+  // word (active, standby, drained, unhealthy, offline: package gateway);
+  // a coordinator that predates the words sends only healthy and drained.
   function gwState(g) {
-    if (g.healthy && !g.drained) return 'healthy';
-    if (g.healthy) return 'drained';
-    return g.drained ? 'unhealthy+drained' : 'unhealthy';
+    if (g.state) return g.state;
+    if (!g.healthy) return 'unhealthy';
+    return g.drained ? 'drained' : 'healthy';
   }
 
-  // why says why the active gateway carries a route (the rule of package
-  // gateway; the gateways come best first).
+  // why says why a route's active gateway carries it, in the reason the
+  // coordinators give (the rule lives in package gateway, not here).
   function why(r) {
+    if (r.why) return r.why;
     const gs = r.gateways || [];
     if (gs.length === 0) return 'no gateway announces it';
-    if (!r.active_gateway) return 'no healthy gateway';
-    const best = gs.find((g) => g.name === r.active_gateway) || gs[0];
-    const others = gs.filter((g) => g !== best);
-    if (best.drained) return 'drained, but no undrained gateway is healthy';
-    if (others.length === 0) return 'its only gateway, healthy';
-    const down = others.filter((g) => !g.healthy || g.drained).map((g) => g.name + ' ' + gwState(g));
-    const lower = others.filter((g) => g.healthy && !g.drained).map((g) => g.name + ' (' + g.priority + ')');
-    const parts = [];
-    if (down.length) parts.push(down.join(', '));
-    if (lower.length) parts.push('outranks ' + lower.join(', '));
-    return 'highest-priority healthy gateway; ' + parts.join('; ');
+    const a = gs.find((g) => g.name === r.active_gateway);
+    if (a && a.reason) return a.state + ': ' + a.reason;
+    return r.active_gateway ? 'active' : 'no gateway can carry it';
+  }
+
+  function gwClass(g) {
+    switch (gwState(g)) {
+      case 'active': case 'standby': case 'healthy': return 'ok';
+      case 'drained': return 'warn';
+      default: return 'bad';
+    }
   }
 
   function gatewayList(gs, active) {
     return (gs || []).map((g) => el('span', {
-      class: 'gw ' + (g.name === active ? 'active ' : '') + (g.healthy && !g.drained ? 'ok' : g.healthy ? 'warn' : 'bad'),
+      class: 'gw ' + (g.name === active ? 'active ' : '') + gwClass(g),
       'data-gateway': g.name, 'data-state': gwState(g),
+      title: g.reason || '',
     }, `${g.name} (${g.priority}, ${gwState(g)})`));
   }
 
@@ -237,30 +242,35 @@
     if (lookupQuery) await lookup(lookupQuery, signal);
   }
 
-  // lookup asks every vnet which gateway carries q, as `meshd route
-  // lookup` does for one vnet.
+  // lookup asks the coordinators which gateway carries q (an address or
+  // a CIDR) in every vnet that has a route for it, as `meshd route lookup
+  // --all-vnets` does.
   async function lookup(q, signal) {
     const out = $('#lookup-result');
     let results;
     try {
-      results = await Promise.all(vnets.map((v) =>
-        api('/v1/routes/lookup?' + new URLSearchParams({ ip: q, vnet: v.name }), signal)));
+      const key = q.includes('/') ? 'prefix' : 'ip';
+      results = await api('/v1/routes/lookup?' + new URLSearchParams({ [key]: q, all_vnets: '1' }), signal);
     } catch (e) {
       if (e.name === 'AbortError') return;
       if (e.status === 401) throw e;
       out.replaceChildren(el('p', { class: 'error', 'data-lookup': 'error' }, e.message));
       return;
     }
-    const hits = results.filter((r) => r.prefix);
-    if (hits.length === 0) {
+    results = results || [];
+    if (results.length === 0) {
       out.replaceChildren(el('p', { class: 'answer', 'data-lookup': 'none' }, `${q}: no route in any vnet (${vnets.map((v) => v.name).join(', ')})`));
       return;
     }
-    out.replaceChildren(...hits.map((r) => el('div', { class: 'answer', 'data-lookup': r.vnet, 'data-prefix': r.prefix, 'data-active': r.active_gateway || '' },
-      el('div', {}, `${r.ip} in vnet ${r.vnet}: `, el('span', { class: 'mono' }, r.prefix), ' via ',
-        el('strong', { class: r.active_gateway ? 'ok' : 'bad' }, r.active_gateway || 'no gateway (none is healthy)')),
-      el('div', { class: 'muted' }, 'why: ' + why(r)),
-      el('div', {}, 'gateways: ', gatewayList(r.gateways, r.active_gateway)))));
+    out.replaceChildren(...results.map((r) => el('div', { class: 'answer', 'data-lookup': r.vnet, 'data-prefix': r.prefix || '', 'data-active': r.active_gateway || '' },
+      r.prefix
+        ? el('div', {}, `${r.ip} in vnet ${r.vnet}: `, el('span', { class: 'mono' }, r.prefix), ' via ',
+          el('strong', { class: r.active_gateway ? 'ok' : 'bad' }, r.active_gateway || 'no gateway'))
+        : el('div', {}, `${r.ip} in vnet ${r.vnet}: no route covers all of it`),
+      r.prefix ? el('div', { class: 'muted' }, 'why: ' + why(r)) : null,
+      r.prefix ? el('div', {}, 'gateways: ', gatewayList(r.gateways, r.active_gateway)) : null,
+      ...(r.inside || []).map((i) => el('div', {}, 'inside it: ', el('span', { class: 'mono' }, i.prefix), ' via ',
+        el('strong', {}, i.active_gateway || 'no gateway'), ' ', gatewayList(i.gateways, i.active_gateway))))));
   }
 
   async function clusterLoop(signal) {
