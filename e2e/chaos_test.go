@@ -352,7 +352,9 @@ func (l *chaosLab) startProber(probeID string) *prober {
 				cctx, cancel := context.WithTimeout(ctx, time.Second)
 				err := cl.Do(cctx, http.MethodPost, "/v1/tokens/"+probeID+"/revoke", nil, nil)
 				cancel()
-				if err == nil {
+				// already_revoked comes from the state machine: the
+				// revoke was committed and applied like any write.
+				if err == nil || api.IsCode(err, api.CodeAlreadyRevoked) {
 					p.mu.Lock()
 					p.acked = append(p.acked, time.Now())
 					p.mu.Unlock()
@@ -571,6 +573,9 @@ func (l *chaosLab) round(w *chaos.Workload, probe *prober, plan chaosPlan, kind 
 	ops := w.Rec.Take()
 	w.Acked()
 	acked := probe.take()
+	if len(acked) == 0 {
+		t.Fatalf("%s: the prober saw no write acknowledged in the whole round", kind)
+	}
 	errs := w.Errors()
 	took := time.Since(began)
 	v := chaos.Check(init, ops, 120*time.Second)
