@@ -117,16 +117,21 @@ func (w *Workload) Run(ctx context.Context, id int) {
 	}
 }
 
-// outcome classifies a call's error: nil is OK; an API error a
-// coordinator answered in the 4xx range changed nothing; anything else
-// (5xx, timeouts, broken connections) may or may not have taken effect.
+// outcome classifies a call's error: nil is OK; unavailable (refused
+// before anything was handed to Raft), storage_failed (the leader could
+// not write its log) and the 4xx answers changed nothing; anything else
+// (outcome_unknown, other 5xx, timeouts, broken connections) may or may
+// not have taken effect.
 func outcome(err error) Output {
 	if err == nil {
 		return Output{Outcome: OK}
 	}
 	var ae *api.Error
-	if errors.As(err, &ae) && ae.Status() < 500 {
-		return Output{Outcome: Failed, Code: ae.Code}
+	if errors.As(err, &ae) {
+		switch {
+		case ae.Code == api.CodeUnavailable, ae.Code == api.CodeStorageFailed, ae.Status() < 500:
+			return Output{Outcome: Failed, Code: ae.Code}
+		}
 	}
 	return Output{Outcome: Unknown, Code: errCode(err)}
 }
