@@ -113,13 +113,14 @@ func (r *Recorder) Begin(client int, in Input) *Call {
 // End records the call's outcome: an Unknown outcome returns at infinity.
 // A read that did not succeed observed nothing and is dropped; so is a
 // write refused without effect, which the models would accept anywhere,
-// unless it was refused not_found (the key was absent then).
+// unless its refusal says something of the state (not_found: the key was
+// absent; already_revoked: the token was revoked).
 func (c *Call) End(out Output) {
 	ret := c.r.Now()
 	if out.Outcome != OK && !c.in.Kind.IsWrite() {
 		return
 	}
-	if out.Outcome == Failed && out.Code != api.CodeNotFound {
+	if out.Outcome == Failed && out.Code != api.CodeNotFound && out.Code != api.CodeAlreadyRevoked {
 		return
 	}
 	if out.Outcome == Unknown {

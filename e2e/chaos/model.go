@@ -41,10 +41,13 @@ func tokenStep(c cell, in Input, out Output) (bool, cell) {
 	case RevokeToken:
 		switch out.Outcome {
 		case OK:
-			return c != cellAbsent, cellRevoked
+			return c == cellLive, cellRevoked
 		case Failed:
-			if out.Code == api.CodeNotFound {
+			switch out.Code {
+			case api.CodeNotFound:
 				return c == cellAbsent, c
+			case api.CodeAlreadyRevoked:
+				return c == cellRevoked, c
 			}
 			return true, c
 		default:

@@ -163,6 +163,20 @@ func TestModels(t *testing.T) {
 			op(0, 0, 1, in(JoinPeer, "p"), ok),
 			op(1, 2, 3, in(ListPeers, ""), peers()),
 		}, want: porcupine.Illegal},
+		{name: "revoking a revoked token is already_revoked", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(0, 2, 3, in(RevokeToken, "a"), ok),
+			op(1, 4, 5, in(RevokeToken, "a"), Output{Outcome: Failed, Code: api.CodeAlreadyRevoked}),
+		}, want: porcupine.Ok},
+		{name: "already_revoked before any revoke", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(1, 2, 3, in(RevokeToken, "a"), Output{Outcome: Failed, Code: api.CodeAlreadyRevoked}),
+		}, want: porcupine.Illegal},
+		{name: "a revoked token revoked again with success", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(0, 2, 3, in(RevokeToken, "a"), ok),
+			op(1, 4, 5, in(RevokeToken, "a"), ok),
+		}, want: porcupine.Illegal},
 		{name: "a list shows a token never created", ops: []porcupine.Operation{
 			op(0, 0, 1, in(CreateToken, "a"), ok),
 			op(1, 2, 3, in(ListTokens, ""), tokens(live("a"), live("b"))),
