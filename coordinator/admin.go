@@ -104,8 +104,10 @@ func (s *Server) authAdmin(t *token.Token) (cred adminCred, ok bool) {
 }
 
 // adminBarrierTimeout bounds how long an admin call waits for this
-// replica to catch up with the leader.
-const adminBarrierTimeout = 2 * time.Second
+// replica to catch up with the leader: well within a client's patience, so
+// that a coordinator cut off from the leader refuses the call (nothing
+// done, safe to retry) before the client gives up not knowing.
+const adminBarrierTimeout = time.Second
 
 // adminBarrier makes every admin call linearizable: the replica serving it
 // applies, before the call goes on, everything acknowledged anywhere in the
@@ -113,30 +115,35 @@ const adminBarrierTimeout = 2 * time.Second
 // state older than a write that already returned, and an admin credential
 // revoked through any coordinator is refused here too. The leader confirms
 // with a quorum that it still leads and applies what its log holds; a
-// follower asks the leader for that index and waits for it.
+// follower asks the leader for that index and waits for it. It runs before
+// the call does anything: when it fails, nothing was changed.
 func (s *Server) adminBarrier(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, adminBarrierTimeout)
 	defer cancel()
+	const safe = "the call was not carried out (nothing was changed), it is safe to retry"
 	if s.raft.State() == raft.Leader {
 		idx, err := s.readIndex(ctx)
 		if err != nil {
-			return api.Errorf(api.CodeUnavailable, "coordinator %s cannot confirm with a majority that it still leads (%v); retry, or use another coordinator", s.cfg.Name, err)
+			return api.Errorf(api.CodeUnavailable, "coordinator %s cannot confirm with a majority that it still leads (%v): %s, or use another coordinator", s.cfg.Name, err, safe)
 		}
 		if err := s.waitApplied(ctx, idx); err != nil {
-			return api.Errorf(api.CodeUnavailable, "coordinator %s leads but has not applied its log yet; retry", s.cfg.Name)
+			return api.Errorf(api.CodeUnavailable, "coordinator %s leads but has not applied its log yet: %s", s.cfg.Name, safe)
 		}
 		return nil
 	}
 	leader, ok := s.leaderAPIURL()
 	if !ok {
-		return api.Errorf(api.CodeUnavailable, "no coordinator leader now to read the cluster state from; is a majority of coordinators up?")
+		return api.Errorf(api.CodeUnavailable, "coordinator %s knows no coordinator leader now to read the cluster state from: %s; is a majority of coordinators up?", s.cfg.Name, safe)
+	}
+	if ok, since := s.leaderInReach(); !ok {
+		return api.Errorf(api.CodeUnavailable, "coordinator %s has not heard from the leader for %s: %s, or use another coordinator", s.cfg.Name, since.Round(time.Millisecond), safe)
 	}
 	idx, err := s.leaderApplied(ctx, leader)
 	if err != nil {
-		return api.Errorf(api.CodeUnavailable, "read the cluster's current index from the leader: %v; retry", err)
+		return api.Errorf(api.CodeUnavailable, "coordinator %s could not read the cluster's current index from the leader (%v): %s", s.cfg.Name, err, safe)
 	}
 	if err := s.waitApplied(ctx, idx); err != nil {
-		return api.Errorf(api.CodeUnavailable, "coordinator %s is behind the leader (applied %d of %d); retry", s.cfg.Name, s.store.Index(), idx)
+		return api.Errorf(api.CodeUnavailable, "coordinator %s is behind the leader (applied %d of %d): %s", s.cfg.Name, s.store.Index(), idx, safe)
 	}
 	return nil
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -211,11 +213,17 @@ func (s *Server) handleTestPolicy(w http.ResponseWriter, r *http.Request) {
 }
 
 // forwardToLeader passes an admin call, with its credential and body, on
-// to the leader and relays the answer.
+// to the leader and relays the answer. A call that never reached the
+// leader is refused unavailable (nothing changed); one that did and whose
+// answer was lost is outcome_unknown.
 func (s *Server) forwardToLeader(w http.ResponseWriter, r *http.Request, body []byte) {
 	leader, ok := s.leaderAPIURL()
 	if !ok {
-		writeError(w, api.Errorf(api.CodeUnavailable, "no coordinator leader now; is a majority of coordinators up?"))
+		writeError(w, api.Errorf(api.CodeUnavailable, "no coordinator leader now: nothing was changed, it is safe to retry; is a majority of coordinators up?"))
+		return
+	}
+	if ok, since := s.leaderInReach(); !ok {
+		writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s has not heard from the leader for %s: nothing was changed, it is safe to retry, or use another coordinator", s.cfg.Name, since.Round(time.Millisecond)))
 		return
 	}
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), bytes.NewReader(body))
@@ -226,15 +234,26 @@ func (s *Server) forwardToLeader(w http.ResponseWriter, r *http.Request, body []
 	req.Header.Set("Authorization", r.Header.Get("Authorization"))
 	req.Header.Set("Content-Type", r.Header.Get("Content-Type"))
 	req.Header.Set(forwardedHeader, "1")
-	resp, err := s.peerHTTP.Do(req)
+	lost := func(what string) {
+		if r.Method == http.MethodGet {
+			writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s: %s; retry", s.cfg.Name, what))
+			return
+		}
+		writeError(w, outcomeUnknown(s.cfg.Name, what))
+	}
+	resp, sent, err := s.sendToLeader(req)
 	if err != nil {
-		writeError(w, api.Errorf(api.CodeUnavailable, "pass the call on to the leader: %v; check and retry", err))
+		if !sent {
+			writeError(w, api.Errorf(api.CodeUnavailable, "coordinator %s could not pass the call on to the leader (%v): nothing was changed, it is safe to retry", s.cfg.Name, err))
+			return
+		}
+		lost(fmt.Sprintf("passed the call on to the leader, which did not answer (%v)", err))
 		return
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		writeError(w, api.Errorf(api.CodeUnavailable, "read the leader's answer: %v; check and retry", err))
+		lost(fmt.Sprintf("lost the leader's answer (%v)", err))
 		return
 	}
 	if len(out) == 0 && resp.StatusCode/100 == 2 {
@@ -242,7 +261,7 @@ func (s *Server) forwardToLeader(w http.ResponseWriter, r *http.Request, body []
 		return
 	}
 	if !json.Valid(out) {
-		writeError(w, api.Errorf(api.CodeUnavailable, "the leader answered %s", resp.Status))
+		lost(fmt.Sprintf("the leader answered %s", resp.Status))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

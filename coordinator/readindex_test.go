@@ -267,7 +267,10 @@ func TestStorageErrors(t *testing.T) {
 		{&net.OpError{Op: "write", Err: syscall.EIO}, api.CodeStorageFailed},
 		{errors.New("sync raft.db: no space left on device"), api.CodeStorageFailed},
 		{fmt.Errorf("x: %w", syscall.EDQUOT), api.CodeStorageFailed},
-		{raft.ErrLeadershipLost, api.CodeUnavailable},
+		// Handed to raft, then leadership was lost: it may yet commit.
+		{raft.ErrLeadershipLost, api.CodeOutcomeUnknown},
+		{raft.ErrRaftShutdown, api.CodeOutcomeUnknown},
+		// Never queued: nothing was changed.
 		{raft.ErrEnqueueTimeout, api.CodeUnavailable},
 	}
 	for _, tt := range tests {

@@ -2,8 +2,11 @@ package coordinator
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"syscall"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/meshd/meshd/pkg/api"
 )
@@ -39,11 +42,16 @@ func isStorageError(err error) bool {
 // error a client sees. A log write that failed on the leader's own disk was
 // not made: raft answers the write with the store's error before sending
 // the entry to anyone, and the leader steps down so that a node with a
-// working disk takes over. Anything else after the command was handed to
-// raft leaves its outcome unknown.
+// working disk takes over. A command raft could not queue in time was never
+// handed to it. Anything else after the command was handed to raft
+// (leadership lost before it committed, raft shutting down) leaves its
+// outcome unknown.
 func applyError(node string, err error) *api.Error {
-	if isStorageError(err) {
+	switch {
+	case isStorageError(err):
 		return api.Errorf(api.CodeStorageFailed, "coordinator %s could not write its raft log (%v): the write was not made; free space in its data dir or replace its disk, and retry (another coordinator takes over meanwhile)", node, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return api.Errorf(api.CodeUnavailable, "coordinator %s is too busy to take the write (%v): nothing was changed, it is safe to retry", node, err)
 	}
-	return api.Errorf(api.CodeUnavailable, "write outcome unknown (%v); check and retry", err)
+	return outcomeUnknown(node, fmt.Sprintf("the write was handed to raft but %v", err))
 }

@@ -6,8 +6,11 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -16,10 +19,25 @@ import (
 	"github.com/meshd/meshd/pkg/api"
 )
 
-// writeTimeout bounds one write, including finding a leader.
-const writeTimeout = 5 * time.Second
+// How long a write may take. A client learns one of three things, well
+// before it gives up waiting (meshctl waits 10 s, the fault suite 2 s):
+// the write was made; it was refused before anything was handed to Raft
+// (CodeUnavailable: nothing changed, retrying is safe); or it was handed to
+// Raft, or passed on to the leader, and its answer was lost
+// (CodeOutcomeUnknown: list to check before retrying).
+const (
+	// leaderWait bounds how long a write looks for a leader it can
+	// reach: through an election, or while this coordinator is cut off
+	// from the leader. Then it is refused, unavailable.
+	leaderWait = time.Second
+	// writeTimeout bounds one write from the call to the answer; a write
+	// passed on to the leader that has no answer by then ends
+	// outcome_unknown.
+	writeTimeout = 1500 * time.Millisecond
+)
 
-// errNoLeader is retried until the write deadline.
+// errNoLeader: the write was not handed to Raft because no leader could be
+// reached; it is retried until leaderWait.
 var errNoLeader = errors.New("no leader")
 
 // raftApply is the one write path: it encodes the command, applies it on the
@@ -27,10 +45,11 @@ var errNoLeader = errors.New("no leader")
 // it too (so a client reads its own writes from any coordinator), and turns
 // an error result into err.
 //
-// Only failures that prove the command was not applied are retried: no
-// leader yet, or a node that is not the leader. A write whose outcome is
-// unknown (leadership lost mid-commit, a dropped forward) fails with
-// CodeUnavailable rather than risk applying twice.
+// Only failures that prove the command was not handed to Raft are retried
+// (errNoLeader), and when they last past leaderWait the write is refused
+// with CodeUnavailable. A write whose outcome is unknown (leadership lost
+// after the command went to Raft, a forward whose answer was lost) ends
+// CodeOutcomeUnknown at once rather than risk applying it twice.
 func (s *Server) raftApply(ctx context.Context, t fsm.MessageType, body any) (*fsm.Result, error) {
 	data, err := fsm.Encode(t, body)
 	if err != nil {
@@ -56,15 +75,39 @@ func (s *Server) raftApply(ctx context.Context, t fsm.MessageType, body any) (*f
 		if !errors.Is(err, errNoLeader) {
 			return nil, err
 		}
+		if time.Since(start)+backoff > leaderWait || ctx.Err() != nil {
+			return nil, notApplied(s.cfg.Name, err)
+		}
 		select {
 		case <-ctx.Done():
-			return nil, api.Errorf(api.CodeUnavailable, "no coordinator leader within %s; is a majority of coordinators up?", writeTimeout)
+			return nil, notApplied(s.cfg.Name, err)
 		case <-time.After(backoff):
 		}
 		if backoff < 100*time.Millisecond {
 			backoff *= 2
 		}
 	}
+}
+
+// notApplied is the answer to a write refused before anything was handed
+// to Raft: err says why no leader could take it.
+func notApplied(node string, err error) *api.Error {
+	return api.Errorf(api.CodeUnavailable, "coordinator %s could not reach a coordinator leader within %s (%v): nothing was changed, it is safe to retry; is a majority of coordinators up and reachable?", node, leaderWait, err)
+}
+
+// outcomeUnknown is the answer to a write handed to Raft, or passed on to
+// the leader, whose result was lost.
+func outcomeUnknown(node, what string) *api.Error {
+	return api.Errorf(api.CodeOutcomeUnknown, "coordinator %s: %s: the write may or may not have been made; list to check before retrying", node, what)
+}
+
+// leaderInReach reports whether this follower has heard from its leader
+// within a heartbeat timeout: one it has not heard from for longer is most
+// likely cut off from it (and about to call an election), and a write
+// passed on to it would hang with its outcome unknown.
+func (s *Server) leaderInReach() (bool, time.Duration) {
+	since := time.Since(s.raft.LastContact())
+	return since < s.cfg.HeartbeatTimeout, since
 }
 
 // applyOnce applies locally when leading, else forwards to the leader.
@@ -74,7 +117,10 @@ func (s *Server) applyOnce(ctx context.Context, data []byte) (*fsm.Result, error
 	}
 	leader, ok := s.leaderAPIURL()
 	if !ok {
-		return nil, errNoLeader
+		return nil, fmt.Errorf("%w known", errNoLeader)
+	}
+	if ok, since := s.leaderInReach(); !ok {
+		return nil, fmt.Errorf("%w in reach: not heard from for %s", errNoLeader, since.Round(time.Millisecond))
 	}
 	return s.forward(ctx, leader, data)
 }
@@ -86,8 +132,9 @@ func (s *Server) applyLocal(data []byte) (*fsm.Result, error) {
 	start := time.Now()
 	f := s.raft.Apply(data, writeTimeout)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) {
-			return nil, errNoLeader
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			// Refused before it was appended to the log.
+			return nil, fmt.Errorf("%w: %v", errNoLeader, err)
 		}
 		return nil, applyError(s.cfg.Name, err)
 	}
@@ -99,6 +146,22 @@ func (s *Server) applyLocal(data []byte) (*fsm.Result, error) {
 	return res, nil
 }
 
+// sendToLeader sends req to another coordinator. sent reports whether the
+// request may have reached it: false when it never wholly left this node
+// (no connection could be made, or writing it failed), so the other end
+// cannot have acted on it (it reads the whole body, of a known length,
+// before acting).
+func (s *Server) sendToLeader(req *http.Request) (resp *http.Response, sent bool, err error) {
+	var wrote atomic.Bool
+	trace := &httptrace.ClientTrace{WroteRequest: func(i httptrace.WroteRequestInfo) {
+		if i.Err == nil {
+			wrote.Store(true)
+		}
+	}}
+	resp, err = s.peerHTTP.Do(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	return resp, err == nil || wrote.Load(), err
+}
+
 // forward sends an encoded command to the leader's internal endpoint.
 func (s *Server) forward(ctx context.Context, leader string, data []byte) (*fsm.Result, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, leader+"/v1/internal/apply", bytes.NewReader(data))
@@ -107,35 +170,32 @@ func (s *Server) forward(ctx context.Context, leader string, data []byte) (*fsm.
 	}
 	req.Header.Set("Authorization", "Bearer "+s.internal)
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := s.peerHTTP.Do(req)
+	resp, sent, err := s.sendToLeader(req)
 	if err != nil {
-		// Nothing was acknowledged; if the request never left, retrying is
-		// safe, and a leader that died mid-request lost the write unless it
-		// had committed it, which the client must check.
-		var ne interface{ Timeout() bool }
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, api.Errorf(api.CodeUnavailable, "write to leader timed out; outcome unknown")
+		if !sent {
+			return nil, fmt.Errorf("%w: pass the write on to %s: %v", errNoLeader, leader, err)
 		}
-		return nil, errNoLeader
+		return nil, outcomeUnknown(s.cfg.Name, fmt.Sprintf("passed the write on to the leader %s, which did not answer (%v)", leader, err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		return nil, api.Errorf(api.CodeUnavailable, "read leader response: %v; outcome unknown", err)
+		return nil, outcomeUnknown(s.cfg.Name, fmt.Sprintf("lost the answer of the leader %s (%v)", leader, err))
 	}
 	if resp.StatusCode == http.StatusMisdirectedRequest {
-		return nil, errNoLeader
+		// It no longer leads and did not hand the write to Raft.
+		return nil, fmt.Errorf("%w: %s no longer leads", errNoLeader, leader)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var eb api.ErrorBody
 		if json.Unmarshal(body, &eb) == nil && eb.Error != nil {
 			return nil, eb.Error
 		}
-		return nil, api.Errorf(api.CodeUnavailable, "leader answered %s", resp.Status)
+		return nil, outcomeUnknown(s.cfg.Name, fmt.Sprintf("the leader %s answered %s", leader, resp.Status))
 	}
 	var res fsm.Result
 	if err := json.Unmarshal(body, &res); err != nil {
-		return nil, api.Errorf(api.CodeInternal, "decode leader response: %v", err)
+		return nil, outcomeUnknown(s.cfg.Name, fmt.Sprintf("the answer of the leader %s does not decode (%v)", leader, err))
 	}
 	return &res, nil
 }

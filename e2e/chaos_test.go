@@ -329,7 +329,7 @@ func (l *chaosLab) transferTo(leader, name string) error {
 
 // prober measures write availability: one goroutine per coordinator
 // revokes the same probe token (a Raft write that changes nothing the
-// models see, and grows nothing) every 10 ms, each call with a 1 s timeout,
+// models see, and grows nothing; answered already_revoked after the first) every 10 ms, each call with a 1 s timeout,
 // and notes when each was acknowledged.
 type prober struct {
 	mu    sync.Mutex
@@ -352,8 +352,8 @@ func (l *chaosLab) startProber(probeID string) *prober {
 				cctx, cancel := context.WithTimeout(ctx, time.Second)
 				err := cl.Do(cctx, http.MethodPost, "/v1/tokens/"+probeID+"/revoke", nil, nil)
 				cancel()
-				// already_revoked comes from the state machine: the
-				// revoke was committed and applied like any write.
+				// Every revoke after the first is refused already_revoked
+				// by the state machine: a committed write all the same.
 				if err == nil || api.IsCode(err, api.CodeAlreadyRevoked) {
 					p.mu.Lock()
 					p.acked = append(p.acked, time.Now())
@@ -391,6 +391,19 @@ type chaosRound struct {
 	OpsPerSecond float64 `json:"ops_per_second"`
 	// StorageFailed counts writes answered storage_failed (full disk).
 	StorageFailed int `json:"storage_failed,omitempty"`
+	// Refused counts calls answered unavailable (nothing changed; not in
+	// the history), OutcomeUnknown those answered outcome_unknown, and
+	// NoAnswer those that timed out or whose connection broke.
+	Refused        int `json:"refused_unavailable"`
+	OutcomeUnknown int `json:"outcome_unknown"`
+	NoAnswer       int `json:"no_answer"`
+	// Transfers is how many leadership changes the full-disk node saw as a
+	// follower while its disk was full (vote requests of newer terms).
+	Transfers int `json:"transfers_while_full,omitempty"`
+	// Crashed: the full-disk node exited (raft could not persist a new
+	// term: "failed to save current term") and was restarted once its
+	// disk had space again.
+	Crashed bool `json:"crashed_and_restarted,omitempty"`
 }
 
 func TestChaos(t *testing.T) {
@@ -418,8 +431,9 @@ func TestChaos(t *testing.T) {
 	for r := range plan.rounds {
 		for _, kind := range faultKinds {
 			rd := l.round(w, probe, plan, kind)
-			t.Logf("round %d %-16s %4d ops (%3d unknown, %3.0f/s) %-14s longest write outage %v%s", r+1, kind, rd.Ops, rd.Unknown, rd.OpsPerSecond, rd.Verdict,
-				rd.Outage.Round(time.Millisecond), map[bool]string{true: fmt.Sprintf(", %d writes answered storage_failed", rd.StorageFailed), false: ""}[kind == faultDisk])
+			t.Logf("round %d %-16s %4d ops (%3d unknown, %3.0f/s) %-14s longest write outage %v; answers: %d unavailable, %d outcome_unknown, %d none%s", r+1, kind, rd.Ops, rd.Unknown, rd.OpsPerSecond, rd.Verdict,
+				rd.Outage.Round(time.Millisecond), rd.Refused, rd.OutcomeUnknown, rd.NoAnswer,
+				map[bool]string{true: fmt.Sprintf("; %d storage_failed, %d leadership transfers while full, crashed: %v", rd.StorageFailed, rd.Transfers, rd.Crashed), false: ""}[kind == faultDisk])
 			rounds = append(rounds, rd)
 			if t.Failed() {
 				t.FailNow()
@@ -451,6 +465,10 @@ type chaosSummary struct {
 	AllLinearizable bool           `json:"all_linearizable"`
 	OutageMS        map[string]int `json:"longest_write_outage_ms"`
 	StorageFailed   int            `json:"writes_answered_storage_failed"`
+	Refused         int            `json:"calls_refused_unavailable"`
+	OutcomeUnknown  int            `json:"writes_answered_outcome_unknown"`
+	NoAnswer        int            `json:"calls_without_answer"`
+	FullDiskCrashes int            `json:"full_disk_crashes"`
 	Rounds          []chaosRound   `json:"rounds"`
 }
 
@@ -468,6 +486,12 @@ func summarizeChaos(rounds []chaosRound, long bool, took time.Duration) chaosSum
 		s.AllLinearizable = s.AllLinearizable && r.Verdict == "linearizable"
 		s.OutageMS[r.Kind] = max(s.OutageMS[r.Kind], int(r.Outage.Milliseconds()))
 		s.StorageFailed += r.StorageFailed
+		s.Refused += r.Refused
+		s.OutcomeUnknown += r.OutcomeUnknown
+		s.NoAnswer += r.NoAnswer
+		if r.Crashed {
+			s.FullDiskCrashes++
+		}
 	}
 	return s
 }
@@ -512,6 +536,7 @@ func (l *chaosLab) round(w *chaos.Workload, probe *prober, plan chaosPlan, kind 
 	probe.take()
 	start := time.Now()
 	fs := l.followers(leader)
+	transfers, crashed := 0, false
 	switch kind {
 	case faultIsolate:
 		for _, f := range fs {
@@ -558,8 +583,20 @@ func (l *chaosLab) round(w *chaos.Workload, probe *prober, plan chaosPlan, kind 
 		}
 	case faultDisk:
 		l.fillDisk()
-		time.Sleep(plan.hold) // the fault lasts this long
+		transfers = l.fullDiskFollower(start.Add(plan.hold))
+		time.Sleep(time.Until(start.Add(plan.hold))) // the fault lasts this long
 		l.freeDisk()
+		if p := l.node(l.disk).Proc; p.Exited() {
+			// Raft panics when it cannot persist a new term. Under
+			// systemd, Restart= brings the node back; here the test does,
+			// now that the disk has space, and the checks below prove it
+			// lost nothing.
+			crashed = true
+			t.Logf("%s exited while its disk was full (%v): %s; restarting it", l.disk, p.Err(), lastPanic(p.Log()))
+			if err := l.c.Start(l.node(l.disk)); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if _, err := l.settle(30 * time.Second); err != nil {
 		t.Fatalf("%s: after healing: %v", kind, err)
@@ -578,9 +615,10 @@ func (l *chaosLab) round(w *chaos.Workload, probe *prober, plan chaosPlan, kind 
 	}
 	errs := w.Errors()
 	took := time.Since(began)
-	v := chaos.Check(init, ops, 120*time.Second)
+	v := chaos.Check(init, ops, 60*time.Second)
 	rd := chaosRound{Kind: kind, Ops: v.Ops, Unknown: v.Unknown, Outage: longestGap(acked, start, acked[len(acked)-1]), StorageFailed: errs[api.CodeStorageFailed],
-		OpsPerSecond: float64(v.Ops) / took.Seconds()}
+		OpsPerSecond: float64(v.Ops) / took.Seconds(), Refused: errs[api.CodeUnavailable], OutcomeUnknown: errs[api.CodeOutcomeUnknown], NoAnswer: errs[""],
+		Transfers: transfers, Crashed: crashed}
 	switch v.Result {
 	case porcupine.Ok:
 		rd.Verdict = "linearizable"
@@ -606,6 +644,55 @@ func (l *chaosLab) round(w *chaos.Workload, probe *prober, plan chaosPlan, kind 
 		l.checkReplicasAgree()
 	}
 	return rd
+}
+
+// fullDiskFollower waits until the full-disk node, which led, has stepped
+// down, then moves the leadership between the two others, once, and up to
+// three times until by: the full node, now a follower, receives vote requests and
+// appends of newer terms it must persist on its full disk. It returns how
+// many transfers were made.
+func (l *chaosLab) fullDiskFollower(by time.Time) int {
+	t := l.t
+	t.Helper()
+	others := l.followers(l.disk)
+	leaderOf := func() string {
+		for _, o := range others {
+			if h, err := l.health(o); err == nil && h.State == "Leader" {
+				return o
+			}
+		}
+		return ""
+	}
+	var cur string
+	waitUntil(t, 15*time.Second, "another leader than the full-disk node", func() bool { cur = leaderOf(); return cur != "" })
+	n := 0
+	for n == 0 || n < 3 && time.Now().Before(by) {
+		next := others[0]
+		if next == cur {
+			next = others[1]
+		}
+		if err := l.transferTo(cur, next); err != nil {
+			t.Logf("transfer leadership %s -> %s: %v", cur, next, err)
+		} else {
+			n++
+		}
+		waitUntil(t, 15*time.Second, "a leader after the transfer", func() bool { cur = leaderOf(); return cur != "" })
+		if p := l.node(l.disk).Proc; p.Exited() {
+			break
+		}
+	}
+	return n
+}
+
+// lastPanic is the panic line of a process log, or its last line.
+func lastPanic(log string) string {
+	lines := strings.Split(strings.TrimSpace(log), "\n")
+	for _, ln := range lines {
+		if strings.HasPrefix(ln, "panic:") {
+			return ln
+		}
+	}
+	return lines[len(lines)-1]
 }
 
 // checkReplicasAgree: every node serves the same tokens and peers (nothing

@@ -4,10 +4,12 @@
 // peers (join, remove, list) against a set of peers. The fault suite
 // (e2e/chaos_test.go) drives it; the models are pure and table-tested.
 //
-// An operation whose outcome the client cannot know (it timed out, the
-// connection broke, the coordinator answered 5xx) is recorded with an
-// unknown outcome and a return time of infinity, as porcupine expects: it
-// may have taken effect at any point after it was called, or never.
+// An operation the coordinator refused (unavailable: nothing was changed;
+// storage_failed; a 4xx answer) had no effect. One whose outcome the client
+// cannot know (outcome_unknown, any other 5xx, a timeout, a broken
+// connection) is recorded with an unknown outcome and a return time of
+// infinity, as porcupine expects: it may have taken effect at any point
+// after it was called, or never.
 package chaos
 
 import (
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/meshd/meshd/pkg/api"
 )
 
 // Kind is what an operation does.
@@ -55,8 +59,8 @@ type Outcome uint8
 const (
 	// OK: the call succeeded.
 	OK Outcome = iota
-	// Failed: the call was refused and changed nothing (an API error in
-	// the 4xx range); Output.Code says why.
+	// Failed: the call was refused and changed nothing (unavailable,
+	// storage_failed or a 4xx answer); Output.Code says why.
 	Failed
 	// Unknown: the call may or may not have taken effect.
 	Unknown
@@ -107,10 +111,16 @@ func (r *Recorder) Begin(client int, in Input) *Call {
 }
 
 // End records the call's outcome: an Unknown outcome returns at infinity.
-// A read that did not succeed observed nothing and is dropped.
+// A read that did not succeed observed nothing and is dropped; so is a
+// write refused without effect, which the models would accept anywhere,
+// unless its refusal says something of the state (not_found: the key was
+// absent; already_revoked: the token was revoked).
 func (c *Call) End(out Output) {
 	ret := c.r.Now()
 	if out.Outcome != OK && !c.in.Kind.IsWrite() {
+		return
+	}
+	if out.Outcome == Failed && out.Code != api.CodeNotFound && out.Code != api.CodeAlreadyRevoked {
 		return
 	}
 	if out.Outcome == Unknown {

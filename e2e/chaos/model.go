@@ -2,170 +2,113 @@ package chaos
 
 import (
 	"fmt"
-	"hash/fnv"
 	"maps"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 	"github.com/meshd/meshd/pkg/api"
 )
 
-// table is a model state: key -> flag (a token's tag -> revoked; a peer's
-// name -> false). It is never changed once made; every step makes a new one.
-// h is the xor of the entries' hashes, so equal tables hash alike.
-type table struct {
-	m map[string]bool
-	h uint64
-}
+// cell is the model state of one key: a token tag or a peer name.
+type cell uint8
 
-func entryHash(k string, v bool) uint64 {
-	f := fnv.New64a()
-	f.Write([]byte(k))
-	if v {
-		f.Write([]byte{1})
-	}
-	return f.Sum64()
-}
+const (
+	cellAbsent  cell = iota
+	cellLive         // a token not revoked; a peer
+	cellRevoked      // a revoked token
+)
 
-func newTable(m map[string]bool) table {
-	t := table{m: maps.Clone(m)}
-	if t.m == nil {
-		t.m = map[string]bool{}
-	}
-	for k, v := range t.m {
-		t.h ^= entryHash(k, v)
-	}
-	return t
-}
+func (c cell) String() string { return [...]string{"absent", "live", "revoked"}[c] }
 
-// with returns t with k set to v.
-func (t table) with(k string, v bool) table {
-	n := table{m: maps.Clone(t.m), h: t.h}
-	if old, ok := n.m[k]; ok {
-		n.h ^= entryHash(k, old)
-	}
-	n.m[k] = v
-	n.h ^= entryHash(k, v)
-	return n
-}
-
-// without returns t without k.
-func (t table) without(k string) table {
-	old, ok := t.m[k]
-	if !ok {
-		return t
-	}
-	n := table{m: maps.Clone(t.m), h: t.h ^ entryHash(k, old)}
-	delete(n.m, k)
-	return n
-}
-
-func (t table) equal(o table) bool { return t.h == o.h && maps.Equal(t.m, o.m) }
-
-func (t table) String() string {
-	keys := slices.Sorted(maps.Keys(t.m))
-	for i, k := range keys {
-		if t.m[k] {
-			keys[i] += "(revoked)"
-		}
-	}
-	return "{" + strings.Join(keys, " ") + "}"
-}
-
-// tokenStep is the sequential specification of join tokens, by tag.
-func tokenStep(t table, in Input, out Output) (bool, table) {
-	_, present := t.m[in.Key]
+// tokenStep is the sequential specification of one join token, by tag. A
+// list has been cut down to the entry of this tag (none: absent).
+func tokenStep(c cell, in Input, out Output) (bool, cell) {
 	switch in.Kind {
 	case CreateToken:
 		switch out.Outcome {
 		case OK:
-			return !present, t.with(in.Key, false)
+			return c == cellAbsent, cellLive
 		case Failed:
-			return true, t
+			return true, c
 		default:
-			if present {
-				return true, t
+			if c == cellAbsent {
+				return true, cellLive
 			}
-			return true, t.with(in.Key, false)
+			return true, c
 		}
 	case RevokeToken:
 		switch out.Outcome {
 		case OK:
-			return present, t.with(in.Key, true)
+			return c == cellLive, cellRevoked
 		case Failed:
-			if out.Code == api.CodeNotFound {
-				return !present, t
+			switch out.Code {
+			case api.CodeNotFound:
+				return c == cellAbsent, c
+			case api.CodeAlreadyRevoked:
+				return c == cellRevoked, c
 			}
-			return true, t
+			return true, c
 		default:
-			if present {
-				return true, t.with(in.Key, true)
+			if c != cellAbsent {
+				return true, cellRevoked
 			}
-			return true, t
+			return true, c
 		}
 	case ListTokens:
 		if out.Outcome != OK {
-			return true, t
+			return true, c
 		}
-		if len(out.Tokens) != len(t.m) {
-			return false, t
+		switch len(out.Tokens) {
+		case 0:
+			return c == cellAbsent, c
+		case 1:
+			return c == map[bool]cell{false: cellLive, true: cellRevoked}[out.Tokens[0].Revoked], c
 		}
-		for _, e := range out.Tokens {
-			if v, ok := t.m[e.Tag]; !ok || v != e.Revoked {
-				return false, t
-			}
-		}
-		return true, t
+		return false, c
 	}
-	return false, t
+	return false, c
 }
 
-// peerStep is the sequential specification of peers, by name.
-func peerStep(t table, in Input, out Output) (bool, table) {
-	_, present := t.m[in.Key]
+// peerStep is the sequential specification of one peer, by name. A list has
+// been cut down to this name (none: absent).
+func peerStep(c cell, in Input, out Output) (bool, cell) {
 	switch in.Kind {
 	case JoinPeer:
 		switch out.Outcome {
 		case OK:
-			return !present, t.with(in.Key, false)
+			return c == cellAbsent, cellLive
 		case Failed:
-			return true, t
+			return true, c
 		default:
-			if present {
-				return true, t
-			}
-			return true, t.with(in.Key, false)
+			return true, cellLive
 		}
 	case RemovePeer:
 		switch out.Outcome {
 		case OK:
-			return present, t.without(in.Key)
+			return c == cellLive, cellAbsent
 		case Failed:
 			if out.Code == api.CodeNotFound {
-				return !present, t
+				return c == cellAbsent, c
 			}
-			return true, t
+			return true, c
 		default:
-			return true, t.without(in.Key)
+			return true, cellAbsent
 		}
 	case ListPeers:
 		if out.Outcome != OK {
-			return true, t
+			return true, c
 		}
-		if len(out.Peers) != len(t.m) {
-			return false, t
+		switch len(out.Peers) {
+		case 0:
+			return c == cellAbsent, c
+		case 1:
+			return c == cellLive, c
 		}
-		for _, name := range out.Peers {
-			if _, ok := t.m[name]; !ok {
-				return false, t
-			}
-		}
-		return true, t
+		return false, c
 	}
-	return false, t
+	return false, c
 }
 
 // State is what the cluster holds as far as the models see: token tags
@@ -176,77 +119,145 @@ type State struct {
 	Peers  map[string]bool
 }
 
-// Model is the porcupine model of the whole API the suite uses. Token and
-// peer operations touch disjoint state, so the history is checked as two
-// partitions (linearizability is local: the whole is linearizable when
-// each part is).
+// Model is the porcupine model of the whole API the suite uses, checked
+// one key at a time: a token by its tag, a peer by its name. Each
+// partition holds the writes on its key and every successful list cut down
+// to that key (linearizability is local: the whole is linearizable when
+// each object is, and a list is checked as one read of each key). Per-key
+// states are tiny, so the search stays small however many operations a
+// round has; what it gives up is a list's atomicity across keys.
 func Model(init State) porcupine.Model {
-	tokens, peers := newTable(init.Tokens), newTable(init.Peers)
 	return porcupine.Model{
-		Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-			var tok, peer []porcupine.Operation
-			for _, op := range h {
-				if op.Input.(Input).Kind.onTokens() {
-					tok = append(tok, op)
-				} else {
-					peer = append(peer, op)
-				}
-			}
-			return [][]porcupine.Operation{tok, peer}
-		},
-		Init: func() any { return part{} },
+		Partition: func(h []porcupine.Operation) [][]porcupine.Operation { return partition(init, h) },
+		Init:      func() any { return part{} },
 		Step: func(s, in, out any) (bool, any) {
 			p := s.(part)
 			i := in.(Input)
-			if p.kind == none {
-				if i.Kind.onTokens() {
-					p = part{kind: tokensPart, t: tokens}
-				} else {
-					p = part{kind: peersPart, t: peers}
+			if !p.known {
+				p = part{known: true, tokens: i.Kind.onTokens(), key: i.Key}
+				if p.tokens {
+					if rev, ok := init.Tokens[i.Key]; ok {
+						p.c = map[bool]cell{false: cellLive, true: cellRevoked}[rev]
+					}
+				} else if _, ok := init.Peers[i.Key]; ok {
+					p.c = cellLive
 				}
 			}
 			var ok bool
-			if p.kind == tokensPart {
-				ok, p.t = tokenStep(p.t, i, out.(Output))
+			if p.tokens {
+				ok, p.c = tokenStep(p.c, i, out.(Output))
 			} else {
-				ok, p.t = peerStep(p.t, i, out.(Output))
+				ok, p.c = peerStep(p.c, i, out.(Output))
 			}
 			return ok, p
 		},
-		Equal: func(a, b any) bool {
-			x, y := a.(part), b.(part)
-			return x.kind == y.kind && x.t.equal(y.t)
+		Equal: func(a, b any) bool { return a.(part) == b.(part) },
+		Hash: func(s any) uint64 {
+			p := s.(part)
+			return uint64(p.c)
 		},
-		Hash: func(s any) uint64 { return s.(part).t.h },
 		DescribeOperation: func(in, out any) string {
 			i, o := in.(Input), out.(Output)
 			switch {
 			case o.Outcome == Failed:
 				return fmt.Sprintf("%s(%s) -> %s", i.Kind, i.Key, o.Code)
 			case i.Kind == ListTokens:
-				return fmt.Sprintf("%s -> %v", i.Kind, o.Tokens)
+				return fmt.Sprintf("%s(%s) -> %v", i.Kind, i.Key, o.Tokens)
 			case i.Kind == ListPeers:
-				return fmt.Sprintf("%s -> %v", i.Kind, o.Peers)
+				return fmt.Sprintf("%s(%s) -> %v", i.Kind, i.Key, o.Peers)
 			}
 			return fmt.Sprintf("%s(%s) -> %s", i.Kind, i.Key, o.Outcome)
 		},
-		DescribeState: func(s any) string { return s.(part).t.String() },
+		DescribeState: func(s any) string {
+			p := s.(part)
+			return p.key + ": " + p.c.String()
+		},
 	}
 }
 
-type partKind uint8
-
-const (
-	none partKind = iota
-	tokensPart
-	peersPart
-)
-
-// part is the state of one partition; its table is taken from the initial
-// state at the first step, when the partition's kind becomes known.
+// part is the state of one partition: its key and kind, taken at the
+// first step (the partition's operations all name them), and its cell.
 type part struct {
-	kind partKind
-	t    table
+	known  bool
+	tokens bool
+	key    string
+	c      cell
+}
+
+// partition splits h by key: every key of init, of a write or of a list's
+// entries gets the writes on it and each list cut down to it.
+func partition(init State, h []porcupine.Operation) [][]porcupine.Operation {
+	type pkey struct {
+		tokens bool
+		key    string
+	}
+	byKey := map[pkey][]porcupine.Operation{}
+	var order []pkey
+	add := func(k pkey) {
+		if _, ok := byKey[k]; !ok {
+			byKey[k] = []porcupine.Operation{}
+			order = append(order, k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(init.Tokens)) {
+		add(pkey{true, k})
+	}
+	for _, k := range slices.Sorted(maps.Keys(init.Peers)) {
+		add(pkey{false, k})
+	}
+	for _, op := range h {
+		in, out := op.Input.(Input), op.Output.(Output)
+		switch in.Kind {
+		case ListTokens:
+			for _, e := range out.Tokens {
+				add(pkey{true, e.Tag})
+			}
+		case ListPeers:
+			for _, n := range out.Peers {
+				add(pkey{false, n})
+			}
+		default:
+			add(pkey{in.Kind.onTokens(), in.Key})
+		}
+	}
+	for _, op := range h {
+		in, out := op.Input.(Input), op.Output.(Output)
+		if in.Kind.IsWrite() {
+			k := pkey{in.Kind.onTokens(), in.Key}
+			byKey[k] = append(byKey[k], op)
+			continue
+		}
+		for _, k := range order {
+			if k.tokens != in.Kind.onTokens() {
+				continue
+			}
+			cut := op
+			cut.Input = Input{Kind: in.Kind, Key: k.key}
+			o := Output{Outcome: out.Outcome, Code: out.Code}
+			if k.tokens {
+				o.Tokens = []TokenEntry{}
+				for _, e := range out.Tokens {
+					if e.Tag == k.key {
+						o.Tokens = append(o.Tokens, e)
+					}
+				}
+			} else {
+				o.Peers = []string{}
+				for _, n := range out.Peers {
+					if n == k.key {
+						o.Peers = append(o.Peers, n)
+					}
+				}
+			}
+			cut.Output = o
+			byKey[k] = append(byKey[k], cut)
+		}
+	}
+	out := make([][]porcupine.Operation, 0, len(order))
+	for _, k := range order {
+		out = append(out, byKey[k])
+	}
+	return out
 }
 
 // Verdict is the result of checking one history.

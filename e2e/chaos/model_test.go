@@ -2,13 +2,41 @@ package chaos
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"math"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 	"github.com/meshd/meshd/pkg/api"
+	"github.com/meshd/meshd/pkg/apiclient"
 )
+
+// manyUnknown is a history of n overlapping creates by 8 clients, every
+// third with an unknown outcome, between lists that each see the creates
+// acknowledged so far: linearizable, and a search over all keys at once
+// would have to try orders of every pending create.
+func manyUnknown(n int) []porcupine.Operation {
+	var ops []porcupine.Operation
+	var seen []TokenEntry
+	t := int64(0)
+	for i := range n {
+		tag := fmt.Sprintf("t%03d", i)
+		if i%3 == 0 {
+			ops = append(ops, op(i%8, t, -1, in(CreateToken, tag), Output{}))
+		} else {
+			ops = append(ops, op(i%8, t, t+1, in(CreateToken, tag), ok))
+			seen = append(seen, live(tag))
+		}
+		t += 2
+		if i%5 == 4 {
+			ops = append(ops, op(8, t, t+1, in(ListTokens, ""), tokens(seen...)))
+			t += 2
+		}
+	}
+	return ops
+}
 
 // op is a history entry for the tables: client, call and return times
 // (ret < 0: unknown outcome, returns at infinity).
@@ -135,6 +163,33 @@ func TestModels(t *testing.T) {
 			op(0, 0, 1, in(JoinPeer, "p"), ok),
 			op(1, 2, 3, in(ListPeers, ""), peers()),
 		}, want: porcupine.Illegal},
+		{name: "revoking a revoked token is already_revoked", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(0, 2, 3, in(RevokeToken, "a"), ok),
+			op(1, 4, 5, in(RevokeToken, "a"), Output{Outcome: Failed, Code: api.CodeAlreadyRevoked}),
+		}, want: porcupine.Ok},
+		{name: "already_revoked before any revoke", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(1, 2, 3, in(RevokeToken, "a"), Output{Outcome: Failed, Code: api.CodeAlreadyRevoked}),
+		}, want: porcupine.Illegal},
+		{name: "a revoked token revoked again with success", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(0, 2, 3, in(RevokeToken, "a"), ok),
+			op(1, 4, 5, in(RevokeToken, "a"), ok),
+		}, want: porcupine.Illegal},
+		{name: "a list shows a token never created", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(1, 2, 3, in(ListTokens, ""), tokens(live("a"), live("b"))),
+		}, want: porcupine.Illegal},
+		{name: "a list shows a token revoked that is live", ops: []porcupine.Operation{
+			op(0, 0, 1, in(CreateToken, "a"), ok),
+			op(0, 0, 1, in(CreateToken, "b"), ok),
+			op(1, 2, 3, in(ListTokens, ""), tokens(live("a"), revoked("b"))),
+		}, want: porcupine.Illegal},
+		{name: "a list shows a peer never joined", init: State{Peers: map[string]bool{"p": false}}, ops: []porcupine.Operation{
+			op(1, 2, 3, in(ListPeers, ""), peers("p", "q")),
+		}, want: porcupine.Illegal},
+		{name: "many keys with unknown outcomes stay tractable", ops: manyUnknown(200), want: porcupine.Ok},
 		{name: "token and peer histories are checked apart", ops: []porcupine.Operation{
 			op(0, 0, 1, in(CreateToken, "a"), ok),
 			op(1, 0, 1, in(JoinPeer, "p"), ok),
@@ -152,11 +207,13 @@ func TestModels(t *testing.T) {
 	}
 }
 
-// TestRecorder: a failed read is dropped, an unknown write returns at
-// infinity, Take empties the history.
+// TestRecorder: a failed read is dropped, and a write refused without
+// effect (unless not_found); an unknown write returns at infinity, Take
+// empties the history.
 func TestRecorder(t *testing.T) {
 	r := NewRecorder()
 	r.Begin(0, in(ListTokens, "")).End(Output{Outcome: Unknown})
+	r.Begin(0, in(CreateToken, "c")).End(Output{Outcome: Failed, Code: api.CodeUnavailable})
 	r.Begin(0, in(CreateToken, "a")).End(Output{Outcome: Unknown})
 	r.Begin(1, in(CreateToken, "b")).End(ok)
 	ops := r.Take()
@@ -183,10 +240,16 @@ func TestOutcome(t *testing.T) {
 		{nil, OK},
 		{api.Errorf(api.CodeNotFound, "x"), Failed},
 		{api.Errorf(api.CodeConflict, "x"), Failed},
-		{api.Errorf(api.CodeUnavailable, "x"), Unknown},
-		{api.Errorf(api.CodeStorageFailed, "x"), Unknown},
+		// Refused before anything was handed to Raft.
+		{api.Errorf(api.CodeUnavailable, "x"), Failed},
+		{api.Errorf(api.CodeStorageFailed, "x"), Failed},
+		// Handed over, answer lost.
+		{api.Errorf(api.CodeOutcomeUnknown, "x"), Unknown},
+		{&apiclient.UnreachableError{Attempts: []apiclient.Attempt{{URL: "u", Err: api.Errorf(api.CodeOutcomeUnknown, "x")}}}, Unknown},
+		{&apiclient.UnreachableError{Attempts: []apiclient.Attempt{{URL: "u", Err: api.Errorf(api.CodeUnavailable, "x")}}}, Failed},
 		{api.Errorf(api.CodeInternal, "x"), Unknown},
 		{context.DeadlineExceeded, Unknown},
+		{io.ErrUnexpectedEOF, Unknown},
 	}
 	for _, tt := range tests {
 		if got := outcome(tt.err).Outcome; got != tt.want {

@@ -100,33 +100,50 @@ func (w *Workload) Run(ctx context.Context, id int) {
 	w.mu.Unlock()
 	for ctx.Err() == nil {
 		node := rand.IntN(len(w.Admin))
+		var out Output
 		switch r := rand.IntN(100); {
 		case r < 25:
-			w.createToken(ctx, id, node)
+			out = w.createToken(id, node)
 		case r < 37:
-			w.revokeToken(ctx, id, node)
+			out = w.revokeToken(id, node)
 		case r < 55:
-			w.listTokens(ctx, id, node)
+			out = w.listTokens(id, node)
 		case r < 75:
-			w.joinPeer(ctx, id, node)
+			out = w.joinPeer(id, node)
 		case r < 85:
-			w.removePeer(ctx, id, node)
+			out = w.removePeer(id, node)
 		default:
-			w.listPeers(ctx, id, node)
+			out = w.listPeers(id, node)
+		}
+		if out.Code == api.CodeUnavailable {
+			// Refused at once: back off a little, as a client would,
+			// rather than spin on a coordinator cut off from the leader.
+			select {
+			case <-ctx.Done():
+			case <-time.After(RefusedBackoff):
+			}
 		}
 	}
 }
 
-// outcome classifies a call's error: nil is OK; an API error a
-// coordinator answered in the 4xx range changed nothing; anything else
-// (5xx, timeouts, broken connections) may or may not have taken effect.
+// RefusedBackoff is how long a client waits after an unavailable answer.
+const RefusedBackoff = 20 * time.Millisecond
+
+// outcome classifies a call's error: nil is OK; unavailable (refused
+// before anything was handed to Raft), storage_failed (the leader could
+// not write its log) and the 4xx answers changed nothing; anything else
+// (outcome_unknown, other 5xx, timeouts, broken connections) may or may
+// not have taken effect.
 func outcome(err error) Output {
 	if err == nil {
 		return Output{Outcome: OK}
 	}
 	var ae *api.Error
-	if errors.As(err, &ae) && ae.Status() < 500 {
-		return Output{Outcome: Failed, Code: ae.Code}
+	if errors.As(err, &ae) {
+		switch {
+		case ae.Code == api.CodeUnavailable, ae.Code == api.CodeStorageFailed, ae.Status() < 500:
+			return Output{Outcome: Failed, Code: ae.Code}
+		}
 	}
 	return Output{Outcome: Unknown, Code: errCode(err)}
 }
@@ -161,7 +178,7 @@ func (w *Workload) ack(out Output) {
 	w.errs[out.Code]++
 }
 
-func (w *Workload) createToken(ctx context.Context, id, node int) {
+func (w *Workload) createToken(id, node int) Output {
 	tag := w.fresh(TagPrefix)
 	call := w.Rec.Begin(id, Input{Kind: CreateToken, Key: tag})
 	var resp api.CreateTokenResponse
@@ -170,7 +187,7 @@ func (w *Workload) createToken(ctx context.Context, id, node int) {
 	call.End(out)
 	w.ack(out)
 	if out.Outcome == Failed {
-		return
+		return out
 	}
 	w.mu.Lock()
 	w.tags = append(w.tags, tag)
@@ -178,24 +195,26 @@ func (w *Workload) createToken(ctx context.Context, id, node int) {
 		w.ids[tag] = resp.ID
 	}
 	w.mu.Unlock()
+	return out
 }
 
-func (w *Workload) revokeToken(ctx context.Context, id, node int) {
+func (w *Workload) revokeToken(id, node int) Output {
 	tag := w.pick(w.tags)
 	w.mu.Lock()
 	tid, ok := w.ids[tag]
 	w.mu.Unlock()
 	if !ok {
-		return // not created, or its id is not known yet
+		return Output{} // not created, or its id is not known yet
 	}
 	call := w.Rec.Begin(id, Input{Kind: RevokeToken, Key: tag})
 	err := do(w.Admin[node], http.MethodPost, "/v1/tokens/"+url.PathEscape(tid)+"/revoke", nil, nil)
 	out := outcome(err)
 	call.End(out)
 	w.ack(out)
+	return out
 }
 
-func (w *Workload) listTokens(ctx context.Context, id, node int) {
+func (w *Workload) listTokens(id, node int) Output {
 	call := w.Rec.Begin(id, Input{Kind: ListTokens})
 	var toks []api.Token
 	out := outcome(do(w.Admin[node], http.MethodGet, "/v1/tokens", nil, &toks))
@@ -210,6 +229,7 @@ func (w *Workload) listTokens(ctx context.Context, id, node int) {
 		w.mu.Unlock()
 	}
 	call.End(out)
+	return out
 }
 
 func chaosTag(t api.Token) (string, bool) {
@@ -244,7 +264,7 @@ func peerNames(peers []api.Peer) []string {
 	return out
 }
 
-func (w *Workload) joinPeer(ctx context.Context, id, node int) {
+func (w *Workload) joinPeer(id, node int) Output {
 	name := w.fresh(NamePrefix)
 	key := make([]byte, 32)
 	crand.Read(key)
@@ -259,20 +279,22 @@ func (w *Workload) joinPeer(ctx context.Context, id, node int) {
 		w.peers = append(w.peers, name)
 		w.mu.Unlock()
 	}
+	return out
 }
 
-func (w *Workload) removePeer(ctx context.Context, id, node int) {
+func (w *Workload) removePeer(id, node int) Output {
 	name := w.pick(w.peers)
 	if name == "" {
-		return
+		return Output{}
 	}
 	call := w.Rec.Begin(id, Input{Kind: RemovePeer, Key: name})
 	out := outcome(do(w.Admin[node], http.MethodDelete, "/v1/peers/"+api.DefaultVNet+"/"+name, nil, nil))
 	call.End(out)
 	w.ack(out)
+	return out
 }
 
-func (w *Workload) listPeers(ctx context.Context, id, node int) {
+func (w *Workload) listPeers(id, node int) Output {
 	call := w.Rec.Begin(id, Input{Kind: ListPeers})
 	var peers []api.Peer
 	out := outcome(do(w.Admin[node], http.MethodGet, "/v1/peers?vnet="+api.DefaultVNet, nil, &peers))
@@ -280,6 +302,7 @@ func (w *Workload) listPeers(ctx context.Context, id, node int) {
 		out.Peers = peerNames(peers)
 	}
 	call.End(out)
+	return out
 }
 
 // Observe reads the state the models track from one coordinator (a quiet

@@ -86,6 +86,12 @@ const (
 	// CodeStorageFailed: a coordinator could not write its Raft log (its
 	// disk is full or failing); the write was not made. HTTP 507.
 	CodeStorageFailed = "storage_failed"
+	// CodeOutcomeUnknown: a write was handed to Raft (or passed on to the
+	// leader) but its answer was lost: leadership moved, the leader went
+	// quiet or no answer came in time. It may or may not have been made;
+	// read (list) to check before retrying. HTTP 503. (CodeUnavailable
+	// says nothing was changed: retrying is safe.)
+	CodeOutcomeUnknown = "outcome_unknown"
 )
 
 // Error is an API error: a stable code and a sentence a user can act on.
@@ -124,7 +130,7 @@ func (e *Error) Status() int {
 		return http.StatusMethodNotAllowed
 	case CodeTooMany:
 		return http.StatusTooManyRequests
-	case CodeUnavailable:
+	case CodeUnavailable, CodeOutcomeUnknown:
 		return http.StatusServiceUnavailable
 	case CodeInternal:
 		return http.StatusInternalServerError
