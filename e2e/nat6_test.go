@@ -13,15 +13,15 @@ import (
 	"github.com/meshd/meshd/pkg/api"
 )
 
-// TestFirewall6Matrix is the NAT matrix of IPv6: peers of a dual-stack
-// vnet on IPv6-only hosts with their own addresses, directly on the WAN or
-// behind stateful firewalls that translate nothing (endpoint-independent,
+// TestNATMatrixIPv6 is the NAT matrix of IPv6, where there is no NAT:
+// peers of a dual-stack vnet on IPv6-only hosts with their own addresses,
+// directly on the WAN or behind stateful firewalls that translate nothing (endpoint-independent,
 // two address-and-port dependent, one that blocks UDP), the coordinators
 // on the WAN over IPv6. Every pair must reach each other at their IPv6
 // overlay addresses, directly (at the other's own address) where
 // netlab.DirectPathPossible6 says both firewalls let the probes punch,
 // and through the relay elsewhere, as both sides' status says.
-func TestFirewall6Matrix(t *testing.T) {
+func TestNATMatrixIPv6(t *testing.T) {
 	begin := time.Now()
 	o := labOptions(t, meshlab.Options{}, "nft", "sysctl")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -83,5 +83,5 @@ func TestFirewall6Matrix(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("TestFirewall6Matrix took %s", time.Since(begin).Round(time.Millisecond))
+	t.Logf("TestNATMatrixIPv6 took %s", time.Since(begin).Round(time.Millisecond))
 }
