@@ -57,6 +57,34 @@ func TestMeshIPv6(t *testing.T) {
 		serveOn(t, l, srv[0], net.JoinHostPort(srv[1], port))
 	}
 
+	// The checks run on a settled mesh: both clients have a WireGuard
+	// session with every other peer and see each site's IPv6 route on its
+	// first gateway. Right after the start this takes up to about 10 s
+	// here: handshakes between IPv6 peers can go unanswered for a round
+	// or two (WireGuard tries again every 5 s) while their paths settle.
+	settled := waitUntil(t, 30*time.Second, "cl1 and cl2 to have a session with every peer and the IPv6 site routes on gwa1 and gwb1", func() bool {
+		for _, cl := range []string{"cl1", "cl2"} {
+			st := status(t, l, cl)
+			if len(st.Peers) != len(meshlab.Peers)-1 {
+				return false
+			}
+			for _, p := range st.Peers {
+				if p.LastHandshake == nil {
+					return false
+				}
+			}
+			active := map[string]string{}
+			for _, r := range st.Routes {
+				active[r.Prefix] = r.ActiveGateway
+			}
+			if active[netlab.SiteA6] != "gwa1" || active[netlab.SiteB6] != "gwb1" {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("mesh settled %s after the peers were up", settled.Round(time.Millisecond))
+
 	t.Run("clients over the overlay's IPv6 across an IPv6 underlay", func(t *testing.T) {
 		if err := l.Net.Ping("cl1", ip6["cl2"], 10*time.Second); err != nil {
 			t.Fatal(err)
