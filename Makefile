@@ -33,7 +33,7 @@ fuzz:
 
 # e2e: only the network-namespace tests (root): the whole lab, reachability,
 # true source IPs, restart, removal, coordinators down, SNAT; NAT traversal
-# (the NAT matrix, path switches, coturn as the relay); the rolling upgrade
+# (the NAT matrix, its IPv6 firewall twin, path switches, coturn as the relay); the rolling upgrade
 # from an earlier commit; the dashboard in headless Chromium.
 e2e:
 	./scripts/deps.sh

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,6 +168,49 @@ func probeOnce(l *meshlab.Lab, ns, proto, addr string, timeout time.Duration) ([
 	return l.Net.Exec(ns, "env", helperEnv+"=probe", "MESHD_E2E_PROTO="+proto, "MESHD_E2E_ADDR="+addr, "MESHD_E2E_TIMEOUT="+timeout.String(), self)
 }
 
+// meshPair is one check of the mesh matrix: from (a namespace) connects
+// to address to, and the server there must see source wantSrc.
+type meshPair struct{ from, to, wantSrc string }
+
+// meshPairs is the flat lab's reachability matrix in one address family:
+// ip holds each client's overlay address of that family, hostA and hostB
+// the site LAN hosts' addresses of it. Clients reach each other, both
+// sites' LAN hosts and the LAN hosts each other, each server seeing the
+// true source; LAN hosts open connections to clients too.
+func meshPairs(ip map[string]string, hostA, hostB string) []meshPair {
+	return []meshPair{
+		{"cl1", ip["cl2"], ip["cl1"]},
+		{"cl1", hostA, ip["cl1"]},
+		{"cl2", hostB, ip["cl2"]},
+		{"hosta", hostB, hostA},
+		{"hostb", hostA, hostB},
+		// server-initiated: a LAN host opens a connection to a client
+		{"hosta", ip["cl1"], hostA},
+		{"hostb", ip["cl2"], hostB},
+	}
+}
+
+// checkMeshPairs checks every pair over ICMP (ping), TCP and UDP, the
+// latter two against the source-reporting servers on port (serveOn).
+func checkMeshPairs(t *testing.T, l *meshlab.Lab, pairs []meshPair, port string) {
+	t.Helper()
+	for _, tt := range pairs {
+		if err := l.Net.Ping(tt.from, tt.to, 10*time.Second); err != nil {
+			t.Errorf("icmp: %v", err)
+		}
+		for _, proto := range []string{"tcp", "udp"} {
+			src, err := probeFrom(l, tt.from, proto, net.JoinHostPort(tt.to, port), 10*time.Second)
+			if err != nil {
+				t.Errorf("%v", err)
+				continue
+			}
+			if src != tt.wantSrc {
+				t.Errorf("%s %s -> %s: server saw source %s; want %s", proto, tt.from, tt.to, src, tt.wantSrc)
+			}
+		}
+	}
+}
+
 func TestMeshEndToEnd(t *testing.T) {
 	l := startLab(t, meshlab.Options{})
 	ip := map[string]string{}
@@ -180,32 +224,7 @@ func TestMeshEndToEnd(t *testing.T) {
 	serveOn(t, l, "cl2", ip["cl2"]+":"+port)
 
 	t.Run("reachability and true source IP", func(t *testing.T) {
-		for _, tt := range []struct {
-			from, to, wantSrc string
-		}{
-			{"cl1", ip["cl2"], ip["cl1"]},
-			{"cl1", netlab.HostA, ip["cl1"]},
-			{"cl2", netlab.HostB, ip["cl2"]},
-			{"hosta", netlab.HostB, netlab.HostA},
-			{"hostb", netlab.HostA, netlab.HostB},
-			// server-initiated: a LAN host opens a connection to a client
-			{"hosta", ip["cl1"], netlab.HostA},
-			{"hostb", ip["cl2"], netlab.HostB},
-		} {
-			if err := l.Net.Ping(tt.from, tt.to, 10*time.Second); err != nil {
-				t.Errorf("icmp: %v", err)
-			}
-			for _, proto := range []string{"tcp", "udp"} {
-				src, err := probeFrom(l, tt.from, proto, tt.to+":"+port, 10*time.Second)
-				if err != nil {
-					t.Errorf("%v", err)
-					continue
-				}
-				if src != tt.wantSrc {
-					t.Errorf("%s %s -> %s: server saw source %s; want %s", proto, tt.from, tt.to, src, tt.wantSrc)
-				}
-			}
-		}
+		checkMeshPairs(t, l, meshPairs(ip, netlab.HostA, netlab.HostB), port)
 	})
 
 	t.Run("wg show lists every other peer", func(t *testing.T) {

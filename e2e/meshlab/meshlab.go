@@ -1,9 +1,10 @@
 // Package meshlab brings up meshd labs on one machine, every host in its
 // own network namespace: the flat lab (the netlab topology, three
 // coordinators and the peer agents of two sites and two roaming clients,
-// optionally two more clients behind NATs) and the NAT lab (netlab's NAT
-// matrix with its three coordinators). `make lab`, the end-to-end tests
-// and the bench all use it.
+// optionally two more clients behind NATs), the NAT lab (netlab's NAT
+// matrix with its three coordinators) and the IPv6 firewall lab
+// (netlab's IPv6 hosts behind stateful firewalls, with three coordinators
+// on IPv6). `make lab`, the end-to-end tests and the bench all use it.
 package meshlab
 
 import (
@@ -74,6 +75,11 @@ type Lab struct {
 	// NAT holds the hosts behind NAT routers: the NAT lab's whole
 	// topology, or the flat lab's NAT clients; nil when there are none.
 	NAT *netlab.NATTopology
+	// Firewall6 is the IPv6 firewall lab's topology (StartFirewall6); nil
+	// in other labs.
+	Firewall6 *netlab.Firewall6Topology
+	// VNet is the vnet Token's tokens join; empty for the default vnet.
+	VNet string
 	// Coordinators are c1..c3 (WAN is each one's address).
 	Coordinators []netlab.Node
 	Procs        map[string]*harness.Proc

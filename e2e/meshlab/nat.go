@@ -50,9 +50,52 @@ func StartNAT(ctx context.Context, o Options, specs []netlab.NATHostSpec) (_ *La
 	return l, nil
 }
 
-// Token creates a single-use join token for the default vnet.
+// StartFirewall6 builds the IPv6 firewall topology of specs
+// (netlab.BuildFirewall6), starts its coordinators c1..c3 on their IPv6
+// addresses and creates the dual-stack vnet DualStackVNet, which Token's
+// tokens then join. It starts no peer. On error it tears down what it
+// started.
+func StartFirewall6(ctx context.Context, o Options, specs []netlab.Firewall6HostSpec) (_ *Lab, err error) {
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if o.IfPrefix == "" {
+		o.IfPrefix = "wg-"
+	}
+	nl, err := netlab.New(o.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	l := newLab(o, nl, nil)
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+	if l.Firewall6, err = netlab.BuildFirewall6(nl, specs); err != nil {
+		return nil, err
+	}
+	for _, c := range l.Firewall6.Coordinators {
+		l.Coordinators = append(l.Coordinators, netlab.Node{Name: c.Name, WAN6: c.Addr})
+	}
+	if err := l.startCoordinators(ctx); err != nil {
+		return nil, err
+	}
+	if err := l.createDualStackVNet(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	l.VNet = DualStackVNet
+	return l, nil
+}
+
+// Token creates a single-use join token for the lab's vnet (VNet, or
+// the default vnet).
 func (l *Lab) Token() (string, error) {
-	out, err := l.Admin("token", "create")
+	args := []string{"token", "create"}
+	if l.VNet != "" {
+		args = append(args, "--vnet", l.VNet)
+	}
+	out, err := l.Admin(args...)
 	return strings.TrimSpace(out), err
 }
 
@@ -83,14 +126,20 @@ func PeerPath(st *api.LocalStatus, other string) (path, endpoint string) {
 // EchoPort is the UDP port of StartEcho's servers.
 const EchoPort = 7002
 
-// StartEcho answers every UDP datagram to port EchoPort in namespace ns
-// with its payload, until the returned closer is closed.
+// StartEcho answers every UDP datagram to port EchoPort of an IPv4
+// address in namespace ns with its payload, until the returned closer is
+// closed.
 func (l *Lab) StartEcho(ns string) (io.Closer, error) {
 	return l.Net.UDPEcho(ns, fmt.Sprintf(":%d", EchoPort))
 }
 
+// StartEcho6 is StartEcho on the IPv6 addresses.
+func (l *Lab) StartEcho6(ns string) (io.Closer, error) {
+	return l.Net.UDPEchoNet(ns, "udp6", fmt.Sprintf(":%d", EchoPort))
+}
+
 // FirstReply sends a datagram from namespace ns to the echo server (see
-// StartEcho) on ip every interval until the first answer comes back, and
+// StartEcho, StartEcho6) on ip every interval until the first answer comes back, and
 // returns when it did; it gives up at deadline. The socket is made before
 // the first send and sends to no address in particular, so datagrams go
 // wherever the namespace's routes say at that moment: before a peer is up
@@ -101,10 +150,14 @@ func (l *Lab) FirstReply(ns, ip string, every time.Duration, deadline time.Time)
 		return time.Time{}, err
 	}
 	to := netip.AddrPortFrom(dst, EchoPort)
+	network := "udp4"
+	if dst.Is6() {
+		network = "udp6"
+	}
 	var c *net.UDPConn
 	err = l.Net.InNS(ns, func() error {
 		var err error
-		c, err = net.ListenUDP("udp4", nil)
+		c, err = net.ListenUDP(network, nil)
 		return err
 	})
 	if err != nil {
@@ -137,7 +190,8 @@ func (l *Lab) FirstReply(ns, ip string, every time.Duration, deadline time.Time)
 type PairResult struct {
 	A, B string
 	// WantDirect: the topology says the pair can get a direct path
-	// (netlab's DirectPath); otherwise it must be relayed.
+	// (netlab's DirectPath of the NAT or IPv6 firewall topology);
+	// otherwise it must be relayed.
 	WantDirect bool
 	// ReachedAB: A got a UDP echo from B's overlay address; ReachedBA
 	// the other way.
@@ -193,6 +247,19 @@ func (p PairResult) String() string {
 // It fails only when a status cannot be read or an echo server not
 // started.
 func (l *Lab) CheckNATMatrix(hosts []string, since, deadline time.Time) ([]PairResult, error) {
+	return l.checkPairs(hosts, false, l.NAT.DirectPath, since, deadline)
+}
+
+// CheckFirewall6Matrix is CheckNATMatrix for the peers of an IPv6
+// firewall topology (StartFirewall6), over their IPv6 overlay addresses:
+// the path each pair must have is netlab's Firewall6Topology.DirectPath.
+func (l *Lab) CheckFirewall6Matrix(hosts []string, since, deadline time.Time) ([]PairResult, error) {
+	return l.checkPairs(hosts, true, l.Firewall6.DirectPath, since, deadline)
+}
+
+// checkPairs is CheckNATMatrix over the overlay addresses of one family
+// (IPv6 when v6), with direct telling which pairs must be direct.
+func (l *Lab) checkPairs(hosts []string, v6 bool, direct func(a, b string) bool, since, deadline time.Time) ([]PairResult, error) {
 	ip := map[string]string{}
 	for _, h := range hosts {
 		st, err := l.Status(h)
@@ -200,7 +267,11 @@ func (l *Lab) CheckNATMatrix(hosts []string, since, deadline time.Time) ([]PairR
 			return nil, err
 		}
 		ip[h] = st.Self.OverlayIP
-		echo, err := l.StartEcho(h)
+		start := l.StartEcho
+		if v6 {
+			ip[h], start = st.Self.OverlayIP6, l.StartEcho6
+		}
+		echo, err := start(h)
 		if err != nil {
 			return nil, err
 		}
@@ -209,7 +280,7 @@ func (l *Lab) CheckNATMatrix(hosts []string, since, deadline time.Time) ([]PairR
 	var res []*PairResult
 	for i, a := range hosts {
 		for _, b := range hosts[i+1:] {
-			res = append(res, &PairResult{A: a, B: b, WantDirect: l.NAT.DirectPath(a, b)})
+			res = append(res, &PairResult{A: a, B: b, WantDirect: direct(a, b)})
 		}
 	}
 

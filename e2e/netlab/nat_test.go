@@ -198,14 +198,25 @@ type reflector struct {
 
 func startReflector(t *testing.T, l *Lab, h NATHost) *reflector {
 	t.Helper()
-	r := &reflector{addr: netip.AddrPortFrom(netip.MustParseAddr(h.Addr), reflectorPort)}
+	return startReflectorAt(t, l, h.Name, netip.AddrPortFrom(netip.MustParseAddr(h.Addr), reflectorPort))
+}
+
+// startReflectorAt starts a reflector on addr (either family) in
+// namespace name.
+func startReflectorAt(t *testing.T, l *Lab, name string, addr netip.AddrPort) *reflector {
+	t.Helper()
+	r := &reflector{addr: addr}
+	udp, tcp := "udp4", "tcp4"
+	if addr.Addr().Is6() {
+		udp, tcp = "udp6", "tcp6"
+	}
 	var tl net.Listener
-	err := l.InNS(h.Name, func() error {
+	err := l.InNS(name, func() error {
 		var err error
-		if r.udp, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(r.addr)); err != nil {
+		if r.udp, err = net.ListenUDP(udp, net.UDPAddrFromAddrPort(r.addr)); err != nil {
 			return err
 		}
-		tl, err = net.Listen("tcp4", r.addr.String())
+		tl, err = net.Listen(tcp, r.addr.String())
 		return err
 	})
 	if err != nil {
@@ -302,7 +313,7 @@ func receive(c *net.UDPConn, d time.Duration, want ...string) map[string]bool {
 func tcpSource(l *Lab, name string, r *reflector) (netip.AddrPort, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	c, err := l.DialContext(name)(ctx, "tcp4", r.addr.String())
+	c, err := l.DialContext(name)(ctx, "tcp", r.addr.String())
 	if err != nil {
 		return netip.AddrPort{}, err
 	}

@@ -584,10 +584,15 @@ func (m *relayMgr) allocateTCP(ctx context.Context, u relayURL) (*allocation, er
 		}
 		c = tconn
 	}
+	std, err := stdnet.NewNet()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("relay %s: %w", u.raw, err)
+	}
 	cl, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: u.hostPort, TURNServerAddr: u.hostPort,
 		Username: u.username, Password: u.password,
-		Conn: turn.NewSTUNConn(c), LoggerFactory: quietLogs{},
+		Conn: turn.NewSTUNConn(c), LoggerFactory: quietLogs{}, Net: anyFamilyNet{std},
 	})
 	if err != nil {
 		c.Close()
@@ -645,7 +650,9 @@ func allocateWithin(ctx context.Context, a *allocation) error {
 // anyFamilyNet is the network the TURN client resolves its server's
 // address with: the standard one, except that an address of either family
 // resolves (the client asks for "udp4" only, and a relay may be on IPv6).
-// The address is always an IP literal here (endpoints.Resolve).
+// The address is an IP literal over UDP (endpoints.Resolve); over TCP it
+// is the URL's host, resolved again only to name the server in the
+// client's messages (the connection is already made).
 type anyFamilyNet struct{ *stdnet.Net }
 
 func (anyFamilyNet) ResolveUDPAddr(_, address string) (*net.UDPAddr, error) {
