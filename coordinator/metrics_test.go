@@ -18,17 +18,7 @@ import (
 // decodes the answer; it returns the status code too.
 func scrape(t *testing.T, hc *http.Client, url, auth string) (metrics.Families, int) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if auth != "" {
-		req.Header.Set("Authorization", "Bearer "+auth)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, hc, http.MethodGet, url, nil, auth, nil)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return nil, resp.StatusCode

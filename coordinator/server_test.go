@@ -270,15 +270,43 @@ func TestBadInputChangesNothing(t *testing.T) {
 // rawCall sends body as is, so that malformed requests can be tested.
 func rawCall(t *testing.T, srv *Server, method, path string, body []byte, auth string) (int, *api.Error) {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspin.ClientConfig(srv.Pin())}}
+	return apiCall(t, srv, method, path, body, auth, nil)
+}
+
+// apiCall sends body as is to srv's API with the bearer credential auth
+// (none when empty) and header, and answers the status and the decoded
+// error, if any.
+func apiCall(t *testing.T, srv *Server, method, path string, body []byte, auth string, header http.Header) (int, *api.Error) {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlspin.ClientConfig(srv.Pin())}}
 	defer hc.CloseIdleConnections()
+	resp := send(t, hc, method, srv.APIURL()+path, body, auth, header)
+	defer resp.Body.Close()
+	if resp.StatusCode < 300 {
+		return resp.StatusCode, nil
+	}
+	var eb api.ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	return resp.StatusCode, eb.Error
+}
+
+// send sends body (none when nil) to url over hc with the bearer
+// credential auth (none when empty) and header, and fails t when there is
+// no answer.
+func send(t *testing.T, hc *http.Client, method, url string, body []byte, auth string, header http.Header) *http.Response {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, srv.APIURL()+path, rd)
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
 	}
 	if auth != "" {
 		req.Header.Set("Authorization", "Bearer "+auth)
@@ -287,10 +315,7 @@ func rawCall(t *testing.T, srv *Server, method, path string, body []byte, auth s
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var eb api.ErrorBody
-	json.NewDecoder(resp.Body).Decode(&eb)
-	return resp.StatusCode, eb.Error
+	return resp
 }
 
 // testLogLevel logs everything in tests, and only warnings in benchmarks.

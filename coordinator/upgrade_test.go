@@ -1,11 +1,9 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -17,7 +15,6 @@ import (
 	"github.com/meshd/meshd/coordinator/fsm"
 	"github.com/meshd/meshd/coordinator/state"
 	"github.com/meshd/meshd/pkg/api"
-	"github.com/meshd/meshd/pkg/tlspin"
 )
 
 // TestFeatureGate: with every coordinator on this version, commands that
@@ -128,35 +125,11 @@ func TestFeatureGate(t *testing.T) {
 // none) and answers the status and the decoded error, if any.
 func agentRequest(t *testing.T, srv *Server, method, path, proto, auth string, body []byte) (int, *api.Error) {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlspin.ClientConfig(srv.Pin())}}
-	defer hc.CloseIdleConnections()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, srv.APIURL()+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	header := http.Header{}
 	if proto != "" {
-		req.Header.Set(api.HeaderProtocol, proto)
+		header.Set(api.HeaderProtocol, proto)
 	}
-	if auth != "" {
-		req.Header.Set("Authorization", "Bearer "+auth)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 300 {
-		return resp.StatusCode, nil
-	}
-	var eb api.ErrorBody
-	json.NewDecoder(resp.Body).Decode(&eb)
-	return resp.StatusCode, eb.Error
+	return apiCall(t, srv, method, path, body, auth, header)
 }
 
 // TestAgentProtocol: agents of the protocols this version serves are

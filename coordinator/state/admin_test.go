@@ -119,17 +119,7 @@ func TestAdminTokensSnapshotRoundTrip(t *testing.T) {
 	if _, err := s.RevokeAdminToken("admin", "ops", t0); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := s.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New()
-	if err := r.Restore(snap); err != nil {
-		t.Fatal(err)
-	}
-	if string(r.Dump()) != string(s.Dump()) {
-		t.Fatalf("restore changed the state:\n got %s\nwant %s", r.Dump(), s.Dump())
-	}
+	r := roundTrip(t, s)
 	r.Read(func(tb *Tables, _ uint64) {
 		if !tb.BootstrapAdminRevoked() || !tb.AdminTokens["r1"].ReadOnly || tb.AdminTokens["f1"].SecretHash != hash('f') {
 			t.Fatalf("restored %+v; want the bootstrap revoked, grafana read-only, ops with its hash", tb.AdminTokens)

@@ -260,17 +260,7 @@ func TestGossipRingsSnapshotRoundTrip(t *testing.T) {
 	if err := s.RemovePeer("d1", t0.Add(2*time.Second), seed(3)); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := s.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New()
-	if err := r.Restore(snap); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(r.Dump(), s.Dump()) {
-		t.Fatalf("got %s; want %s", r.Dump(), s.Dump())
-	}
+	r := roundTrip(t, s)
 	for _, v := range []string{api.DefaultVNet, "site", "lab"} {
 		if got, want := ring(r, v), ring(s, v); got != want {
 			t.Fatalf("vnet %s: restored ring %q; want %q", v, got, want)

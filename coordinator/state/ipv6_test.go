@@ -124,17 +124,7 @@ func TestJoinDualStack(t *testing.T) {
 	if c3.OverlayIP.String() != "100.70.0.2" || c3.OverlayIP6.String() != "fd7a:115c:a1e0::3" {
 		t.Fatalf("got %v %v; want 100.70.0.2 (freed) and fd7a:115c:a1e0::3 (next)", c3.OverlayIP, c3.OverlayIP6)
 	}
-	snap, err := s.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New()
-	if err := r.Restore(snap); err != nil {
-		t.Fatal(err)
-	}
-	if string(r.Dump()) != string(s.Dump()) {
-		t.Fatalf("got %s; want %s", r.Dump(), s.Dump())
-	}
+	r := roundTrip(t, s)
 	r.mu.RLock()
 	id := r.byIP["ds"][c3.OverlayIP6]
 	r.mu.RUnlock()

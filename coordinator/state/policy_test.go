@@ -119,17 +119,7 @@ func TestPolicySnapshotRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	snap, err := s.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New()
-	if err := r.Restore(snap); err != nil {
-		t.Fatal(err)
-	}
-	if string(r.Dump()) != string(s.Dump()) {
-		t.Fatalf("got %s; want %s", r.Dump(), s.Dump())
-	}
+	r := roundTrip(t, s)
 	r.Read(func(tb *Tables, _ uint64) {
 		p := tb.Policy(api.DefaultVNet)
 		if p == nil || len(p.Rules) != 1 || p.Rules[0].Src[0].Name != "a" || tb.PolicyVersion(api.DefaultVNet) != 2 {

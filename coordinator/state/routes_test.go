@@ -47,17 +47,7 @@ func TestTokenMaxPriority(t *testing.T) {
 		t.Fatalf("peer's cap %v; want 100, copied from its token", p.MaxPriority)
 	}
 	// The caps survive a snapshot.
-	snap, err := s.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New()
-	if err := r.Restore(snap); err != nil {
-		t.Fatal(err)
-	}
-	if string(r.Dump()) != string(s.Dump()) {
-		t.Fatalf("restore changed the state:\n got %s\nwant %s", r.Dump(), s.Dump())
-	}
+	r := roundTrip(t, s)
 	r.Read(func(tb *Tables, _ uint64) {
 		if mp := tb.Tokens["capped"].MaxPriority; mp == nil || *mp != 100 {
 			t.Fatalf("token cap %v; want 100", mp)

@@ -94,14 +94,7 @@ func TestPruneTokens(t *testing.T) {
 	if want := []string{"expired", "revoked", "tok1", "used"}; !slices.Equal(got, want) {
 		t.Fatalf("PruneTokens = %v; want %v", got, want)
 	}
-	b, err := s.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := New()
-	if err := r.Restore(b); err != nil {
-		t.Fatal(err)
-	}
+	r := roundTrip(t, s)
 	r.Read(func(tb *Tables, _ uint64) {
 		var ids []string
 		for id := range tb.Tokens {

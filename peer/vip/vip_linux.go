@@ -1,13 +1,10 @@
 package vip
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -17,8 +14,33 @@ import (
 // ErrInUse: another host answers ARP for the VIP.
 var ErrInUse = errors.New("another host answers for the virtual IP")
 
+// family is what an IPv4 VIP (ARP, arp_linux.go) and an IPv6 one
+// (neighbor discovery, nd_linux.go) do differently: their packet formats
+// and sockets. linuxVIP does the rest for both.
+type family interface {
+	// probe asks ifc's LAN who has the address and reports whether another
+	// host answered within wait.
+	probe(ifc *net.Interface, wait time.Duration) (bool, error)
+	// listen opens the responder's packet socket on ifc, which receives
+	// the requests for the address.
+	listen(ifc *net.Interface) (int, error)
+	// answer replies on fd, the socket listen opened, to frame, received
+	// on ifc, when it asks for the address; it ignores any other frame.
+	answer(fd int, ifc *net.Interface, frame []byte)
+	// announce sends one announcement out of ifc that makes LAN hosts'
+	// caches name ifc's MAC for the address.
+	announce(ifc *net.Interface) error
+	// names are the protocol's name and its announcement's, for errors
+	// and logs.
+	names() (proto, announcement string)
+}
+
+// linuxVIP is a virtual IP answered for from this process: it probes the
+// LAN before a takeover, then answers requests for the address and
+// announces it until Release.
 type linuxVIP struct {
 	cfg Config
+	fam family
 	log *slog.Logger
 
 	mu   sync.Mutex
@@ -27,7 +49,8 @@ type linuxVIP struct {
 
 var _ VIP = (*linuxVIP)(nil)
 
-// New returns the VIP cfg describes; the interface must exist.
+// New returns the VIP cfg describes; the interface must exist. An IPv4
+// VIP is answered for with ARP, an IPv6 one with neighbor discovery.
 //
 // The VIP is answered for in userspace (ARP replies from this process), not
 // added to the kernel's interface: when the agent dies, even by SIGKILL,
@@ -35,13 +58,18 @@ var _ VIP = (*linuxVIP)(nil)
 // finds the address free. LAN hosts send their traffic to this host's MAC
 // and the kernel forwards it; the VIP itself does not answer ping.
 func New(cfg Config, log *slog.Logger) (VIP, error) {
+	var fam family = arp{ip: cfg.Addr.Addr().AsSlice()}
 	if cfg.Addr.Addr().Is6() {
-		return newVIP6(cfg, log)
+		nd, err := newND(cfg.Addr)
+		if err != nil {
+			return nil, err
+		}
+		fam = nd
 	}
 	if _, err := net.InterfaceByName(cfg.Dev); err != nil {
 		return nil, fmt.Errorf("lan dev %s: %w", cfg.Dev, err)
 	}
-	return &linuxVIP{cfg: cfg, log: log.With("component", "vip", "vip", cfg.Addr.String(), "dev", cfg.Dev)}, nil
+	return &linuxVIP{cfg: cfg, fam: fam, log: log.With("component", "vip", "vip", cfg.Addr.String(), "dev", cfg.Dev)}, nil
 }
 
 func (v *linuxVIP) Owned() bool {
@@ -60,20 +88,20 @@ func (v *linuxVIP) Claim() error {
 	if err != nil {
 		return err
 	}
-	ip := v.cfg.Addr.Addr().AsSlice()
-	if answered, err := arpProbe(ifc, ip, 30*time.Millisecond); err != nil {
-		return fmt.Errorf("arp probe: %w", err)
+	proto, _ := v.fam.names()
+	if answered, err := v.fam.probe(ifc, 30*time.Millisecond); err != nil {
+		return fmt.Errorf("%s probe: %w", proto, err)
 	} else if answered {
 		return ErrInUse
 	}
-	fd, _, err := packetSocket(ifc)
+	fd, err := v.fam.listen(ifc)
 	if err != nil {
-		return fmt.Errorf("arp responder: %w", err)
+		return fmt.Errorf("%s responder: %w", proto, err)
 	}
 	stop := make(chan struct{})
 	v.stop = stop
-	go respond(fd, ifc, ip, stop)
-	go announce(ifc, ip, stop, v.log)
+	go v.respond(fd, ifc, stop)
+	go v.announce(ifc, stop)
 	v.log.Info("virtual IP taken over")
 	return nil
 }
@@ -89,18 +117,23 @@ func (v *linuxVIP) Release() error {
 	return nil
 }
 
-// announce sends gratuitous ARP at once, again shortly after, and then
-// every second while this host owns the VIP, so LAN hosts whose cache still
-// names another gateway (a takeover they missed) follow within a second.
-func announce(ifc *net.Interface, ip []byte, stop chan struct{}, log *slog.Logger) {
-	for _, d := range []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond} {
+// announceGaps are the waits between the announcements of a takeover (at
+// 0, 50, 150, 300, 500 and 750 ms); after them one goes out every second.
+var announceGaps = []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond}
+
+// announce announces the VIP at once, again shortly after, and then every
+// second until stop is closed, so LAN hosts whose cache still names another
+// gateway (a takeover they missed) follow within a second.
+func (v *linuxVIP) announce(ifc *net.Interface, stop chan struct{}) {
+	_, what := v.fam.names()
+	for _, d := range announceGaps {
 		select {
 		case <-stop:
 			return
 		case <-time.After(d):
 		}
-		if err := garp(ifc, ip); err != nil {
-			log.Warn("gratuitous arp", "err", err)
+		if err := v.fam.announce(ifc); err != nil {
+			v.log.Warn(what, "err", err)
 		}
 	}
 	tick := time.NewTicker(time.Second)
@@ -110,18 +143,18 @@ func announce(ifc *net.Interface, ip []byte, stop chan struct{}, log *slog.Logge
 		case <-stop:
 			return
 		case <-tick.C:
-			garp(ifc, ip)
+			v.fam.announce(ifc)
 		}
 	}
 }
 
-// respond answers ARP requests for ip with this interface's MAC until stop
-// is closed.
-func respond(fd int, ifc *net.Interface, ip []byte, stop chan struct{}) {
+// respond answers the requests for the VIP that arrive on fd until stop is
+// closed, then closes fd.
+func (v *linuxVIP) respond(fd int, ifc *net.Interface, stop chan struct{}) {
 	defer unix.Close(fd)
 	tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	buf := make([]byte, 128)
+	buf := make([]byte, 256)
 	for {
 		select {
 		case <-stop:
@@ -132,82 +165,18 @@ func respond(fd int, ifc *net.Interface, ip []byte, stop chan struct{}) {
 		if err != nil {
 			continue
 		}
-		// An ARP request (op 1) whose target IP is the VIP.
-		if n < 42 || binary.BigEndian.Uint16(buf[20:22]) != 1 || !bytes.Equal(buf[38:42], ip) {
-			continue
-		}
-		senderMAC := net.HardwareAddr(append([]byte(nil), buf[22:28]...))
-		senderIP := append([]byte(nil), buf[28:32]...)
-		reply := arpFrame(2, ifc.HardwareAddr, ip, senderMAC, senderIP)
-		copy(reply[0:6], senderMAC) // unicast to the asker
-		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifc.Index, Halen: 6}
-		copy(sa.Addr[:], senderMAC)
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 			continue
 		}
-		unix.Sendto(fd, reply, 0, sa)
+		v.fam.answer(fd, ifc, buf[:n])
 	}
 }
 
-var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-// arpFrame builds an Ethernet ARP packet.
-func arpFrame(op uint16, srcMAC net.HardwareAddr, srcIP []byte, dstMAC net.HardwareAddr, dstIP []byte) []byte {
-	var b bytes.Buffer
-	b.Write(broadcast)
-	b.Write(srcMAC)
-	binary.Write(&b, binary.BigEndian, uint16(unix.ETH_P_ARP))
-	binary.Write(&b, binary.BigEndian, uint16(1))      // Ethernet
-	binary.Write(&b, binary.BigEndian, uint16(0x0800)) // IPv4
-	b.WriteByte(6)
-	b.WriteByte(4)
-	binary.Write(&b, binary.BigEndian, op)
-	b.Write(srcMAC)
-	b.Write(srcIP)
-	b.Write(dstMAC)
-	b.Write(dstIP)
-	return b.Bytes()
-}
-
-func packetSocket(ifc *net.Interface) (int, *unix.SockaddrLinklayer, error) {
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
-	if err != nil {
-		return -1, nil, err
-	}
-	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifc.Index, Halen: 6}
-	copy(sa.Addr[:], broadcast)
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifc.Index}); err != nil {
-		unix.Close(fd)
-		return -1, nil, err
-	}
-	return fd, sa, nil
-}
-
-// garp broadcasts a gratuitous ARP request for ip from ifc.
-func garp(ifc *net.Interface, ip []byte) error {
-	fd, sa, err := packetSocket(ifc)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return unix.Sendto(fd, arpFrame(1, ifc.HardwareAddr, ip, make(net.HardwareAddr, 6), ip), 0, sa)
-}
-
-// arpProbe asks who has ip (RFC 5227 probe: sender IP 0.0.0.0) and reports
-// whether any host answered within wait.
-func arpProbe(ifc *net.Interface, ip []byte, wait time.Duration) (bool, error) {
-	fd, sa, err := packetSocket(ifc)
-	if err != nil {
-		return false, err
-	}
-	defer unix.Close(fd)
-	if err := unix.Sendto(fd, arpFrame(1, ifc.HardwareAddr, []byte{0, 0, 0, 0}, make(net.HardwareAddr, 6), ip), 0, sa); err != nil {
-		return false, err
-	}
+// awaitAnswer reads frames from fd, a probe's socket, until answered
+// accepts one (true) or wait has passed (false).
+func awaitAnswer(fd int, wait time.Duration, answered func(frame []byte) bool) (bool, error) {
 	deadline := time.Now().Add(wait)
-	buf := make([]byte, 128)
+	buf := make([]byte, 256)
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -222,18 +191,10 @@ func arpProbe(ifc *net.Interface, ip []byte, wait time.Duration) (bool, error) {
 			}
 			return false, err
 		}
-		// An ARP reply whose sender IP is ip, from another MAC.
-		if n >= 42 && binary.BigEndian.Uint16(buf[20:22]) == 2 && bytes.Equal(buf[28:32], ip) && !bytes.Equal(buf[22:28], ifc.HardwareAddr) {
+		if answered(buf[:n]) {
 			return true, nil
 		}
 	}
 }
 
-// Reachable reports whether ip answers an ARP request on dev within wait.
-func Reachable(dev string, ip netip.Addr, wait time.Duration) (bool, error) {
-	ifc, err := net.InterfaceByName(dev)
-	if err != nil {
-		return false, err
-	}
-	return arpProbe(ifc, ip.AsSlice(), wait)
-}
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

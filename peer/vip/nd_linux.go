@@ -3,88 +3,40 @@ package vip
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// linuxVIP6 is an IPv6 virtual IP answered for by neighbor discovery
-// (RFC 4861) from this process, as linuxVIP answers ARP: neighbor
-// solicitations for the address get a neighbor advertisement with this
-// interface's MAC, and a takeover is announced with unsolicited
-// advertisements that override LAN hosts' caches. The address is not
-// added to the kernel, so a killed agent stops answering at once.
-type linuxVIP6 struct {
-	cfg Config
-	log *slog.Logger
-
-	mu   sync.Mutex
-	stop chan struct{} // guarded by mu: non-nil while this host answers for the VIP
+// nd is the family of an IPv6 VIP, answered for by neighbor discovery
+// (RFC 4861) as arp answers ARP: neighbor solicitations for ip get a
+// neighbor advertisement with the interface's MAC, and a takeover is
+// announced with unsolicited advertisements that override LAN hosts'
+// caches.
+type nd struct {
+	ip netip.Addr
 }
 
-var _ VIP = (*linuxVIP6)(nil)
+var _ family = nd{}
 
-func newVIP6(cfg Config, log *slog.Logger) (VIP, error) {
-	a := cfg.Addr.Addr()
+// newND returns the family of the IPv6 VIP addr, which must be a unicast
+// address.
+func newND(addr netip.Prefix) (nd, error) {
+	a := addr.Addr()
 	if a.Is4In6() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
-		return nil, fmt.Errorf("lan vip %s: not a unicast IPv6 address", cfg.Addr)
+		return nd{}, fmt.Errorf("lan vip %s: not a unicast IPv6 address", addr)
 	}
-	if _, err := net.InterfaceByName(cfg.Dev); err != nil {
-		return nil, fmt.Errorf("lan dev %s: %w", cfg.Dev, err)
-	}
-	return &linuxVIP6{cfg: cfg, log: log.With("component", "vip", "vip", cfg.Addr.String(), "dev", cfg.Dev)}, nil
+	return nd{ip: a}, nil
 }
 
-func (v *linuxVIP6) Owned() bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.stop != nil
+func (nd) names() (proto, announcement string) {
+	return "neighbor", "unsolicited neighbor advertisement"
 }
 
-func (v *linuxVIP6) Claim() error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.stop != nil {
-		return nil
-	}
-	ifc, err := net.InterfaceByName(v.cfg.Dev)
-	if err != nil {
-		return err
-	}
-	ip := v.cfg.Addr.Addr()
-	if answered, err := ndProbe(ifc, ip, 30*time.Millisecond); err != nil {
-		return fmt.Errorf("neighbor probe: %w", err)
-	} else if answered {
-		return ErrInUse
-	}
-	fd, err := ndSocket(ifc, ip, icmpNS)
-	if err != nil {
-		return fmt.Errorf("neighbor responder: %w", err)
-	}
-	stop := make(chan struct{})
-	v.stop = stop
-	go respond6(fd, ifc, ip, stop)
-	go announce6(ifc, ip, stop, v.log)
-	v.log.Info("virtual IP taken over")
-	return nil
-}
-
-func (v *linuxVIP6) Release() error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.stop != nil {
-		close(v.stop)
-		v.stop = nil
-		v.log.Info("virtual IP released")
-	}
-	return nil
-}
+func (n nd) listen(ifc *net.Interface) (int, error) { return ndSocket(ifc, n.ip, icmpNS) }
 
 // ICMPv6 neighbor discovery message types and NA flags.
 const (
@@ -238,105 +190,48 @@ func sendFrame(fd int, ifc *net.Interface, frame []byte) error {
 	return unix.Sendto(fd, frame, 0, sa)
 }
 
-// respond6 answers neighbor solicitations for ip with this interface's
-// MAC until stop is closed.
-func respond6(fd int, ifc *net.Interface, ip netip.Addr, stop chan struct{}) {
+// answer replies to a neighbor solicitation for ip with this interface's
+// MAC.
+func (n nd) answer(fd int, ifc *net.Interface, f []byte) {
+	m, ok := parseND(f, icmpNS)
+	if !ok || m.target != n.ip {
+		return
+	}
+	// A solicitation from the unspecified address (another host's
+	// duplicate address check) is answered to all nodes, unsolicited.
+	dstMAC, dstIP, flags := m.srcMAC, m.srcIP, byte(naRouter|naSolicited|naOverride)
+	if m.srcIP.IsUnspecified() {
+		dstMAC, dstIP, flags = multicastMAC(allNodes), allNodes, naRouter|naOverride
+	}
+	sendFrame(fd, ifc, ndFrame(icmpNA, flags, ifc.HardwareAddr, dstMAC, n.ip, dstIP, n.ip))
+}
+
+// announce sends an unsolicited advertisement for ip to all nodes, which
+// overrides LAN hosts' caches.
+func (n nd) announce(ifc *net.Interface) error {
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
 	defer unix.Close(fd)
-	tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	buf := make([]byte, 256)
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		n, from, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			continue
-		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-			continue
-		}
-		m, ok := parseND(buf[:n], icmpNS)
-		if !ok || m.target != ip {
-			continue
-		}
-		// A solicitation from the unspecified address (another host's
-		// duplicate address check) is answered to all nodes, unsolicited.
-		dstMAC, dstIP, flags := m.srcMAC, m.srcIP, byte(naRouter|naSolicited|naOverride)
-		if m.srcIP.IsUnspecified() {
-			dstMAC, dstIP, flags = multicastMAC(allNodes), allNodes, naRouter|naOverride
-		}
-		sendFrame(fd, ifc, ndFrame(icmpNA, flags, ifc.HardwareAddr, dstMAC, ip, dstIP, ip))
-	}
+	return sendFrame(fd, ifc, ndFrame(icmpNA, naRouter|naOverride, ifc.HardwareAddr, multicastMAC(allNodes), n.ip, allNodes, n.ip))
 }
 
-// announce6 sends unsolicited advertisements that override LAN hosts'
-// caches at once, again shortly after, and then every second while this
-// host owns the VIP (as announce does with gratuitous ARP).
-func announce6(ifc *net.Interface, ip netip.Addr, stop chan struct{}, log *slog.Logger) {
-	send := func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return sendFrame(fd, ifc, ndFrame(icmpNA, naRouter|naOverride, ifc.HardwareAddr, multicastMAC(allNodes), ip, allNodes, ip))
-	}
-	for _, d := range []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond} {
-		select {
-		case <-stop:
-			return
-		case <-time.After(d):
-		}
-		if err := send(); err != nil {
-			log.Warn("unsolicited neighbor advertisement", "err", err)
-		}
-	}
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
-			send()
-		}
-	}
-}
-
-// ndProbe asks who has ip (a solicitation from the unspecified address,
-// as duplicate address detection sends) and reports whether another host
+// probe asks who has ip (a solicitation from the unspecified address, as
+// duplicate address detection sends) and reports whether another host
 // answered within wait.
-func ndProbe(ifc *net.Interface, ip netip.Addr, wait time.Duration) (bool, error) {
-	fd, err := ndSocket(ifc, ip, icmpNA)
+func (n nd) probe(ifc *net.Interface, wait time.Duration) (bool, error) {
+	fd, err := ndSocket(ifc, n.ip, icmpNA)
 	if err != nil {
 		return false, err
 	}
 	defer unix.Close(fd)
-	group := solicitedNode(ip)
-	if err := sendFrame(fd, ifc, ndFrame(icmpNS, 0, ifc.HardwareAddr, multicastMAC(group), netip.IPv6Unspecified(), group, ip)); err != nil {
+	group := solicitedNode(n.ip)
+	if err := sendFrame(fd, ifc, ndFrame(icmpNS, 0, ifc.HardwareAddr, multicastMAC(group), netip.IPv6Unspecified(), group, n.ip)); err != nil {
 		return false, err
 	}
-	deadline := time.Now().Add(wait)
-	buf := make([]byte, 256)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return false, nil
-		}
-		tv := unix.NsecToTimeval(left.Nanoseconds())
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return false, err
-		}
-		if m, ok := parseND(buf[:n], icmpNA); ok && m.target == ip && !bytes.Equal(m.srcMAC, ifc.HardwareAddr) {
-			return true, nil
-		}
-	}
+	return awaitAnswer(fd, wait, func(f []byte) bool {
+		m, ok := parseND(f, icmpNA)
+		return ok && m.target == n.ip && !bytes.Equal(m.srcMAC, ifc.HardwareAddr)
+	})
 }
