@@ -43,8 +43,10 @@ type linuxVIP struct {
 	fam family
 	log *slog.Logger
 
-	mu   sync.Mutex
-	stop chan struct{} // guarded by mu: non-nil while this host answers for the VIP
+	mu       sync.Mutex
+	stop     chan struct{} // guarded by mu: non-nil while this host answers for the VIP
+	claiming bool          // guarded by mu: a Claim is probing (without the lock)
+	releases uint64        // guarded by mu: Release calls so far; one during a probe cancels the claim
 }
 
 var _ VIP = (*linuxVIP)(nil)
@@ -78,25 +80,30 @@ func (v *linuxVIP) Owned() bool {
 	return v.stop != nil
 }
 
+// Claim probes for another owner and takes the VIP over when none
+// answers. The probe (30 ms on the wire) runs without the lock, so Owned
+// and Release never wait for it; a Release while it runs cancels the claim.
 func (v *linuxVIP) Claim() error {
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.stop != nil {
+	if v.stop != nil || v.claiming {
+		v.mu.Unlock()
 		return nil
 	}
-	ifc, err := net.InterfaceByName(v.cfg.Dev)
+	v.claiming = true
+	releases := v.releases
+	v.mu.Unlock()
+
+	ifc, fd, err := v.probeAndListen()
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.claiming = false
 	if err != nil {
 		return err
 	}
-	proto, _ := v.fam.names()
-	if answered, err := v.fam.probe(ifc, 30*time.Millisecond); err != nil {
-		return fmt.Errorf("%s probe: %w", proto, err)
-	} else if answered {
-		return ErrInUse
-	}
-	fd, err := v.fam.listen(ifc)
-	if err != nil {
-		return fmt.Errorf("%s responder: %w", proto, err)
+	if v.releases != releases {
+		unix.Close(fd)
+		return errReleased
 	}
 	stop := make(chan struct{})
 	v.stop = stop
@@ -106,9 +113,33 @@ func (v *linuxVIP) Claim() error {
 	return nil
 }
 
+// errReleased: Release was called while a Claim was probing.
+var errReleased = errors.New("virtual IP released while the claim was probing")
+
+// probeAndListen asks the LAN whether another host answers for the VIP and,
+// when none does, opens the responder's socket.
+func (v *linuxVIP) probeAndListen() (*net.Interface, int, error) {
+	ifc, err := net.InterfaceByName(v.cfg.Dev)
+	if err != nil {
+		return nil, -1, err
+	}
+	proto, _ := v.fam.names()
+	if answered, err := v.fam.probe(ifc, 30*time.Millisecond); err != nil {
+		return nil, -1, fmt.Errorf("%s probe: %w", proto, err)
+	} else if answered {
+		return nil, -1, ErrInUse
+	}
+	fd, err := v.fam.listen(ifc)
+	if err != nil {
+		return nil, -1, fmt.Errorf("%s responder: %w", proto, err)
+	}
+	return ifc, fd, nil
+}
+
 func (v *linuxVIP) Release() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.releases++
 	if v.stop != nil {
 		close(v.stop)
 		v.stop = nil

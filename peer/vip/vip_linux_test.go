@@ -21,6 +21,7 @@ type fakeFamily struct {
 	lan      int   // the test's end of the responder's socket pair
 
 	probes    chan struct{}
+	hold      chan struct{} // when set, probe waits for it to close
 	announced chan time.Time
 }
 
@@ -32,6 +33,9 @@ func (f *fakeFamily) names() (proto, announcement string) { return "fake", "fake
 
 func (f *fakeFamily) probe(*net.Interface, time.Duration) (bool, error) {
 	f.probes <- struct{}{}
+	if f.hold != nil {
+		<-f.hold
+	}
 	return f.answered, f.probeErr
 }
 
@@ -149,5 +153,39 @@ func TestClaimLifecycle(t *testing.T) {
 			t.Fatal("responder socket still open after release")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestReleaseDuringProbe: the probe runs without the lock, so Owned and
+// Release answer while it waits on the wire, and a Release in that time
+// cancels the claim: no responder is left running.
+func TestReleaseDuringProbe(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	fam := newFakeFamily()
+	fam.hold = make(chan struct{})
+	v := testVIP(fam)
+	done := make(chan error, 1)
+	go func() { done <- v.Claim() }()
+	<-fam.probes // the claim is probing
+	answered := make(chan bool, 1)
+	go func() { owned := v.Owned(); v.Release(); answered <- owned }()
+	select {
+	case owned := <-answered:
+		if owned {
+			t.Fatal("owned while the claim is still probing")
+		}
+	case <-time.After(2 * time.Second):
+		close(fam.hold)
+		t.Fatal("Owned waited for the probe")
+	}
+	close(fam.hold)
+	if err := <-done; !errors.Is(err, errReleased) {
+		t.Fatalf("claim released while probing: %v; want errReleased", err)
+	}
+	if v.Owned() {
+		t.Fatal("owned after a claim cancelled by Release")
+	}
+	if fam.lan != -1 {
+		unix.Close(fam.lan)
 	}
 }
