@@ -214,7 +214,7 @@ func waitHASettled(t *testing.T, l *meshlab.Lab, d time.Duration) time.Duration 
 			}
 			r, _ := meshlab.Route(st, haSite)
 			why[h] = r.ActiveGateway + ": " + r.Why
-			healthy := strings.Contains(r.Why, "gw1(200) active") && strings.Contains(r.Why, "gw2(100) standby")
+			healthy := meshlab.GatewayState(r, "gw1") == "active" && meshlab.GatewayState(r, "gw2") == "standby"
 			if !healthy || (!strings.HasPrefix(h, "gw") && r.ActiveGateway != "gw1") {
 				ok = false
 			}

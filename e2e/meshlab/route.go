@@ -19,6 +19,18 @@ func Route(st *api.LocalStatus, prefix string) (r api.LocalRoute, ok bool) {
 	return api.LocalRoute{}, false
 }
 
+// GatewayState is the state (package gateway: active, standby, drained,
+// unhealthy, offline) route r's gateway name has in a peer's status; ""
+// when the peer does not list it.
+func GatewayState(r api.LocalRoute, name string) string {
+	for _, g := range r.Gateways {
+		if g.Name == name {
+			return g.State
+		}
+	}
+	return ""
+}
+
 // LastReply is when the last reply of the stream came; zero when none
 // did. Call it after Wait.
 func (p *PingStream) LastReply() time.Time {
