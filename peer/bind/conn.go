@@ -66,7 +66,7 @@ type Config struct {
 	// TLSConfig returns the TLS configuration for a TURN server reached
 	// over TLS (host is its host name or address); optional.
 	TLSConfig func(host string) *tls.Config
-	// Std replaces the UDP bind (tests); optional.
+	// Std replaces the UDP socket pair (NewUDP; tests); optional.
 	Std conn.Bind
 }
 
@@ -294,7 +294,7 @@ func New(cfg Config) *Conn {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Std == nil {
-		cfg.Std = conn.NewStdNetBind()
+		cfg.Std = NewUDP()
 	}
 	if cfg.LocalAddrs == nil {
 		exclude := cfg.Exclude

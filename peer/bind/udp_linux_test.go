@@ -1,0 +1,113 @@
+package bind
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/meshd/meshd/peer/wgcfg"
+)
+
+// inNewNetNS runs fn on an OS thread in a network namespace of its own,
+// with lo up and addrs on it; sockets fn opens stay in that namespace.
+func inNewNetNS(t *testing.T, addrs []string, fn func() error) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace)")
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		for _, a := range addrs {
+			if err != nil {
+				break
+			}
+			var na *netlink.Addr
+			if na, err = netlink.ParseAddr(a); err == nil {
+				na.Flags = unix.IFA_F_NODAD
+				err = netlink.AddrAdd(lo, na)
+			}
+		}
+		if err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSendAlternatingFamilies sends through the bind's socket to an IPv4
+// and two IPv6 addresses in turn: every packet must reach the address it
+// was sent to. With wireguard-go's StdNetBind the IPv6 packet after an
+// IPv4 one went to the other IPv6 address (or to one with no route).
+func TestSendAlternatingFamilies(t *testing.T) {
+	dsts := []string{"127.0.0.1", "fd00::1", "fd00::2"}
+	var c *Conn
+	recv := map[string]*net.UDPConn{}
+	inNewNetNS(t, []string{"fd00::1/128", "fd00::2/128"}, func() error {
+		for _, d := range dsts {
+			rc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(d), 0)))
+			if err != nil {
+				return err
+			}
+			recv[d] = rc
+		}
+		k, err := wgcfg.GenerateKey()
+		if err != nil {
+			return err
+		}
+		c = New(Config{PrivateKey: k, LocalAddrs: func() []netip.Addr { return nil }})
+		_, _, err = c.Open(0)
+		return err
+	})
+	defer func() {
+		c.Close()
+		c.Shutdown()
+		for _, rc := range recv {
+			rc.Close()
+		}
+	}()
+	const rounds = 50
+	for i := range rounds {
+		for _, d := range dsts {
+			to := recv[d].LocalAddr().(*net.UDPAddr).AddrPort()
+			if err := c.Send([][]byte{[]byte(fmt.Sprintf("%s %d", d, i))}, &conn.StdNetEndpoint{AddrPort: to}); err != nil {
+				t.Fatalf("send %d to %s: %v", i, to, err)
+			}
+		}
+	}
+	for _, d := range dsts {
+		rc := recv[d]
+		buf := make([]byte, 64)
+		for i := range rounds {
+			rc.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := rc.Read(buf)
+			if err != nil {
+				t.Fatalf("%s: packet %d: %v", d, i, err)
+			}
+			if want := fmt.Sprintf("%s %d", d, i); !bytes.Equal(buf[:n], []byte(want)) {
+				t.Fatalf("%s got %q as packet %d; want %q", d, buf[:n], i, want)
+			}
+		}
+	}
+}
