@@ -147,6 +147,12 @@ type peerEndpoint struct {
 	lastInit []byte // guarded by initMu
 	initAt   time.Time
 	hasInit  atomic.Bool // lastInit != nil, for Send's fast path
+	// initSent: unix nanoseconds of the last handshake initiation
+	// WireGuard sent, 0 once a session is up or the peer's initiation was
+	// answered; crossDrop: of the last initiation of the peer's dropped for
+	// crossing it.
+	initSent  atomic.Int64
+	crossDrop atomic.Int64
 }
 
 type sendPath struct {
@@ -196,13 +202,18 @@ func isWG(b []byte, typ byte) bool {
 	return len(b) >= 4 && b[0] == typ && b[1]|b[2]|b[3] == 0
 }
 
-// noteInit remembers where a handshake initiation came from.
-func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) {
+// noteInit remembers where a handshake initiation came from, and reports
+// whether WireGuard is to see pkt: false for an initiation that crosses
+// this host's own and loses the tie (see dropCrossed).
+func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) bool {
 	if len(pkt) != wgInitiationSz || !isWG(pkt, wgInitiation) {
-		return
+		return true
+	}
+	now := time.Now()
+	if c.crossed(pkt, now) {
+		return false
 	}
 	idx := binary.LittleEndian.Uint32(pkt[4:8])
-	now := time.Now()
 	c.initMu.Lock()
 	defer c.initMu.Unlock()
 	if len(c.initSrc) >= 4096 {
@@ -216,6 +227,36 @@ func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) {
 		}
 	}
 	c.initSrc[idx] = initSource{from: from, relay: relay, at: now}
+	return true
+}
+
+// crossed reports whether initiation pkt, arriving at now, crosses the
+// initiation this host sent to the same peer and is to be dropped.
+func (c *Conn) crossed(pkt []byte, now time.Time) bool {
+	if now.Sub(unixTime(c.lastInitSent.Load())) >= CrossWindow {
+		return false // no initiation of this host's outstanding: nothing to open
+	}
+	k, ok := c.opener.sender(pkt)
+	if !ok {
+		return false
+	}
+	c.epMu.Lock()
+	pe := c.eps[k]
+	c.epMu.Unlock()
+	if pe == nil || !dropCrossed(wgcfg.Key(c.pubKey), k, unixTime(pe.initSent.Load()), unixTime(pe.crossDrop.Load()), now) {
+		return false
+	}
+	pe.crossDrop.Store(now.UnixNano())
+	c.log.Debug("dropped a handshake initiation crossing this host's", "peer", k.String())
+	return true
+}
+
+// unixTime is the time of ns nanoseconds since the epoch; zero for 0.
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 // responsePath returns where to send a handshake response: back to the
@@ -269,6 +310,10 @@ type Conn struct {
 	// yet.
 	initMu  sync.Mutex
 	initSrc map[uint32]initSource
+	// opener finds the sender of a handshake initiation; lastInitSent is
+	// when WireGuard last sent one to any peer (unix nanoseconds).
+	opener       *initOpener
+	lastInitSent atomic.Int64
 
 	discoIn chan inbound
 	stunIn  chan inbound
@@ -318,6 +363,7 @@ func New(cfg Config) *Conn {
 	}
 	c.privKey = cfg.PrivateKey
 	c.pubKey = cfg.PrivateKey.Public()
+	c.opener = newInitOpener(c.privKey, c.pubKey)
 	c.bufPool.New = func() any { b := make([]byte, 65536); return &b }
 	empty := map[netip.AddrPort]bool{}
 	c.servers.Store(&empty)
@@ -436,11 +482,15 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 		}
 		switch b[0] {
 		case wgInitiation:
+			now := time.Now().UnixNano()
+			pe.initSent.Store(now)
+			c.lastInitSent.Store(now)
 			pe.initMu.Lock()
 			pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
 			pe.hasInit.Store(true)
 			pe.initMu.Unlock()
 		case wgTransport, wgResponse:
+			pe.initSent.Store(0)
 			// A session is up, or this host just answered the peer's own
 			// initiation: sending ours again would cross it, and each side
 			// would drop the other's response.
@@ -509,12 +559,13 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					sizes[i] = 0
 					continue
 				}
+				if !c.noteInit(pkt, from, false) {
+					sizes[i] = 0
+					continue
+				}
 				kept++
 				if pe := (*direct)[from]; pe != nil {
 					pe.lastRecv.Store(now)
-				}
-				if len(pkt) == wgInitiationSz && pkt[0] == wgInitiation {
-					c.noteInit(pkt, from, false)
 				}
 			}
 			if kept > 0 {
