@@ -153,6 +153,11 @@ type peerEndpoint struct {
 	// crossing it.
 	initSent  atomic.Int64
 	crossDrop atomic.Int64
+	// initPassed: unix nanoseconds of the last initiation of the peer's
+	// handed to WireGuard, 0 once answered; holdUntil: when to send an
+	// initiation held back for crossing it (0: none held).
+	initPassed atomic.Int64
+	holdUntil  atomic.Int64
 }
 
 type sendPath struct {
@@ -231,10 +236,12 @@ func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) bool {
 }
 
 // crossed reports whether initiation pkt, arriving at now, crosses the
-// initiation this host sent to the same peer and is to be dropped.
+// initiation this host sent to the same peer and is to be dropped; one
+// that passes is noted, for Send to hold back an initiation of this
+// host's that would cross it.
 func (c *Conn) crossed(pkt []byte, now time.Time) bool {
-	if now.Sub(unixTime(c.lastInitSent.Load())) >= CrossWindow {
-		return false // no initiation of this host's outstanding: nothing to open
+	if c.opener == nil {
+		return false // a bare Conn of a test
 	}
 	k, ok := c.opener.sender(pkt)
 	if !ok {
@@ -243,7 +250,11 @@ func (c *Conn) crossed(pkt []byte, now time.Time) bool {
 	c.epMu.Lock()
 	pe := c.eps[k]
 	c.epMu.Unlock()
-	if pe == nil || !dropCrossed(wgcfg.Key(c.pubKey), k, unixTime(pe.initSent.Load()), unixTime(pe.crossDrop.Load()), now) {
+	if pe == nil {
+		return false
+	}
+	if !dropCrossed(wgcfg.Key(c.pubKey), k, unixTime(pe.initSent.Load()), unixTime(pe.crossDrop.Load()), now) {
+		pe.initPassed.Store(now.UnixNano())
 		return false
 	}
 	pe.crossDrop.Store(now.UnixNano())
@@ -310,10 +321,8 @@ type Conn struct {
 	// yet.
 	initMu  sync.Mutex
 	initSrc map[uint32]initSource
-	// opener finds the sender of a handshake initiation; lastInitSent is
-	// when WireGuard last sent one to any peer (unix nanoseconds).
-	opener       *initOpener
-	lastInitSent atomic.Int64
+	// opener finds the sender of a handshake initiation.
+	opener *initOpener
 
 	discoIn chan inbound
 	stunIn  chan inbound
@@ -476,21 +485,30 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// known this host yet (a new peer reaches the others' maps a moment
 	// after its first handshake), or no path may have worked. Otherwise
 	// WireGuard retries only after 5 s.
+	held := false
 	for _, b := range bufs {
 		if len(b) < 4 || b[1]|b[2]|b[3] != 0 {
 			continue
 		}
 		switch b[0] {
 		case wgInitiation:
-			now := time.Now().UnixNano()
-			pe.initSent.Store(now)
-			c.lastInitSent.Store(now)
+			now := time.Now()
 			pe.initMu.Lock()
-			pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
+			pe.lastInit, pe.initAt = slices.Clone(b), now
 			pe.hasInit.Store(true)
 			pe.initMu.Unlock()
+			if len(bufs) == 1 && holdCrossing(wgcfg.Key(c.pubKey), pe.key, unixTime(pe.initPassed.Load()), now) {
+				// WireGuard is about to answer the peer's initiation; this
+				// one goes out later unless that answer does.
+				pe.holdUntil.Store(now.Add(ResendAfter).UnixNano())
+				held = true
+			} else {
+				pe.initSent.Store(now.UnixNano())
+			}
 		case wgTransport, wgResponse:
 			pe.initSent.Store(0)
+			pe.initPassed.Store(0)
+			pe.holdUntil.Store(0)
 			// A session is up, or this host just answered the peer's own
 			// initiation: sending ours again would cross it, and each side
 			// would drop the other's response.
@@ -501,6 +519,9 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 				pe.initMu.Unlock()
 			}
 		}
+	}
+	if held {
+		return nil
 	}
 	if len(bufs) == 1 {
 		// A handshake response goes back the way its initiation came: the

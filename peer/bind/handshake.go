@@ -23,7 +23,8 @@ import (
 // WireGuard tries again 5 s later. The bind breaks the tie the way both
 // sides agree on: the peer with the lower public key keeps its initiation
 // and does not let WireGuard see the other's, which the other side answers
-// as usual, so one handshake completes within a round trip.
+// as usual, so one handshake completes within a round trip; and when the
+// other's came first, it holds its own back while WireGuard answers that.
 
 // CrossWindow is how long after sending an initiation that has not been
 // answered an initiation from the same peer counts as crossing it.
@@ -43,6 +44,20 @@ func dropCrossed(self, peer wgcfg.Key, sent, lastDrop, now time.Time) bool {
 		return false
 	}
 	if !lastDrop.IsZero() && now.Sub(lastDrop) < CrossDropEvery {
+		return false
+	}
+	return bytes.Compare(self[:], peer[:]) < 0
+}
+
+// holdCrossing reports whether this host (self) holds back an initiation
+// to peer sent at now because WireGuard was handed one of the peer's at
+// passed (zero: none unanswered) and is about to answer it: self's key is
+// the lower one, so the peer's initiation is the one to complete (it may
+// have been handed over before this host's own went out, too late for
+// dropCrossed). The held initiation goes out later if no answer does (the
+// peer's was not one WireGuard could take).
+func holdCrossing(self, peer wgcfg.Key, passed, now time.Time) bool {
+	if passed.IsZero() || now.Sub(passed) >= CrossWindow || now.Before(passed) {
 		return false
 	}
 	return bytes.Compare(self[:], peer[:]) < 0

@@ -38,6 +38,28 @@ func TestDropCrossed(t *testing.T) {
 	}
 }
 
+func TestHoldCrossing(t *testing.T) {
+	lo, hi := wgcfg.Key{1}, wgcfg.Key{2}
+	now := time.Unix(1000, 0)
+	for _, tt := range []struct {
+		name       string
+		self, peer wgcfg.Key
+		passed     time.Time
+		want       bool
+	}{
+		{"lower key, the peer's initiation just handed over", lo, hi, now.Add(-5 * time.Millisecond), true},
+		{"higher key sends", hi, lo, now.Add(-5 * time.Millisecond), false},
+		{"none handed over", lo, hi, time.Time{}, false},
+		{"handed over too long ago", lo, hi, now.Add(-CrossWindow), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := holdCrossing(tt.self, tt.peer, tt.passed, now); got != tt.want {
+				t.Errorf("got %v; want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 // captureBind records what WireGuard sends and receives nothing.
 type captureBind struct {
 	sent   chan []byte
