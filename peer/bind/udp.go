@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -34,7 +35,17 @@ type UDP struct {
 	// msgs holds *[]ipv4.Message of conn.IdealBatchSize for Send; each
 	// message's address is set whole on every use.
 	msgs sync.Pool
+	// gso4 and gso6: the kernel segments large sends on that socket.
+	gso4, gso6 atomic.Bool
 }
+
+// Segmentation offload limits: datagrams per segmented send or coalesced
+// receive, and the largest UDP payload of each family.
+const (
+	gsoMaxSegments = 64
+	maxPayload4    = 1<<16 - 1 - 20 - 8
+	maxPayload6    = 1<<16 - 1 - 8
+)
 
 var _ conn.Bind = (*UDP)(nil)
 
@@ -107,11 +118,15 @@ func (u *UDP) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	var fns []conn.ReceiveFunc
 	if c4 != nil {
 		u.c4, u.w4 = c4, ipv4.NewPacketConn(c4)
-		fns = append(fns, receiveBatch(u.w4.ReadBatch, u.BatchSize()))
+		tx, rx := udpOffload(c4)
+		u.gso4.Store(tx)
+		fns = append(fns, receiveBatch(u.w4.ReadBatch, u.BatchSize(), rx))
 	}
 	if c6 != nil {
 		u.c6, u.w6 = c6, ipv6.NewPacketConn(c6)
-		fns = append(fns, receiveBatch(u.w6.ReadBatch, u.BatchSize()))
+		tx, rx := udpOffload(c6)
+		u.gso6.Store(tx)
+		fns = append(fns, receiveBatch(u.w6.ReadBatch, u.BatchSize(), rx))
 	}
 	return fns, port, nil
 }
@@ -129,35 +144,102 @@ func listenUDP(network string, port uint16) (*net.UDPConn, uint16, error) {
 }
 
 // receiveBatch is a ReceiveFunc reading up to batch packets at once with
-// read (recvmmsg on Linux). Each ReceiveFunc is called by one goroutine,
-// so its messages are its own.
-func receiveBatch(read func([]ipv4.Message, int) (int, error), batch int) conn.ReceiveFunc {
-	msgs := make([]ipv4.Message, batch)
+// read (recvmmsg on Linux). With gro the kernel may hand over several
+// datagrams of one sender as one: each message is read into a buffer of
+// the receive function's own and cut into packets. Each ReceiveFunc is
+// called by one goroutine, so its messages are its own.
+func receiveBatch(read func([]ipv4.Message, int) (int, error), batch int, gro bool) conn.ReceiveFunc {
+	n := batch
+	if gro {
+		n = max(1, batch/gsoMaxSegments)
+	}
+	msgs := make([]ipv4.Message, n)
 	for i := range msgs {
 		msgs[i].Buffers = make([][]byte, 1)
+		if gro {
+			msgs[i].Buffers[0] = make([]byte, 1<<16)
+			msgs[i].OOB = make([]byte, 64)
+		}
+	}
+	endpoint := func(m *ipv4.Message) conn.Endpoint {
+		ua, ok := m.Addr.(*net.UDPAddr)
+		if !ok {
+			return &conn.StdNetEndpoint{}
+		}
+		ap := ua.AddrPort()
+		return &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 	}
 	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		m := msgs[:min(len(msgs), len(packets))]
-		for i := range m {
-			m[i].Buffers[0] = packets[i]
+		if !gro {
+			m := msgs[:min(len(msgs), len(packets))]
+			for i := range m {
+				m[i].Buffers[0] = packets[i]
+			}
+			n, err := read(m, 0)
+			if err != nil {
+				return 0, err
+			}
+			for i := range n {
+				sizes[i], eps[i] = m[i].N, endpoint(&m[i])
+			}
+			return n, nil
 		}
-		n, err := read(m, 0)
+		for i := range msgs {
+			msgs[i].OOB = msgs[i].OOB[:cap(msgs[i].OOB)]
+		}
+		n, err := read(msgs, 0)
 		if err != nil {
 			return 0, err
 		}
+		out := 0
 		for i := range n {
-			sizes[i] = m[i].N
-			ua, ok := m[i].Addr.(*net.UDPAddr)
-			if !ok {
-				sizes[i] = 0
-				eps[i] = &conn.StdNetEndpoint{}
-				continue
+			m := &msgs[i]
+			ep := endpoint(m)
+			for _, seg := range segments(m.N, groSize(m.OOB[:m.NN])) {
+				if out == len(packets) {
+					break
+				}
+				sizes[out] = copy(packets[out], m.Buffers[0][seg[0]:seg[1]])
+				eps[out] = ep
+				out++
 			}
-			ap := ua.AddrPort()
-			eps[i] = &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 		}
-		return n, nil
+		return out, nil
 	}
+}
+
+// segments cuts a received message of n bytes, coalesced from datagrams of
+// size bytes (0: not coalesced), into the byte ranges of its datagrams.
+func segments(n, size int) [][2]int {
+	if size <= 0 || size >= n {
+		return [][2]int{{0, n}}
+	}
+	out := make([][2]int, 0, (n+size-1)/size)
+	for off := 0; off < n; off += size {
+		out = append(out, [2]int{off, min(off+size, n)})
+	}
+	return out
+}
+
+// gsoRuns groups packets of lengths lens into runs the kernel can send as
+// one segmented datagram: equal lengths except that the last of a run may
+// be shorter, at most maxSegs packets and maxBytes bytes. It returns each
+// run's packet count.
+func gsoRuns(lens []int, maxSegs, maxBytes int) []int {
+	var runs []int
+	for i := 0; i < len(lens); {
+		size, n, total := lens[i], 1, lens[i]
+		for i+n < len(lens) && n < maxSegs && lens[i+n] <= size && total+lens[i+n] <= maxBytes {
+			total += lens[i+n]
+			n++
+			if lens[i+n-1] < size {
+				break // a shorter one ends the run
+			}
+		}
+		runs = append(runs, n)
+		i += n
+	}
+	return runs
 }
 
 // Close implements conn.Bind.
@@ -223,6 +305,21 @@ func (u *UDP) Send(bufs [][]byte, ep conn.Endpoint) error {
 		}
 		return syscall.EAFNOSUPPORT
 	}
+	var write func([]ipv4.Message, int) (int, error)
+	var gso *atomic.Bool
+	var maxBytes int
+	if is6 {
+		write, gso, maxBytes = w6.WriteBatch, &u.gso6, maxPayload6
+	} else {
+		write, gso, maxBytes = w4.WriteBatch, &u.gso4, maxPayload4
+	}
+	if len(bufs) > 1 && gso.Load() {
+		err := sendSegmented(write, bufs, dst, maxBytes)
+		if err == nil || !isGSOError(err) {
+			return err
+		}
+		gso.Store(false) // the device cannot: datagram by datagram from now on
+	}
 	pm := u.msgs.Get().(*[]ipv4.Message)
 	defer func() {
 		for i := range *pm {
@@ -236,19 +333,41 @@ func (u *UDP) Send(bufs [][]byte, ep conn.Endpoint) error {
 			msgs[i].Buffers[0], msgs[i].Addr = bufs[i], dst
 		}
 		bufs = bufs[len(msgs):]
-		for len(msgs) > 0 {
-			var n int
-			var err error
-			if is6 {
-				n, err = w6.WriteBatch(msgs, 0)
-			} else {
-				n, err = w4.WriteBatch(msgs, 0)
-			}
-			if err != nil {
-				return err
-			}
-			msgs = msgs[n:]
+		if err := writeAll(write, msgs); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// sendSegmented sends bufs with segmentation offload: each run of
+// gsoRuns goes as one message (its packets as the message's buffers) that
+// the kernel cuts into datagrams.
+func sendSegmented(write func([]ipv4.Message, int) (int, error), bufs [][]byte, dst *net.UDPAddr, maxBytes int) error {
+	lens := make([]int, len(bufs))
+	for i, b := range bufs {
+		lens[i] = len(b)
+	}
+	runs := gsoRuns(lens, gsoMaxSegments, maxBytes)
+	msgs := make([]ipv4.Message, len(runs))
+	for i, n := range runs {
+		msgs[i] = ipv4.Message{Buffers: bufs[:n], Addr: dst}
+		if n > 1 {
+			msgs[i].OOB = gsoControl(len(bufs[0]))
+		}
+		bufs = bufs[n:]
+	}
+	return writeAll(write, msgs)
+}
+
+// writeAll writes every message, in as many batches as it takes.
+func writeAll(write func([]ipv4.Message, int) (int, error), msgs []ipv4.Message) error {
+	for len(msgs) > 0 {
+		n, err := write(msgs, 0)
+		if err != nil {
+			return err
+		}
+		msgs = msgs[n:]
 	}
 	return nil
 }
