@@ -149,10 +149,11 @@ type peerEndpoint struct {
 	hasInit  atomic.Bool // lastInit != nil, for Send's fast path
 	// initSent: unix nanoseconds of the last handshake initiation
 	// WireGuard sent, 0 once a session is up or the peer's initiation was
-	// answered; crossDrop: of the last initiation of the peer's dropped for
-	// crossing it.
-	initSent  atomic.Int64
-	crossDrop atomic.Int64
+	// answered.
+	initSent atomic.Int64
+	// crossDrops: when the last CrossDropMax initiations of the peer's
+	// were dropped for crossing this host's; guarded by initMu.
+	crossDrops []time.Time
 	// initPassed: unix nanoseconds of the last initiation of the peer's
 	// handed to WireGuard, 0 once answered; holdUntil: when to send an
 	// initiation held back for crossing it (0: none held).
@@ -251,15 +252,53 @@ func (c *Conn) crossed(pkt []byte, now time.Time) bool {
 	pe := c.eps[k]
 	c.epMu.Unlock()
 	if pe == nil {
+		// WireGuard may learn the peer before it takes this initiation
+		// from its queue: note it for Send.
+		c.initMu.Lock()
+		if len(c.passed) >= 4096 {
+			for pk, at := range c.passed {
+				if now.Sub(at) >= CrossWindow {
+					delete(c.passed, pk)
+				}
+			}
+			if len(c.passed) >= 4096 {
+				clear(c.passed)
+			}
+		}
+		c.passed[k] = now
+		c.initMu.Unlock()
 		return false
 	}
-	if !dropCrossed(wgcfg.Key(c.pubKey), k, unixTime(pe.initSent.Load()), unixTime(pe.crossDrop.Load()), now) {
+	pe.initMu.Lock()
+	drop := dropCrossed(wgcfg.Key(c.pubKey), k, unixTime(pe.initSent.Load()), pe.crossDrops, now)
+	if drop {
+		pe.crossDrops = append(pe.crossDrops, now)
+		if len(pe.crossDrops) > CrossDropMax {
+			pe.crossDrops = pe.crossDrops[1:]
+		}
+	}
+	pe.initMu.Unlock()
+	if !drop {
 		pe.initPassed.Store(now.UnixNano())
 		return false
 	}
-	pe.crossDrop.Store(now.UnixNano())
 	c.log.Debug("dropped a handshake initiation crossing this host's", "peer", k.String())
 	return true
+}
+
+// initPassed is when an unanswered initiation of pe's peer was last
+// handed to WireGuard (zero: none), also one handed over before the peer
+// had an endpoint.
+func (c *Conn) initPassed(pe *peerEndpoint) time.Time {
+	c.initMu.Lock()
+	at, ok := c.passed[pe.key]
+	delete(c.passed, pe.key)
+	c.initMu.Unlock()
+	if p := unixTime(pe.initPassed.Load()); !ok || p.After(at) {
+		return p
+	}
+	pe.initPassed.CompareAndSwap(0, at.UnixNano())
+	return at
 }
 
 // unixTime is the time of ns nanoseconds since the epoch; zero for 0.
@@ -321,6 +360,9 @@ type Conn struct {
 	// yet.
 	initMu  sync.Mutex
 	initSrc map[uint32]initSource
+	// passed: when an initiation of a peer WireGuard had no endpoint for
+	// yet was handed over (see crossed); guarded by initMu.
+	passed map[wgcfg.Key]time.Time
 	// opener finds the sender of a handshake initiation.
 	opener *initOpener
 
@@ -361,6 +403,7 @@ func New(cfg Config) *Conn {
 		cfg: cfg, log: cfg.Logger.With("component", "bind"), std: cfg.Std,
 		eps:      map[wgcfg.Key]*peerEndpoint{},
 		initSrc:  map[uint32]initSource{},
+		passed:   map[wgcfg.Key]time.Time{},
 		discoIn:  make(chan inbound, 256),
 		stunIn:   make(chan inbound, 64),
 		events:   make(chan func(*loopState), 16),
@@ -497,7 +540,7 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 			pe.lastInit, pe.initAt = slices.Clone(b), now
 			pe.hasInit.Store(true)
 			pe.initMu.Unlock()
-			if len(bufs) == 1 && holdCrossing(wgcfg.Key(c.pubKey), pe.key, unixTime(pe.initPassed.Load()), now) {
+			if len(bufs) == 1 && holdCrossing(wgcfg.Key(c.pubKey), pe.key, c.initPassed(pe), now) {
 				// WireGuard is about to answer the peer's initiation; this
 				// one goes out later unless that answer does.
 				pe.holdUntil.Store(now.Add(ResendAfter).UnixNano())
@@ -509,6 +552,11 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 			pe.initSent.Store(0)
 			pe.initPassed.Store(0)
 			pe.holdUntil.Store(0)
+			if b[0] == wgResponse {
+				c.initMu.Lock()
+				delete(c.passed, pe.key)
+				c.initMu.Unlock()
+			}
 			// A session is up, or this host just answered the peer's own
 			// initiation: sending ours again would cross it, and each side
 			// would drop the other's response.

@@ -30,20 +30,33 @@ import (
 // answered an initiation from the same peer counts as crossing it.
 const CrossWindow = time.Second
 
-// CrossDropEvery limits dropping a peer's initiations to one per this
-// long: if this host's initiations cannot reach the peer while the peer's
-// reach this host, the next one is answered.
-const CrossDropEvery = 10 * time.Second
+// CrossDropMax and CrossDropEvery limit dropping a peer's initiations: one
+// for each initiation of this host's, and at most CrossDropMax in
+// CrossDropEvery, so that if this host's initiations cannot reach the peer
+// while the peer's reach this host, one of the peer's is soon answered.
+const (
+	CrossDropMax   = 3
+	CrossDropEvery = 20 * time.Second
+)
 
 // dropCrossed reports whether an initiation from peer, arriving at now,
 // crosses the one this host (self) sent at sent (zero: none outstanding)
-// and is the one to drop: self's key is the lower one. lastDrop is when
-// one of the peer's initiations was last dropped.
-func dropCrossed(self, peer wgcfg.Key, sent, lastDrop, now time.Time) bool {
+// and is the one to drop: self's key is the lower one. drops are when the
+// last of the peer's initiations were dropped.
+func dropCrossed(self, peer wgcfg.Key, sent time.Time, drops []time.Time, now time.Time) bool {
 	if sent.IsZero() || now.Sub(sent) >= CrossWindow || now.Before(sent) {
 		return false
 	}
-	if !lastDrop.IsZero() && now.Sub(lastDrop) < CrossDropEvery {
+	recent := 0
+	for _, d := range drops {
+		if !d.Before(sent) {
+			return false // one already dropped for this initiation
+		}
+		if now.Sub(d) < CrossDropEvery {
+			recent++
+		}
+	}
+	if recent >= CrossDropMax {
 		return false
 	}
 	return bytes.Compare(self[:], peer[:]) < 0
@@ -61,6 +74,18 @@ func holdCrossing(self, peer wgcfg.Key, passed, now time.Time) bool {
 		return false
 	}
 	return bytes.Compare(self[:], peer[:]) < 0
+}
+
+// resendDelay is how long this host (self) waits before sending again an
+// initiation the peer could not take: ResendAfter for the lower key, twice
+// that for the higher, so that when both kept one the lower key's goes
+// first, the other side answers it, and that answer cancels its own (two
+// resent together would cross again).
+func resendDelay(self, peer wgcfg.Key) time.Duration {
+	if bytes.Compare(self[:], peer[:]) < 0 {
+		return ResendAfter
+	}
+	return 2 * ResendAfter
 }
 
 // initOpener finds which peer sent a handshake initiation: it checks the

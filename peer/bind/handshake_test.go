@@ -17,21 +17,26 @@ import (
 func TestDropCrossed(t *testing.T) {
 	lo, hi := wgcfg.Key{1}, wgcfg.Key{2}
 	now := time.Unix(1000, 0)
+	sent := now.Add(-10 * time.Millisecond)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
 	for _, tt := range []struct {
-		name           string
-		self, peer     wgcfg.Key
-		sent, lastDrop time.Time
-		want           bool
+		name       string
+		self, peer wgcfg.Key
+		sent       time.Time
+		drops      []time.Time
+		want       bool
 	}{
-		{"lower key, own initiation just sent", lo, hi, now.Add(-10 * time.Millisecond), time.Time{}, true},
-		{"higher key answers", hi, lo, now.Add(-10 * time.Millisecond), time.Time{}, false},
-		{"no initiation outstanding", lo, hi, time.Time{}, time.Time{}, false},
-		{"own initiation too old to cross", lo, hi, now.Add(-CrossWindow), time.Time{}, false},
-		{"one dropped lately: answer this one", lo, hi, now.Add(-10 * time.Millisecond), now.Add(-CrossDropEvery / 2), false},
-		{"dropped long ago", lo, hi, now.Add(-10 * time.Millisecond), now.Add(-CrossDropEvery), true},
+		{"lower key, own initiation just sent", lo, hi, sent, nil, true},
+		{"higher key answers", hi, lo, sent, nil, false},
+		{"no initiation outstanding", lo, hi, time.Time{}, nil, false},
+		{"own initiation too old to cross", lo, hi, now.Add(-CrossWindow), nil, false},
+		{"one already dropped for this initiation", lo, hi, sent, []time.Time{ago(5 * time.Millisecond)}, false},
+		{"dropped for an earlier initiation", lo, hi, sent, []time.Time{ago(time.Second)}, true},
+		{"as many as allowed dropped lately", lo, hi, sent, []time.Time{ago(15 * time.Second), ago(10 * time.Second), ago(5 * time.Second)}, false},
+		{"the oldest drop long ago", lo, hi, sent, []time.Time{ago(CrossDropEvery), ago(10 * time.Second), ago(5 * time.Second)}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := dropCrossed(tt.self, tt.peer, tt.sent, tt.lastDrop, now); got != tt.want {
+			if got := dropCrossed(tt.self, tt.peer, tt.sent, tt.drops, now); got != tt.want {
 				t.Errorf("got %v; want %v", got, tt.want)
 			}
 		})
@@ -57,6 +62,16 @@ func TestHoldCrossing(t *testing.T) {
 				t.Errorf("got %v; want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestResendDelay(t *testing.T) {
+	lo, hi := wgcfg.Key{1}, wgcfg.Key{2}
+	if got := resendDelay(lo, hi); got != ResendAfter {
+		t.Errorf("lower key: got %s; want %s", got, ResendAfter)
+	}
+	if got := resendDelay(hi, lo); got != 2*ResendAfter {
+		t.Errorf("higher key: got %s; want %s", got, 2*ResendAfter)
 	}
 }
 

@@ -367,7 +367,7 @@ const ResendAfter = 250 * time.Millisecond
 // answers, or it sent an authenticated probe (so it knows this host).
 func (s *loopState) resendInit(ps *peerState, now time.Time) {
 	if ps.resendAt.IsZero() && ps.ep.hasInit.Load() {
-		ps.resendAt = now.Add(ResendAfter)
+		ps.resendAt = now.Add(resendDelay(wgcfg.Key(s.c.pubKey), ps.key))
 	}
 }
 
