@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -14,30 +12,23 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/meshd/meshd/peer/internal/netnstest"
 	"github.com/meshd/meshd/peer/wgcfg"
 )
 
-// inNewNetNS runs fn on an OS thread in a network namespace of its own,
+// inNewNetNS runs fn in a network namespace of its own (netnstest.Run)
 // with lo up and addrs on it; sockets fn opens stay in that namespace.
 func inNewNetNS(t *testing.T, addrs []string, fn func() error) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a network namespace)")
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
+	var err error
+	netnstest.Run(t, false, func() {
+		var lo netlink.Link
+		if lo, err = netlink.LinkByName("lo"); err == nil {
 			err = netlink.LinkSetUp(lo)
 		}
 		for _, a := range addrs {
 			if err != nil {
-				break
+				return
 			}
 			var na *netlink.Addr
 			if na, err = netlink.ParseAddr(a); err == nil {
@@ -45,13 +36,11 @@ func inNewNetNS(t *testing.T, addrs []string, fn func() error) {
 				err = netlink.AddrAdd(lo, na)
 			}
 		}
-		if err != nil {
-			errc <- err
-			return
+		if err == nil {
+			err = fn()
 		}
-		errc <- fn()
-	}()
-	if err := <-errc; err != nil {
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }
