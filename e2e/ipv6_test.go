@@ -59,10 +59,17 @@ func TestMeshIPv6(t *testing.T) {
 
 	// The checks run on a settled mesh: both clients have a WireGuard
 	// session with every other peer and see each site's IPv6 route on its
-	// first gateway. Right after the start this takes up to about 10 s
-	// here: handshakes between IPv6 peers can go unanswered for a round
-	// or two (WireGuard tries again every 5 s) while their paths settle.
-	settled := waitUntil(t, 30*time.Second, "cl1 and cl2 to have a session with every peer and the IPv6 site routes on gwa1 and gwb1", func() bool {
+	// first gateway. That takes a round trip or two after the agents start
+	// (about 0.2 s after the last one here); a handshake lost at the start
+	// (WireGuard tries again only after 5 s) would miss the deadline.
+	const settleWithin = 5 * time.Second
+	var lastStart time.Time
+	for _, p := range meshlab.Peers {
+		if st := l.Started[p.Name]; st.After(lastStart) {
+			lastStart = st
+		}
+	}
+	waitUntil(t, settleWithin-time.Since(lastStart), "cl1 and cl2 to have a session with every peer and the IPv6 site routes on gwa1 and gwb1", func() bool {
 		for _, cl := range []string{"cl1", "cl2"} {
 			st := status(t, l, cl)
 			if len(st.Peers) != len(meshlab.Peers)-1 {
@@ -83,7 +90,7 @@ func TestMeshIPv6(t *testing.T) {
 		}
 		return true
 	})
-	t.Logf("mesh settled %s after the peers were up", settled.Round(time.Millisecond))
+	t.Logf("mesh settled %s after the last agent started", time.Since(lastStart).Round(time.Millisecond))
 
 	t.Run("clients over the overlay's IPv6 across an IPv6 underlay", func(t *testing.T) {
 		if err := l.Net.Ping("cl1", ip6["cl2"], 10*time.Second); err != nil {

@@ -199,6 +199,8 @@ func (c *Conn) unwrapChannelData(buf []byte, size int, from netip.AddrPort) (n i
 	}
 	copy(buf, payload)
 	c.relay.fastRecv.Add(1)
-	c.noteInit(buf[:l], b.peer, true)
+	if !c.noteInit(buf[:l], b.peer, true) {
+		return 0, nil, true
+	}
 	return l, b.ep, true
 }

@@ -66,7 +66,7 @@ type Config struct {
 	// TLSConfig returns the TLS configuration for a TURN server reached
 	// over TLS (host is its host name or address); optional.
 	TLSConfig func(host string) *tls.Config
-	// Std replaces the UDP bind (tests); optional.
+	// Std replaces the UDP socket pair (NewUDP; tests); optional.
 	Std conn.Bind
 }
 
@@ -147,6 +147,18 @@ type peerEndpoint struct {
 	lastInit []byte // guarded by initMu
 	initAt   time.Time
 	hasInit  atomic.Bool // lastInit != nil, for Send's fast path
+	// initSent: unix nanoseconds of the last handshake initiation
+	// WireGuard sent, 0 once a session is up or the peer's initiation was
+	// answered.
+	initSent atomic.Int64
+	// crossDrops: when the last CrossDropMax initiations of the peer's
+	// were dropped for crossing this host's; guarded by initMu.
+	crossDrops []time.Time
+	// initPassed: unix nanoseconds of the last initiation of the peer's
+	// handed to WireGuard, 0 once answered; holdUntil: when to send an
+	// initiation held back for crossing it (0: none held).
+	initPassed atomic.Int64
+	holdUntil  atomic.Int64
 }
 
 type sendPath struct {
@@ -196,13 +208,18 @@ func isWG(b []byte, typ byte) bool {
 	return len(b) >= 4 && b[0] == typ && b[1]|b[2]|b[3] == 0
 }
 
-// noteInit remembers where a handshake initiation came from.
-func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) {
+// noteInit remembers where a handshake initiation came from, and reports
+// whether WireGuard is to see pkt: false for an initiation that crosses
+// this host's own and loses the tie (see dropCrossed).
+func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) bool {
 	if len(pkt) != wgInitiationSz || !isWG(pkt, wgInitiation) {
-		return
+		return true
+	}
+	now := time.Now()
+	if c.crossed(pkt, now) {
+		return false
 	}
 	idx := binary.LittleEndian.Uint32(pkt[4:8])
-	now := time.Now()
 	c.initMu.Lock()
 	defer c.initMu.Unlock()
 	if len(c.initSrc) >= 4096 {
@@ -216,6 +233,80 @@ func (c *Conn) noteInit(pkt []byte, from netip.AddrPort, relay bool) {
 		}
 	}
 	c.initSrc[idx] = initSource{from: from, relay: relay, at: now}
+	return true
+}
+
+// crossed reports whether initiation pkt, arriving at now, crosses the
+// initiation this host sent to the same peer and is to be dropped; one
+// that passes is noted, for Send to hold back an initiation of this
+// host's that would cross it.
+func (c *Conn) crossed(pkt []byte, now time.Time) bool {
+	if c.opener == nil {
+		return false // a bare Conn of a test
+	}
+	k, ok := c.opener.sender(pkt)
+	if !ok {
+		return false
+	}
+	c.epMu.Lock()
+	pe := c.eps[k]
+	c.epMu.Unlock()
+	if pe == nil {
+		// WireGuard may learn the peer before it takes this initiation
+		// from its queue: note it for Send.
+		c.initMu.Lock()
+		if len(c.passed) >= 4096 {
+			for pk, at := range c.passed {
+				if now.Sub(at) >= CrossWindow {
+					delete(c.passed, pk)
+				}
+			}
+			if len(c.passed) >= 4096 {
+				clear(c.passed)
+			}
+		}
+		c.passed[k] = now
+		c.initMu.Unlock()
+		return false
+	}
+	pe.initMu.Lock()
+	drop := dropCrossed(wgcfg.Key(c.pubKey), k, unixTime(pe.initSent.Load()), pe.crossDrops, now)
+	if drop {
+		pe.crossDrops = append(pe.crossDrops, now)
+		if len(pe.crossDrops) > CrossDropMax {
+			pe.crossDrops = pe.crossDrops[1:]
+		}
+	}
+	pe.initMu.Unlock()
+	if !drop {
+		pe.initPassed.Store(now.UnixNano())
+		return false
+	}
+	c.log.Debug("dropped a handshake initiation crossing this host's", "peer", k.String())
+	return true
+}
+
+// initPassed is when an unanswered initiation of pe's peer was last
+// handed to WireGuard (zero: none), also one handed over before the peer
+// had an endpoint.
+func (c *Conn) initPassed(pe *peerEndpoint) time.Time {
+	c.initMu.Lock()
+	at, ok := c.passed[pe.key]
+	delete(c.passed, pe.key)
+	c.initMu.Unlock()
+	if p := unixTime(pe.initPassed.Load()); !ok || p.After(at) {
+		return p
+	}
+	pe.initPassed.CompareAndSwap(0, at.UnixNano())
+	return at
+}
+
+// unixTime is the time of ns nanoseconds since the epoch; zero for 0.
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 // responsePath returns where to send a handshake response: back to the
@@ -269,6 +360,11 @@ type Conn struct {
 	// yet.
 	initMu  sync.Mutex
 	initSrc map[uint32]initSource
+	// passed: when an initiation of a peer WireGuard had no endpoint for
+	// yet was handed over (see crossed); guarded by initMu.
+	passed map[wgcfg.Key]time.Time
+	// opener finds the sender of a handshake initiation.
+	opener *initOpener
 
 	discoIn chan inbound
 	stunIn  chan inbound
@@ -294,7 +390,7 @@ func New(cfg Config) *Conn {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Std == nil {
-		cfg.Std = conn.NewStdNetBind()
+		cfg.Std = NewUDP()
 	}
 	if cfg.LocalAddrs == nil {
 		exclude := cfg.Exclude
@@ -307,6 +403,7 @@ func New(cfg Config) *Conn {
 		cfg: cfg, log: cfg.Logger.With("component", "bind"), std: cfg.Std,
 		eps:      map[wgcfg.Key]*peerEndpoint{},
 		initSrc:  map[uint32]initSource{},
+		passed:   map[wgcfg.Key]time.Time{},
 		discoIn:  make(chan inbound, 256),
 		stunIn:   make(chan inbound, 64),
 		events:   make(chan func(*loopState), 16),
@@ -318,6 +415,7 @@ func New(cfg Config) *Conn {
 	}
 	c.privKey = cfg.PrivateKey
 	c.pubKey = cfg.PrivateKey.Public()
+	c.opener = newInitOpener(c.privKey, c.pubKey)
 	c.bufPool.New = func() any { b := make([]byte, 65536); return &b }
 	empty := map[netip.AddrPort]bool{}
 	c.servers.Store(&empty)
@@ -430,17 +528,35 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// known this host yet (a new peer reaches the others' maps a moment
 	// after its first handshake), or no path may have worked. Otherwise
 	// WireGuard retries only after 5 s.
+	held := false
 	for _, b := range bufs {
 		if len(b) < 4 || b[1]|b[2]|b[3] != 0 {
 			continue
 		}
 		switch b[0] {
 		case wgInitiation:
+			now := time.Now()
 			pe.initMu.Lock()
-			pe.lastInit, pe.initAt = slices.Clone(b), time.Now()
+			pe.lastInit, pe.initAt = slices.Clone(b), now
 			pe.hasInit.Store(true)
 			pe.initMu.Unlock()
+			if len(bufs) == 1 && holdCrossing(wgcfg.Key(c.pubKey), pe.key, c.initPassed(pe), now) {
+				// WireGuard is about to answer the peer's initiation; this
+				// one goes out later unless that answer does.
+				pe.holdUntil.Store(now.Add(ResendAfter).UnixNano())
+				held = true
+			} else {
+				pe.initSent.Store(now.UnixNano())
+			}
 		case wgTransport, wgResponse:
+			pe.initSent.Store(0)
+			pe.initPassed.Store(0)
+			pe.holdUntil.Store(0)
+			if b[0] == wgResponse {
+				c.initMu.Lock()
+				delete(c.passed, pe.key)
+				c.initMu.Unlock()
+			}
 			// A session is up, or this host just answered the peer's own
 			// initiation: sending ours again would cross it, and each side
 			// would drop the other's response.
@@ -451,6 +567,9 @@ func (c *Conn) Send(bufs [][]byte, ep conn.Endpoint) error {
 				pe.initMu.Unlock()
 			}
 		}
+	}
+	if held {
+		return nil
 	}
 	if len(bufs) == 1 {
 		// A handshake response goes back the way its initiation came: the
@@ -509,12 +628,13 @@ func (c *Conn) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 					sizes[i] = 0
 					continue
 				}
+				if !c.noteInit(pkt, from, false) {
+					sizes[i] = 0
+					continue
+				}
 				kept++
 				if pe := (*direct)[from]; pe != nil {
 					pe.lastRecv.Store(now)
-				}
-				if len(pkt) == wgInitiationSz && pkt[0] == wgInitiation {
-					c.noteInit(pkt, from, false)
 				}
 			}
 			if kept > 0 {

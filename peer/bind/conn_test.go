@@ -57,7 +57,7 @@ func newSide(t *testing.T) *side {
 	if err != nil {
 		t.Fatal(err)
 	}
-	std := &filterBind{Bind: conn.NewStdNetBind(), blocked: map[netip.AddrPort]bool{}}
+	std := &filterBind{Bind: NewUDP(), blocked: map[netip.AddrPort]bool{}}
 	c := New(Config{PrivateKey: k, Std: std, LocalAddrs: func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("127.0.0.1")} }})
 	fns, port, err := c.Open(0)
 	if err != nil {

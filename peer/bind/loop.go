@@ -302,6 +302,9 @@ func (s *loopState) service(ps *peerState, now time.Time) {
 	if ns := ps.ep.lastSend.Load(); ns != 0 {
 		ps.paths.lastSend = time.Unix(0, ns)
 	}
+	if hu := ps.ep.holdUntil.Load(); hu != 0 && now.UnixNano() >= hu && ps.ep.holdUntil.CompareAndSwap(hu, 0) {
+		ps.resendAt = now // an initiation held back for crossing the peer's, not answered
+	}
 	s.resendDue(ps, now)
 	if c := ps.paths.cur; c != nil && !c.relay {
 		if ns := ps.ep.lastRecv.Load(); ns != 0 {
@@ -364,7 +367,7 @@ const ResendAfter = 250 * time.Millisecond
 // answers, or it sent an authenticated probe (so it knows this host).
 func (s *loopState) resendInit(ps *peerState, now time.Time) {
 	if ps.resendAt.IsZero() && ps.ep.hasInit.Load() {
-		ps.resendAt = now.Add(ResendAfter)
+		ps.resendAt = now.Add(resendDelay(wgcfg.Key(s.c.pubKey), ps.key))
 	}
 }
 
@@ -383,6 +386,7 @@ func (s *loopState) resendDue(ps *peerState, now time.Time) {
 	ps.ep.hasInit.Store(false)
 	ps.ep.initMu.Unlock()
 	if init != nil && now.Sub(at) < 5*time.Second {
+		ps.ep.initSent.Store(now.UnixNano())
 		s.c.sendOn([][]byte{init}, ps.ep.path.Load())
 	}
 }

@@ -369,7 +369,9 @@ func (m *relayMgr) reader(a *allocation) {
 			}
 			continue
 		}
-		m.c.noteInit(pkt, ap, true)
+		if !m.c.noteInit(pkt, ap, true) {
+			continue
+		}
 		select {
 		case m.c.relayIn <- in:
 		case <-m.stopped:
