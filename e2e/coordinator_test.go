@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"github.com/meshd/meshd/coordinator/fsm"
 	"net/http"
 	"slices"
 	"sync"
@@ -38,7 +39,31 @@ func startProcCluster(t *testing.T) *harness.Cluster {
 	if _, err := c.WaitLeader(context.Background(), 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	waitRegistered(t, c, 20*time.Second)
 	return c
+}
+
+// waitRegistered waits until every coordinator of c has registered its
+// feature level: until then the leader counts a member as level 0 and
+// holds gated commands (cluster remove, token prune...) back.
+func waitRegistered(t *testing.T, c *harness.Cluster, d time.Duration) {
+	t.Helper()
+	admin, err := c.Admin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v api.ClusterVersions
+	deadline := time.Now().Add(d)
+	for {
+		err := admin.Do(context.Background(), http.MethodGet, "/v1/cluster/versions", nil, &v)
+		if err == nil && v.FeatureLevel == fsm.FeatureLevel && len(v.Members) == len(c.Nodes) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s the coordinators have not all registered their feature level: %+v (%v)", d, v, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, bounded by the deadline
+	}
 }
 
 func tokenIDs(cl *apiclient.Client) []string {

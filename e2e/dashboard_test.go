@@ -65,7 +65,9 @@ func TestDashboard(t *testing.T) {
 	// goes over the lab's wan, and that coordinator may be a follower.
 	url := "https://" + l.Topo.Coordinators[1].WAN + ":8443/ui/"
 	b.do(chromedp.Navigate(url))
-	b.wait(`document.querySelector('#token') !== null && !document.querySelector('#signin').hidden`, 10*time.Second, "the sign-in form")
+	// The first page of a browser's first start on a fresh machine (its
+	// caches empty) may take a while; every wait after it is short.
+	b.wait(`document.querySelector('#token') !== null && !document.querySelector('#signin').hidden`, 30*time.Second, "the sign-in form")
 	b.shot(shots, "signin")
 
 	// A credential that is not one is refused, and the page says why.
