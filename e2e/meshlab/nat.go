@@ -21,33 +21,16 @@ import (
 // its coordinators c1..c3, waiting until the cluster answers. It starts no
 // peer: create a token with Token and start each with StartPeer. On error
 // it tears down what it started.
-func StartNAT(ctx context.Context, o Options, specs []netlab.NATHostSpec) (_ *Lab, err error) {
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	if o.IfPrefix == "" {
-		o.IfPrefix = "wg-"
-	}
-	nl, err := netlab.New(o.Prefix)
-	if err != nil {
-		return nil, err
-	}
-	l := newLab(o, nl, nil)
-	defer func() {
-		if err != nil {
-			l.Close()
+func StartNAT(ctx context.Context, o Options, specs []netlab.NATHostSpec) (*Lab, error) {
+	return startBuilt(ctx, o, func(l *Lab, nl *netlab.Lab) (err error) {
+		if l.NAT, err = netlab.BuildNAT(nl, specs); err != nil {
+			return err
 		}
-	}()
-	if l.NAT, err = netlab.BuildNAT(nl, specs); err != nil {
-		return nil, err
-	}
-	for _, c := range l.NAT.Coordinators {
-		l.Coordinators = append(l.Coordinators, netlab.Node{Name: c.Name, WAN: c.Addr})
-	}
-	if err := l.startCoordinators(ctx); err != nil {
-		return nil, err
-	}
-	return l, nil
+		for _, c := range l.NAT.Coordinators {
+			l.Coordinators = append(l.Coordinators, netlab.Node{Name: c.Name, WAN: c.Addr})
+		}
+		return nil
+	})
 }
 
 // StartFirewall6 builds the IPv6 firewall topology of specs
@@ -55,7 +38,31 @@ func StartNAT(ctx context.Context, o Options, specs []netlab.NATHostSpec) (_ *La
 // addresses and creates the dual-stack vnet DualStackVNet, which Token's
 // tokens then join. It starts no peer. On error it tears down what it
 // started.
-func StartFirewall6(ctx context.Context, o Options, specs []netlab.Firewall6HostSpec) (_ *Lab, err error) {
+func StartFirewall6(ctx context.Context, o Options, specs []netlab.Firewall6HostSpec) (*Lab, error) {
+	l, err := startBuilt(ctx, o, func(l *Lab, nl *netlab.Lab) (err error) {
+		if l.Firewall6, err = netlab.BuildFirewall6(nl, specs); err != nil {
+			return err
+		}
+		for _, c := range l.Firewall6.Coordinators {
+			l.Coordinators = append(l.Coordinators, netlab.Node{Name: c.Name, WAN6: c.Addr})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := l.createDualStackVNet(ctx, 30*time.Second); err != nil {
+		l.Close()
+		return nil, err
+	}
+	l.VNet = DualStackVNet
+	return l, nil
+}
+
+// startBuilt makes a lab whose namespaces build lays out (it also names
+// the coordinators in l.Coordinators) and starts its coordinators. On
+// error it tears down what it started.
+func startBuilt(ctx context.Context, o Options, build func(l *Lab, nl *netlab.Lab) error) (_ *Lab, err error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -72,19 +79,12 @@ func StartFirewall6(ctx context.Context, o Options, specs []netlab.Firewall6Host
 			l.Close()
 		}
 	}()
-	if l.Firewall6, err = netlab.BuildFirewall6(nl, specs); err != nil {
+	if err := build(l, nl); err != nil {
 		return nil, err
-	}
-	for _, c := range l.Firewall6.Coordinators {
-		l.Coordinators = append(l.Coordinators, netlab.Node{Name: c.Name, WAN6: c.Addr})
 	}
 	if err := l.startCoordinators(ctx); err != nil {
 		return nil, err
 	}
-	if err := l.createDualStackVNet(ctx, 30*time.Second); err != nil {
-		return nil, err
-	}
-	l.VNet = DualStackVNet
 	return l, nil
 }
 
