@@ -39,8 +39,9 @@ type leaderCheck struct {
 }
 
 type checkRound struct {
-	done chan struct{}
-	err  error // set before done is closed
+	done    chan struct{}
+	err     error // set before done is closed
+	callers int   // guarded by leaderCheck.mu while the round is next: how many joined it
 }
 
 // wait returns the outcome of a round that started after the call.
@@ -50,6 +51,7 @@ func (c *leaderCheck) wait(ctx context.Context) error {
 		c.next = &checkRound{done: make(chan struct{})}
 	}
 	r := c.next
+	r.callers++
 	if !c.running {
 		c.running = true
 		go c.run()

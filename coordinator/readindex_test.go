@@ -45,9 +45,8 @@ func TestLeaderCheckCoalesces(t *testing.T) {
 	waitFor(t, 5*time.Second, "50 callers queued", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.next != nil
+		return c.next != nil && c.next.callers == 50
 	})
-	time.Sleep(20 * time.Millisecond) // let the stragglers join the queued round
 	close(release)
 	if err := <-first; !errors.Is(err, errNotLeader) {
 		t.Fatalf("first caller: got %v; want the first round's error", err)
