@@ -86,10 +86,13 @@ func udpDest(ep conn.Endpoint) (dst *net.UDPAddr, is6 bool, err error) {
 // family the host lacks is left out); port 0 picks one free in both.
 func (u *UDP) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.c4 != nil || u.c6 != nil {
+	open := u.c4 != nil || u.c6 != nil
+	u.mu.Unlock()
+	if open {
 		return nil, 0, conn.ErrBindAlreadyOpen
 	}
+	// The sockets are made without the lock (Send only reads the
+	// writers under it) and installed under it, unless another Open won.
 	var c4, c6 *net.UDPConn
 	for tries := 0; ; tries++ {
 		var err error
@@ -116,19 +119,43 @@ func (u *UDP) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		break
 	}
 	var fns []conn.ReceiveFunc
+	var w4 *ipv4.PacketConn
+	var w6 *ipv6.PacketConn
+	var tx4, tx6 bool
 	if c4 != nil {
-		u.c4, u.w4 = c4, ipv4.NewPacketConn(c4)
-		tx, rx := udpOffload(c4)
-		u.gso4.Store(tx)
-		fns = append(fns, receiveBatch(u.w4.ReadBatch, u.BatchSize(), rx))
+		w4 = ipv4.NewPacketConn(c4)
+		var rx bool
+		tx4, rx = udpOffload(c4)
+		fns = append(fns, receiveBatch(w4.ReadBatch, u.BatchSize(), rx))
 	}
 	if c6 != nil {
-		u.c6, u.w6 = c6, ipv6.NewPacketConn(c6)
-		tx, rx := udpOffload(c6)
-		u.gso6.Store(tx)
-		fns = append(fns, receiveBatch(u.w6.ReadBatch, u.BatchSize(), rx))
+		w6 = ipv6.NewPacketConn(c6)
+		var rx bool
+		tx6, rx = udpOffload(c6)
+		fns = append(fns, receiveBatch(w6.ReadBatch, u.BatchSize(), rx))
 	}
+	u.mu.Lock()
+	if u.c4 != nil || u.c6 != nil {
+		u.mu.Unlock()
+		closeAll(c4, c6)
+		return nil, 0, conn.ErrBindAlreadyOpen
+	}
+	u.c4, u.w4, u.c6, u.w6 = c4, w4, c6, w6
+	u.gso4.Store(tx4)
+	u.gso6.Store(tx6)
+	u.mu.Unlock()
 	return fns, port, nil
+}
+
+// closeAll closes the sockets of cs that are open.
+func closeAll(cs ...*net.UDPConn) error {
+	var errs []error
+	for _, c := range cs {
+		if c != nil {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // listenUDP listens on port (0: any) over network ("udp4" or "udp6") and
@@ -245,23 +272,18 @@ func gsoRuns(lens []int, maxSegs, maxBytes int) []int {
 // Close implements conn.Bind.
 func (u *UDP) Close() error {
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	var errs []error
-	if u.c4 != nil {
-		errs = append(errs, u.c4.Close())
-	}
-	if u.c6 != nil {
-		errs = append(errs, u.c6.Close())
-	}
+	c4, c6 := u.c4, u.c6
 	u.c4, u.c6, u.w4, u.w6 = nil, nil, nil, nil
-	return errors.Join(errs...)
+	u.mu.Unlock()
+	return closeAll(c4, c6)
 }
 
 // SetMark implements conn.Bind (the firewall mark of both sockets).
 func (u *UDP) SetMark(mark uint32) error {
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	for _, c := range []*net.UDPConn{u.c4, u.c6} {
+	cs := []*net.UDPConn{u.c4, u.c6}
+	u.mu.Unlock()
+	for _, c := range cs {
 		if c == nil {
 			continue
 		}
