@@ -159,8 +159,12 @@ func waitSettled(t *testing.T, l *meshlab.Lab) {
 			return false
 		}
 		for _, ns := range []string{"cl1", "gwa1", "gwa2"} {
-			out, err := l.Net.Exec(ns, l.Opts.Bin, "status", "--json", "--state-dir", l.StateDir(ns))
-			if err != nil || !strings.Contains(string(out), "gwa1(200) active") || !strings.Contains(string(out), "gwa2(100) standby") {
+			st, err := l.Status(ns)
+			if err != nil {
+				return false
+			}
+			r, _ := meshlab.Route(st, netlab.SiteA)
+			if meshlab.GatewayState(r, "gwa1") != "active" || meshlab.GatewayState(r, "gwa2") != "standby" {
 				return false
 			}
 		}
