@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -105,22 +103,6 @@ func TestFirewall6Ruleset(t *testing.T) {
 			t.Errorf("%s ruleset translates addresses:\n%s", f, rs)
 		}
 	}
-}
-
-var drop6Counter = regexp.MustCompile(`iifname "wan0" counter packets (\d+)`)
-
-// input6Drops is how many packets an IPv6 firewall router has dropped
-// from its WAN in its input chain.
-func input6Drops(l *Lab, router string) (int, error) {
-	out, err := l.Exec(router, "nft", "list", "chain", "ip6", "netlab6", "input")
-	if err != nil {
-		return 0, err
-	}
-	m := drop6Counter.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("no drop counter in %s's input chain:\n%s", router, out)
-	}
-	return strconv.Atoi(string(m[1]))
 }
 
 // TestFirewall6 checks that every IPv6 firewall behaves as its Filter
@@ -219,14 +201,14 @@ func TestFirewall6(t *testing.T) {
 				t.Errorf("tcp from the WAN into the LAN: %v; want it dropped (a timeout)", err)
 			}
 			// Nor reach the router itself.
-			before, err := input6Drops(l, h.Router)
+			before, err := inputDrops(l, h.Router, "ip6", "netlab6")
 			if err != nil {
 				t.Fatal(err)
 			}
 			third.udp.WriteToUDPAddrPort([]byte("unsolicited"), netip.AddrPortFrom(netip.MustParseAddr(h.RouterWAN), 9))
 			deadline := time.Now().Add(3 * time.Second)
 			for {
-				n, err := input6Drops(l, h.Router)
+				n, err := inputDrops(l, h.Router, "ip6", "netlab6")
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -328,10 +328,11 @@ func tcpSource(l *Lab, name string, r *reflector) (netip.AddrPort, error) {
 
 var dropCounter = regexp.MustCompile(`iifname "wan0" counter packets (\d+)`)
 
-// inputDrops is how many packets router has dropped from its WAN in its
-// input chain.
-func inputDrops(l *Lab, router string) (int, error) {
-	out, err := l.Exec(router, "nft", "list", "chain", "inet", "netlab", "input")
+// inputDrops is how many packets router has dropped from its WAN in the
+// input chain of its nftables table (family inet, table netlab for the NAT
+// routers; ip6, netlab6 for the IPv6 firewalls).
+func inputDrops(l *Lab, router, family, table string) (int, error) {
+	out, err := l.Exec(router, "nft", "list", "chain", family, table, "input")
 	if err != nil {
 		return 0, err
 	}
@@ -364,7 +365,7 @@ func TestNAT(t *testing.T) {
 		// mapping for it.
 		h := topo.Host("pp1")
 		const port = 43000
-		before, err := inputDrops(l, h.Router)
+		before, err := inputDrops(l, h.Router, "inet", "netlab")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -374,7 +375,7 @@ func TestNAT(t *testing.T) {
 		}
 		deadline := time.Now().Add(3 * time.Second)
 		for {
-			n, err := inputDrops(l, h.Router)
+			n, err := inputDrops(l, h.Router, "inet", "netlab")
 			if err != nil {
 				t.Fatal(err)
 			}
